@@ -1,0 +1,1 @@
+"""Image decoding, dataset folders (ForenSynths / GenImage layouts), cached features, embedded benchmark."""

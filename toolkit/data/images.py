@@ -1,0 +1,91 @@
+"""Robust image decoding: every failure becomes an `ImageDecodeError` naming the file and the reason.
+
+Policy (shared by training, evaluation and `toolkit infer`): EXIF orientation applied, first frame of
+animations, 16-bit and float images scaled to 8 bit, palette / alpha / CMYK handled by PIL's RGB
+conversion in preprocessing, decompression bombs refused by a pixel limit.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+)
+# Default cap on decoded pixels (PIL's own default warns at ~89 MP and errors at twice that).
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+class ImageDecodeError(Exception):
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def decode_image(data: bytes, path: str | Path = "<bytes>", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode bytes into a fully loaded PIL image (mode kept, except 16-bit/float -> 8-bit)."""
+    if not data:
+        raise ImageDecodeError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageDecodeError(path, f"invalid dimensions {w}x{h}")
+            if w * h > max_pixels:
+                raise ImageDecodeError(path, f"too large: {w}x{h} pixels exceeds the limit of {max_pixels}")
+            img.seek(0)  # first frame of animated GIF / WebP / multi-page TIFF
+            img.load()
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not a recognised image format") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(path, f"decompression bomb refused ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageDecodeError(path, f"corrupt or truncated image ({e})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose an otherwise readable image
+        pass
+    return _to_8bit(img)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.int64)
+        peak = 65535 if img.mode.startswith("I;16") or a.max() > 255 else 255
+        return Image.fromarray((np.clip(a, 0, peak) * 255 // peak).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        scaled = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(np.nan_to_num(scaled).astype(np.uint8), mode="L")
+    return img
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageDecodeError(path, f"cannot read file ({e.strerror or e})") from None
+    return decode_image(data, path, max_pixels)

@@ -1,0 +1,104 @@
+"""Honest detector evaluation: real and generated accuracy separately, AP, AUC, per generator.
+
+The threshold is an input (fixed on validation data before the test set is read); generators seen
+in training are marked and kept out of the unseen average.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from toolkit.data.folders import top_generator
+
+METRICS = ("acc_real", "acc_fake", "acc", "ap", "auc")
+
+
+def binary_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float) -> dict:
+    """labels (N,) in {0, 1}, logits (N,); prediction = logit > threshold. AP/AUC None for one class."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels = np.asarray(labels).astype(int)
+    logits = np.asarray(logits, dtype=np.float64)
+    pred = (logits > threshold).astype(int)
+    real, fake = labels == 0, labels == 1
+    both = real.any() and fake.any()
+    return {
+        "n_real": int(real.sum()),
+        "n_fake": int(fake.sum()),
+        "acc_real": float((pred[real] == 0).mean()) if real.any() else None,
+        "acc_fake": float((pred[fake] == 1).mean()) if fake.any() else None,
+        "acc": float((pred == labels).mean()) if len(labels) else None,
+        "ap": float(average_precision_score(labels, logits)) if both else None,
+        "auc": float(roc_auc_score(labels, logits)) if both else None,
+    }
+
+
+def per_generator_report(
+    labels: np.ndarray,
+    logits: np.ndarray,
+    generators: list[str],
+    threshold: float,
+    train_generators: list[str],
+) -> dict:
+    """Metrics per top-level generator, plus the mean over generators unseen in training."""
+    labels, logits = np.asarray(labels), np.asarray(logits)
+    tops = np.array([top_generator(g) for g in generators])
+    seen = {top_generator(g) for g in train_generators}
+    rows = {}
+    for g in sorted(set(tops)):
+        sel = tops == g
+        rows[g] = {"seen_in_training": g in seen, **binary_metrics(labels[sel], logits[sel], threshold)}
+    unseen = [r for r in rows.values() if not r["seen_in_training"]]
+    mean_unseen = {}
+    for m in METRICS:
+        vals = [r[m] for r in unseen if r[m] is not None]
+        mean_unseen[m] = float(np.mean(vals)) if vals else None
+    return {
+        "threshold": float(threshold),
+        "train_generators": sorted(seen),
+        "generators": rows,
+        "mean_unseen": mean_unseen,
+        "overall": binary_metrics(labels, logits, threshold),
+    }
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def markdown_table(reports: dict[str, dict]) -> str:
+    """One row per (generator, method): reports maps a method name to `per_generator_report` output."""
+    methods = list(reports)
+    gens = sorted({g for r in reports.values() for g in r["generators"]})
+    head = "| generator | seen | method | acc real | acc fake | acc | AP | AUC |"
+    lines = [head, "|" + "---|" * 8]
+    for g in gens:
+        for m in methods:
+            row = reports[m]["generators"].get(g)
+            if row is None:
+                continue
+            seen = "train" if row["seen_in_training"] else "unseen"
+            vals = " | ".join(_pct(row[k]) for k in METRICS)
+            lines.append(f"| {g} | {seen} | {m} | {vals} |")
+    for m in methods:
+        mu = reports[m]["mean_unseen"]
+        lines.append(f"| **mean unseen** | | {m} | " + " | ".join(_pct(mu[k]) for k in METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(reports: dict[str, dict], title: str = "per-generator results (%)"):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ("generator", "seen", "method", "acc real", "acc fake", "acc", "AP", "AUC"):
+        t.add_column(c, justify="left" if c in ("generator", "seen", "method") else "right")
+    gens = sorted({g for r in reports.values() for g in r["generators"]})
+    for g in gens:
+        for m, r in reports.items():
+            row = r["generators"].get(g)
+            if row:
+                t.add_row(g, "train" if row["seen_in_training"] else "unseen", m, *(_pct(row[k]) for k in METRICS))
+        t.add_section()
+    for m, r in reports.items():
+        t.add_row("mean unseen", "", m, *(_pct(r["mean_unseen"][k]) for k in METRICS), style="bold")
+    return t

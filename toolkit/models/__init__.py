@@ -1,0 +1,1 @@
+"""Models: the frozen open_clip backbone, CausalCLIP (mask + head), the linear-probe baseline."""

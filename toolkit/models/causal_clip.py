@@ -1,0 +1,178 @@
+"""CausalCLIP (arXiv 2512.13285): a learned causal feature mask on frozen CLIP features, with HSIC.
+
+f (B, D) L2-normalised CLIP features -> per-dimension keep/drop mask m (binary Gumbel-Softmax while
+training, hard `logit > 0` at inference) -> causal part c = m*f, non-causal part n = (1-m)*f ->
+linear head on c. Training loss (all weights are config fields; the paper's code is not public):
+
+    BCE(head(c), y) + hsic_weight * HSIC(c, n)
+    + noncausal_weight * [BCE(aux(n.detach()), y) + BCE(aux(n), 0.5) through the mask only]
+    + budget_weight * (mean keep probability - keep_ratio)^2
+
+`fold_mask` turns hard mask + head into one `nn.Linear` with identical logits (w*m, b). The UnivFD
+linear probe (Ojha et al. 2023) on the same features is `LinearProbe`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class CausalCLIPConfig:
+    feature_dim: int = 768
+    init_keep_logit: float = 0.5  # initial mask logit: sigmoid(0.5) ~ 62% kept, so both parts start non-empty
+    tau_start: float = 1.0  # Gumbel-Softmax temperature at the first step
+    tau_end: float = 0.05  # ... and at the last step (exponential annealing)
+    straight_through: bool = False  # hard forward / soft backward samples while training
+    hsic_weight: float = 1.0  # lambda: independence of causal and non-causal parts
+    noncausal_weight: float = 0.1  # the non-causal part should carry no label information
+    keep_ratio: float = 0.5  # target fraction of kept dimensions
+    budget_weight: float = 1.0  # weight of the keep-ratio budget penalty
+    hsic_bandwidth: str = "median"  # RBF bandwidth: "median" heuristic or a float given as a string
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CausalCLIPConfig:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# Named configs, in the spirit of open_clip's model_configs: the feature size of each backbone.
+PRESETS: dict[str, CausalCLIPConfig] = {
+    "causal-vit-l-14": CausalCLIPConfig(feature_dim=768),
+    "causal-vit-b-16": CausalCLIPConfig(feature_dim=512),
+    "causal-tiny": CausalCLIPConfig(feature_dim=64),
+}
+
+
+# ---------------------------------------------------------------------------------------- HSIC
+def _pairwise_sq_dists(x: torch.Tensor) -> torch.Tensor:
+    sq = (x * x).sum(dim=1, keepdim=True)  # (B, 1)
+    return (sq + sq.T - 2.0 * x @ x.T).clamp_min(0.0)  # (B, B)
+
+
+def rbf_kernel(x: torch.Tensor, bandwidth: str | float = "median") -> torch.Tensor:
+    """RBF Gram matrix exp(-d^2 / (2 sigma^2)); median heuristic: sigma^2 = median(d^2) / 2 over i != j."""
+    d2 = _pairwise_sq_dists(x)
+    if bandwidth == "median":
+        n = x.shape[0]
+        off = d2[~torch.eye(n, dtype=torch.bool, device=x.device)]
+        sigma2 = (off.median().detach() / 2.0).clamp_min(1e-12)
+    else:
+        sigma2 = torch.as_tensor(float(bandwidth) ** 2, dtype=x.dtype, device=x.device)
+    return torch.exp(-d2 / (2.0 * sigma2))
+
+
+def hsic(x: torch.Tensor, y: torch.Tensor, bandwidth: str | float = "median") -> torch.Tensor:
+    """Biased HSIC estimate (Gretton et al. 2005): tr(K H L H) / (n - 1)^2; x (B, Dx), y (B, Dy)."""
+    n = x.shape[0]
+    if n < 3:
+        raise ValueError(f"HSIC needs at least 3 samples, got {n}")
+    k = rbf_kernel(x, bandwidth)
+    l = rbf_kernel(y, bandwidth)  # noqa: E741
+    kc = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()  # H K H
+    return (kc * l).sum() / (n - 1) ** 2
+
+
+# ----------------------------------------------------------------------------------- the mask
+def gumbel_keep_mask(logits: torch.Tensor, batch: int, tau: float, hard: bool = False) -> torch.Tensor:
+    """Per-sample binary Gumbel-Softmax over {keep, drop} per dimension: logits (D,) -> mask (B, D).
+
+    Two-class softmax with class logits (l, 0), i.e. the binary-concrete relaxation; as tau -> 0 the
+    samples become 0/1.
+    """
+    two = torch.stack([logits, torch.zeros_like(logits)], dim=-1)  # (D, 2)
+    two = two.unsqueeze(0).expand(batch, -1, -1)  # (B, D, 2)
+    return F.gumbel_softmax(two, tau=tau, hard=hard, dim=-1)[..., 0]  # (B, D)
+
+
+def anneal_tau(step: int, total: int, tau_start: float, tau_end: float) -> float:
+    if total <= 1:
+        return tau_end
+    frac = min(max(step / (total - 1), 0.0), 1.0)
+    return float(math.exp(math.log(tau_start) + frac * (math.log(tau_end) - math.log(tau_start))))
+
+
+class CausalCLIP(nn.Module):
+    """Mask + head on precomputed features. forward(f (B, D)) -> logits (B,) with the hard mask."""
+
+    def __init__(self, cfg: CausalCLIPConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.feature_dim
+        self.mask_logits = nn.Parameter(torch.full((d,), float(cfg.init_keep_logit)))
+        self.head = nn.Linear(d, 1)
+        self.aux_head = nn.Linear(d, 1)  # probes the non-causal part; not part of the deployed model
+
+    def hard_mask(self) -> torch.Tensor:
+        return (self.mask_logits > 0).to(self.mask_logits.dtype)  # (D,)
+
+    def keep_fraction(self) -> float:
+        return float(self.hard_mask().mean())
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(f * self.hard_mask()).squeeze(-1)  # (B,)
+
+    def loss(self, f: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss on a batch f (B, D), y (B,) in {0, 1}, at temperature tau."""
+        cfg = self.cfg
+        m = gumbel_keep_mask(self.mask_logits, f.shape[0], tau, hard=cfg.straight_through)  # (B, D)
+        c, n = m * f, (1.0 - m) * f
+        y = y.float()
+        bce = F.binary_cross_entropy_with_logits(self.head(c).squeeze(-1), y)
+        total = bce
+        parts = {"bce": float(bce)}
+        if cfg.hsic_weight > 0:
+            h = hsic(c, n, _bandwidth(cfg.hsic_bandwidth))
+            total = total + cfg.hsic_weight * h
+            parts["hsic"] = float(h)
+        if cfg.noncausal_weight > 0:
+            # aux head learns to read the label from n; the mask learns to leave it nothing to read.
+            aux_fit = F.binary_cross_entropy_with_logits(self.aux_head(n.detach()).squeeze(-1), y)
+            aux_on_n = F.linear(n, self.aux_head.weight.detach(), self.aux_head.bias.detach()).squeeze(-1)
+            confuse = F.binary_cross_entropy_with_logits(aux_on_n, torch.full_like(y, 0.5))
+            total = total + cfg.noncausal_weight * (aux_fit + confuse)
+            parts["noncausal"] = float(aux_fit)
+        if cfg.budget_weight > 0:
+            keep = torch.sigmoid(self.mask_logits).mean()
+            budget = (keep - cfg.keep_ratio) ** 2
+            total = total + cfg.budget_weight * budget
+            parts["keep"] = float(keep)
+        parts["loss"] = float(total)
+        return total, parts
+
+
+def _bandwidth(v: str) -> str | float:
+    return v if v == "median" else float(v)
+
+
+def fold_mask(model: CausalCLIP) -> nn.Linear:
+    """Hard mask folded into the head: Linear(D, 1) with weight w*m, identical logits to `model`."""
+    d = model.cfg.feature_dim
+    folded = nn.Linear(d, 1)
+    with torch.no_grad():
+        folded.weight.copy_(model.head.weight * model.hard_mask())
+        folded.bias.copy_(model.head.bias)
+    return folded
+
+
+class LinearProbe(nn.Module):
+    """UnivFD-style baseline: one linear layer on the same frozen features. f (B, D) -> logits (B,)."""
+
+    def __init__(self, feature_dim: int):
+        super().__init__()
+        self.head = nn.Linear(feature_dim, 1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(f).squeeze(-1)
+
+    def loss(self, f: torch.Tensor, y: torch.Tensor, tau: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+        bce = F.binary_cross_entropy_with_logits(self(f), y.float())
+        return bce, {"bce": float(bce), "loss": float(bce)}

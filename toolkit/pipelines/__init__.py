@@ -1,0 +1,1 @@
+"""End-to-end flows built from the library pieces; the CLI commands are thin wrappers over these."""

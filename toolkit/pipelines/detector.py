@@ -1,0 +1,155 @@
+"""Detector flows: folder -> cached features -> trained head + threshold -> run dir; run + folder -> report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from toolkit.data.features import default_cache_dir, extract_features, write_skipped
+from toolkit.data.folders import LabelledImages, describe, find_labelled_images
+from toolkit.data.images import Skipped
+from toolkit.models.backbone import BackboneConfig, ClipBackbone, load_backbone
+from toolkit.models.causal_clip import CausalCLIPConfig
+from toolkit.training.detector import TrainConfig, choose_threshold, predict_logits, train_head
+
+console = Console(stderr=True)
+
+
+@dataclass
+class EncodedSet:
+    features: np.ndarray  # (N, D)
+    labels: np.ndarray  # (N,)
+    generators: list[str]
+    paths: list[Path]
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def encode(
+    ds: LabelledImages,
+    backbone: ClipBackbone,
+    cache_dir: Path | None,
+    batch_size: int = 64,
+    progress: bool = True,
+    description: str = "encode",
+) -> EncodedSet:
+    fs = extract_features(ds.paths, backbone, batch_size, cache_dir, progress, description)
+    if fs.skipped:
+        console.print(f"[yellow]{description}: skipped {len(fs.skipped)} unreadable image(s), e.g. "
+                      f"{fs.skipped[0].path}: {fs.skipped[0].reason}")
+    if not fs.index:
+        raise ValueError(f"{ds.root} has no readable images ({len(fs.skipped)} skipped)")
+    return EncodedSet(
+        fs.features,
+        np.array([ds.labels[i] for i in fs.index]),
+        [ds.generators[i] for i in fs.index],
+        fs.paths,
+        fs.skipped,
+    )
+
+
+def _split_val(ds: LabelledImages, fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
+    """Stratified (label x generator) hold-out of `fraction` of a training folder."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    strata: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(ds.labels, ds.generators, strict=True)):
+        strata.setdefault(key, []).append(i)
+    for idx in strata.values():
+        idx = list(rng.permutation(idx))
+        k = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+        val_idx += idx[:k]
+        train_idx += idx[k:]
+    return ds.subset(sorted(train_idx)), ds.subset(sorted(val_idx))
+
+
+def train_detector(
+    train_dir: str | Path,
+    out_dir: str | Path,
+    val_dir: str | Path | None = None,
+    backbone_cfg: BackboneConfig | None = None,
+    causal_cfg: CausalCLIPConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    backbone: ClipBackbone | None = None,
+) -> dict:
+    """Train on `train_dir`, fix the threshold on `val_dir` (or a held-out part), save to `out_dir`."""
+    from toolkit.checkpoint import save_detector
+    from toolkit.evaluation import binary_metrics
+
+    train_cfg = train_cfg or TrainConfig()
+    backbone = backbone or load_backbone(backbone_cfg or BackboneConfig())
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    train_ds = find_labelled_images(train_dir)
+    if val_dir is not None:
+        val_ds = find_labelled_images(val_dir)
+    else:
+        train_ds, val_ds = _split_val(train_ds, train_cfg.val_fraction, train_cfg.seed)
+    console.print(f"train: {describe(train_ds)}; val: {describe(val_ds)}")
+    tr = encode(train_ds, backbone, cache_dir, batch_size, progress, "encode train")
+    va = encode(val_ds, backbone, cache_dir, batch_size, progress, "encode val")
+
+    d = backbone.feature_dim
+    causal_cfg = causal_cfg or CausalCLIPConfig(feature_dim=d)
+    if causal_cfg.feature_dim != d:
+        causal_cfg = CausalCLIPConfig.from_dict({**causal_cfg.to_dict(), "feature_dim": d})
+    head, history = train_head(tr.features, tr.labels, causal_cfg, train_cfg, progress)
+    val_logits = predict_logits(head, va.features)
+    threshold = choose_threshold(va.labels, val_logits)
+    train_generators = sorted(set(tr.generators))
+    config = {
+        "backbone": backbone.config.to_dict(),
+        "backbone_identity": backbone.identity,
+        "preprocess": backbone.preprocess_cfg.to_dict(),
+        "causal": causal_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "threshold": threshold,
+        "train_generators": train_generators,
+        "data": {"train": str(train_dir), "val": str(val_dir) if val_dir else f"{train_cfg.val_fraction:.0%} of train"},
+    }
+    metrics = {
+        "val": binary_metrics(va.labels, val_logits, threshold),
+        "train": binary_metrics(tr.labels, predict_logits(head, tr.features), threshold),
+        "history": history,
+        "skipped": [s.__dict__ for s in tr.skipped + va.skipped],
+    }
+    if hasattr(head, "keep_fraction"):
+        metrics["mask_keep_fraction"] = head.keep_fraction()
+    out_dir = save_detector(out_dir, head, config, metrics)
+    if tr.skipped or va.skipped:
+        write_skipped(tr.skipped + va.skipped, Path(out_dir) / "skipped.csv")
+    return {"run_dir": str(out_dir), "threshold": threshold, **metrics}
+
+
+def evaluate_detector(
+    run_dir: str | Path,
+    test_dir: str | Path,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    backbone: ClipBackbone | None = None,
+) -> dict:
+    """Per-generator report of a trained run on a labelled folder, at the run's fixed threshold."""
+    from toolkit.checkpoint import load_detector
+    from toolkit.evaluation import per_generator_report
+
+    head, config = load_detector(run_dir)
+    if backbone is None:
+        backbone = load_backbone(BackboneConfig.from_dict(config["backbone"]))
+    if backbone.identity != config["backbone_identity"]:
+        raise ValueError(
+            f"{run_dir} was trained on features of {config['backbone_identity']}, not {backbone.identity}"
+        )
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    ds = find_labelled_images(test_dir)
+    enc = encode(ds, backbone, cache_dir, batch_size, progress, "encode test")
+    logits = predict_logits(head, enc.features)
+    report = per_generator_report(enc.labels, logits, enc.generators, config["threshold"], config["train_generators"])
+    report["run"] = str(run_dir)
+    report["test"] = str(test_dir)
+    report["skipped"] = [s.__dict__ for s in enc.skipped]
+    return report

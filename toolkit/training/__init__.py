@@ -1,0 +1,1 @@
+"""Training loops: detector heads on cached CLIP features (the purifier arrives with its own issue)."""
