@@ -77,8 +77,8 @@ def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
         new_w, new_h = (s, new_long) if w <= h else (new_long, s)
         img = img.resize((new_w, new_h), resample)
         # torchvision `center_crop`: offsets rounded half-to-even as Python's round does.
-        top = int(round((new_h - s) / 2.0))
-        left = int(round((new_w - s) / 2.0))
+        top = round((new_h - s) / 2.0)
+        left = round((new_w - s) / 2.0)
         img = img.crop((left, top, left + s, top + s))
     return img.convert("RGB")
 

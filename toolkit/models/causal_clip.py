@@ -128,24 +128,24 @@ class CausalCLIP(nn.Module):
         y = y.float()
         bce = F.binary_cross_entropy_with_logits(self.head(c).squeeze(-1), y)
         total = bce
-        parts = {"bce": float(bce)}
+        parts = {"bce": bce.item()}
         if cfg.hsic_weight > 0:
             h = hsic(c, n, _bandwidth(cfg.hsic_bandwidth))
             total = total + cfg.hsic_weight * h
-            parts["hsic"] = float(h)
+            parts["hsic"] = h.item()
         if cfg.noncausal_weight > 0:
             # aux head learns to read the label from n; the mask learns to leave it nothing to read.
             aux_fit = F.binary_cross_entropy_with_logits(self.aux_head(n.detach()).squeeze(-1), y)
             aux_on_n = F.linear(n, self.aux_head.weight.detach(), self.aux_head.bias.detach()).squeeze(-1)
             confuse = F.binary_cross_entropy_with_logits(aux_on_n, torch.full_like(y, 0.5))
             total = total + cfg.noncausal_weight * (aux_fit + confuse)
-            parts["noncausal"] = float(aux_fit)
+            parts["noncausal"] = aux_fit.item()
         if cfg.budget_weight > 0:
             keep = torch.sigmoid(self.mask_logits).mean()
             budget = (keep - cfg.keep_ratio) ** 2
             total = total + cfg.budget_weight * budget
-            parts["keep"] = float(keep)
-        parts["loss"] = float(total)
+            parts["keep"] = keep.item()
+        parts["loss"] = total.item()
         return total, parts
 
 
@@ -175,4 +175,4 @@ class LinearProbe(nn.Module):
 
     def loss(self, f: torch.Tensor, y: torch.Tensor, tau: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
         bce = F.binary_cross_entropy_with_logits(self(f), y.float())
-        return bce, {"bce": float(bce), "loss": float(bce)}
+        return bce, {"bce": bce.item(), "loss": bce.item()}

@@ -37,8 +37,10 @@ def encode(
 ) -> EncodedSet:
     fs = extract_features(ds.paths, backbone, batch_size, cache_dir, progress, description)
     if fs.skipped:
-        console.print(f"[yellow]{description}: skipped {len(fs.skipped)} unreadable image(s), e.g. "
-                      f"{fs.skipped[0].path}: {fs.skipped[0].reason}")
+        console.print(
+            f"[yellow]{description}: skipped {len(fs.skipped)} unreadable image(s), e.g. "
+            f"{fs.skipped[0].path}: {fs.skipped[0].reason}"
+        )
     if not fs.index:
         raise ValueError(f"{ds.root} has no readable images ({len(fs.skipped)} skipped)")
     return EncodedSet(
@@ -109,7 +111,10 @@ def train_detector(
         "train": train_cfg.to_dict(),
         "threshold": threshold,
         "train_generators": train_generators,
-        "data": {"train": str(train_dir), "val": str(val_dir) if val_dir else f"{train_cfg.val_fraction:.0%} of train"},
+        "data": {
+            "train": str(train_dir),
+            "val": str(val_dir) if val_dir else f"{train_cfg.val_fraction:.0%} of train",
+        },
     }
     metrics = {
         "val": binary_metrics(va.labels, val_logits, threshold),
@@ -141,9 +146,7 @@ def evaluate_detector(
     if backbone is None:
         backbone = load_backbone(BackboneConfig.from_dict(config["backbone"]))
     if backbone.identity != config["backbone_identity"]:
-        raise ValueError(
-            f"{run_dir} was trained on features of {config['backbone_identity']}, not {backbone.identity}"
-        )
+        raise ValueError(f"{run_dir} was trained on features of {config['backbone_identity']}, not {backbone.identity}")
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     ds = find_labelled_images(test_dir)
     enc = encode(ds, backbone, cache_dir, batch_size, progress, "encode test")

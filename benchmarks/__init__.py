@@ -1,0 +1,1 @@
+"""Benchmarks whose committed outputs live in benchmarks/results/ (each records machine, versions, command)."""

@@ -1,0 +1,22 @@
+"""`toolkit` command line: one module per command, each a thin wrapper over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from toolkit.cli import data, demo, evaluate, train
+
+app = typer.Typer(
+    help="CausalCLIP detector + diffusion purifier: train, evaluate, export, benchmark.\n\nExample: toolkit demo",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(train.app, name="train")
+app.add_typer(data.app, name="data")
+app.command("eval")(evaluate.eval_command)
+app.command("demo")(demo.demo_command)
+
+
+def main() -> None:
+    app()
