@@ -50,3 +50,19 @@ def test_checkpoint_is_safetensors_and_tampered_config_refused(toy_data, tmp_pat
     (run / "config.json").write_text(json.dumps({**cfg, "format": "other"}))
     res = runner.invoke(app, ["eval", str(run), str(toy_data)])
     assert res.exit_code == 2 and "not a detector checkpoint" in res.output
+
+
+def test_corrupt_image_in_training_folder_is_named_not_fatal(toy_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_data / "gan_b", data)
+    (data / "1_fake" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    run = tmp_path / "run"
+    args = ["train", "detector", str(data), "--out", str(run), "--clip", "tiny-vit-32", "--epochs", "2"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "broken.png" in (run / "skipped.csv").read_text()
+    res = runner.invoke(app, ["eval", str(run), str(data)])
+    assert res.exit_code == 0, res.output
+    assert "broken.png" in (run / "eval.skipped.csv").read_text()
