@@ -1,5 +1,1 @@
-"""PyTorch -> ONNX (fp32 / fp16) -> TensorRT plans, with verification gates.
-
-Not built yet: this is the export issue's home (see README, "Status"). Nothing here is imported by the
-toolkit core; `toolkit/cli` will wire it in.
-"""
+"""PyTorch -> ONNX export with verification gates (fp32 so far; fp16 and TensorRT plans: see README Status)."""

@@ -47,3 +47,25 @@ def tiny_backbone():
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(toy_data, tmp_path_factory) -> Path:
+    from toolkit.models.backbone import BackboneConfig
+    from toolkit.pipelines.detector import train_detector
+    from toolkit.training.detector import TrainConfig
+
+    run = tmp_path_factory.mktemp("run") / "causal"
+    train_detector(toy_data / "gan_a", run, backbone_cfg=BackboneConfig(name="tiny-vit-32"),
+                   train_cfg=TrainConfig(epochs=20), cache_dir=None, progress=False)  # fmt: skip
+    return run
+
+
+@pytest.fixture(scope="session")
+def exported_artifact(trained_run, tmp_path_factory) -> Path:
+    """One exported detector artifact shared by the whole session."""
+    from export.detector import export_detector
+
+    out = tmp_path_factory.mktemp("artifact") / "detector"
+    export_detector(trained_run, out)
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from toolkit.cli import data, demo, evaluate, train
+from toolkit.cli import data, demo, evaluate, export, train
 
 app = typer.Typer(
     help="CausalCLIP detector + diffusion purifier: train, evaluate, export, benchmark.\n\nExample: toolkit demo",
@@ -15,6 +15,7 @@ app = typer.Typer(
 app.add_typer(train.app, name="train")
 app.add_typer(data.app, name="data")
 app.command("eval")(evaluate.eval_command)
+app.command("export")(export.export_command)
 app.command("demo")(demo.demo_command)
 
 

@@ -1,0 +1,44 @@
+"""`onnxruntime` engine: CPU, CUDA or TensorRT execution provider, chosen by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.engines.base import Engine, TensorSpec
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OnnxRuntimeEngine(Engine):
+    kind = "onnxruntime"
+
+    def __init__(self, onnx_path: str | Path, provider: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        if provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
+        available = ort.get_available_providers()
+        if PROVIDERS[provider] not in available:
+            raise RuntimeError(
+                f"onnxruntime provider {provider!r} ({PROVIDERS[provider]}) is not available here; "
+                f"available: {available}. Install onnxruntime-gpu for cuda/tensorrt."
+            )
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path} does not exist")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        chain = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
+        self.session = ort.InferenceSession(str(self.path), opts, providers=chain)
+        spec = lambda v: TensorSpec(v.name, tuple(v.shape), _ORT_DTYPES[v.type])  # noqa: E731
+        super().__init__([spec(v) for v in self.session.get_inputs()], [spec(v) for v in self.session.get_outputs()])
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.outputs]
+        return dict(zip(names, self.session.run(names, feed), strict=True))
+
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
