@@ -15,7 +15,7 @@ def demo_command(
     epochs: int = typer.Option(80, min=1),
 ) -> None:
     """Build the embedded benchmark, train CausalCLIP and the linear probe on one generator family,
-    and report both on the unseen families.
+    report both on the unseen families, and export CausalCLIP to ONNX with its parity gate.
 
     Example: toolkit demo --workdir demo_out
     """
@@ -26,3 +26,13 @@ def demo_command(
         res = run_generalisation(workdir, clip=clip, epochs=epochs)
     out.print(rich_table(res["reports"], title="CausalCLIP vs linear probe, embedded benchmark (%)"))
     out.print(f"report: {res['markdown']} and {res['json']}")
+
+    from export.detector import export_detector
+
+    with user_errors():
+        m = export_detector(workdir / "runs" / "causal", workdir / "artifacts" / "causal")
+    w = m["gates"]["fp32"]["worst"]
+    out.print(
+        f"exported {workdir / 'artifacts' / 'causal'} ({', '.join(m['files'])}): fp32 gate passed, "
+        f"max |logit diff| {w['max_abs_logit']:.2e}, decision agreement {100 * w['decision_agreement']:.1f}%"
+    )

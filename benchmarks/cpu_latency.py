@@ -1,0 +1,107 @@
+"""ONNX Runtime fp32 against PyTorch eager on this CPU, side by side in one run (export issue).
+
+Run:  .venv/bin/python -m benchmarks.cpu_latency [--models tiny-vit-64 ViT-B-16] [--iters 50]
+Random weights (timing only). Engine-only latency: the input array is prepared before the clock starts;
+no host/device copies exist on a CPU. Writes benchmarks/results/cpu_latency.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.embedded_generalisation import environment
+from toolkit.io import write_json, write_text
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def time_engine(engine, feed: dict, warmup: int, iters: int) -> dict:
+    for _ in range(warmup):
+        engine.infer(feed)
+    engine.synchronize()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        engine.infer(feed)
+        engine.synchronize()
+        times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1e3
+    b = next(iter(feed.values())).shape[0]
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput_ips": float(b / np.median(ms) * 1e3),
+        "iters": iters,
+    }
+
+
+def bench_model(name: str, batches: list[int], warmup: int, iters: int) -> dict:
+    import torch
+
+    from export.onnx_export import export_onnx
+    from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from toolkit.engines.torch_engine import TorchEngine
+    from toolkit.models.backbone import BackboneConfig, load_backbone
+    from toolkit.models.detector import DeployedDetector
+
+    bb = load_backbone(BackboneConfig(name=name))
+    model = DeployedDetector(bb.visual, torch.nn.Linear(bb.feature_dim, 1)).eval()
+    s = bb.preprocess_cfg.size
+    out = {"model": name, "input_size": s, "batches": {}}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.onnx"
+        inputs, outputs = export_onnx(model, torch.randn(2, 3, s, s), path, "images", ["logit", "feature"])
+        with TorchEngine(model, inputs, outputs) as te, OnnxRuntimeEngine(path) as oe:
+            for b in batches:
+                feed = {"images": np.random.default_rng(0).standard_normal((b, 3, s, s)).astype(np.float32)}
+                rt = time_engine(te, feed, warmup, iters)
+                ro = time_engine(oe, feed, warmup, iters)
+                out["batches"][b] = {"torch": rt, "onnxruntime": ro, "speedup_p50": rt["p50_ms"] / ro["p50_ms"]}
+                print(f"{name} batch {b}: torch p50 {rt['p50_ms']:.2f} ms, onnxruntime p50 {ro['p50_ms']:.2f} ms, "
+                      f"ratio {out['batches'][b]['speedup_p50']:.2f}x", flush=True)  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["tiny-vit-64", "ViT-B-16"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=RESULTS / "cpu_latency")
+    args = ap.parse_args(argv)
+    command = "python -m benchmarks.cpu_latency " + " ".join(argv if argv is not None else sys.argv[1:])
+    env = environment()
+    res = [bench_model(m, args.batches, args.warmup, args.iters) for m in args.models]
+    write_json(args.out.with_suffix(".json"), {"command": command.strip(), "environment": env, "results": res})
+    lines = [
+        "# ONNX Runtime fp32 vs PyTorch eager, CPU",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Machine: {env['cpus']} CPUs ({env['processor']}), torch threads {env['torch_threads']}, "
+        f"torch {env['versions']['torch']}; random weights; engine-only (input prepared before the clock); "
+        f"warm-up {args.warmup}, {args.iters} timed iterations each, measured side by side in one run.",
+        "",
+        "| model | batch | torch p50 ms | torch p90 | ORT p50 ms | ORT p90 | ORT p99 | ORT img/s | speed-up (p50) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res:
+        for b, v in r["batches"].items():
+            t, o = v["torch"], v["onnxruntime"]
+            lines.append(
+                f"| {r['model']} | {b} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {o['p50_ms']:.2f} | "
+                f"{o['p90_ms']:.2f} | {o['p99_ms']:.2f} | {o['throughput_ips']:.1f} | {v['speedup_p50']:.2f}x |"
+            )
+    write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
