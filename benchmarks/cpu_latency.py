@@ -1,15 +1,16 @@
 """ONNX Runtime fp32 against PyTorch eager on this CPU, side by side in one run (export issue).
 
-Run:  .venv/bin/python -m benchmarks.cpu_latency [--models tiny-vit-64 ViT-B-16] [--iters 50]
-Random weights (timing only). Engine-only latency: the input array is prepared before the clock starts;
-no host/device copies exist on a CPU. Writes benchmarks/results/cpu_latency.{md,json}.
+Run on artifacts made by `toolkit export` (the benchmark reads their manifests, never re-exports):
+  .venv/bin/python -m benchmarks.cpu_latency ARTIFACT [ARTIFACT ...] [--iters 30]
+The PyTorch reference is rebuilt from the manifest's source run. Engine-only latency: the input array is
+prepared before the clock starts; no host/device copies exist on a CPU.
+Writes benchmarks/results/cpu_latency.{md,json}.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,36 +43,34 @@ def time_engine(engine, feed: dict, warmup: int, iters: int) -> dict:
     }
 
 
-def bench_model(name: str, batches: list[int], warmup: int, iters: int) -> dict:
-    import torch
-
-    from export.onnx_export import export_onnx
+def bench_artifact(artifact: Path, batches: list[int], warmup: int, iters: int) -> dict:
+    from toolkit.artifact import read_manifest
+    from toolkit.engines.base import TensorSpec
     from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
     from toolkit.engines.torch_engine import TorchEngine
-    from toolkit.models.backbone import BackboneConfig, load_backbone
-    from toolkit.models.detector import DeployedDetector
+    from toolkit.models.detector import load_deployed_detector
 
-    bb = load_backbone(BackboneConfig(name=name))
-    model = DeployedDetector(bb.visual, torch.nn.Linear(bb.feature_dim, 1)).eval()
-    s = bb.preprocess_cfg.size
-    out = {"model": name, "input_size": s, "batches": {}}
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "m.onnx"
-        inputs, outputs = export_onnx(model, torch.randn(2, 3, s, s), path, "images", ["logit", "feature"])
-        with TorchEngine(model, inputs, outputs) as te, OnnxRuntimeEngine(path) as oe:
-            for b in batches:
-                feed = {"images": np.random.default_rng(0).standard_normal((b, 3, s, s)).astype(np.float32)}
-                rt = time_engine(te, feed, warmup, iters)
-                ro = time_engine(oe, feed, warmup, iters)
-                out["batches"][b] = {"torch": rt, "onnxruntime": ro, "speedup_p50": rt["p50_ms"] / ro["p50_ms"]}
-                print(f"{name} batch {b}: torch p50 {rt['p50_ms']:.2f} ms, onnxruntime p50 {ro['p50_ms']:.2f} ms, "
-                      f"ratio {out['batches'][b]['speedup_p50']:.2f}x", flush=True)  # fmt: skip
+    m = read_manifest(artifact)
+    model, _ = load_deployed_detector(m["source_run"])
+    name = m["model_config"]["backbone_identity"]
+    s = m["preprocess"]["size"]
+    inputs = [TensorSpec.from_dict(d) for d in m["inputs"]]
+    outputs = [TensorSpec.from_dict(d) for d in m["outputs"]]
+    out = {"model": name, "artifact": str(artifact), "input_size": s, "batches": {}}
+    with TorchEngine(model, inputs, outputs) as te, OnnxRuntimeEngine(artifact / m["precisions"]["fp32"]["file"]) as oe:
+        for b in batches:
+            feed = {"images": np.random.default_rng(0).standard_normal((b, 3, s, s)).astype(np.float32)}
+            rt = time_engine(te, feed, warmup, iters)
+            ro = time_engine(oe, feed, warmup, iters)
+            out["batches"][b] = {"torch": rt, "onnxruntime": ro, "speedup_p50": rt["p50_ms"] / ro["p50_ms"]}
+            print(f"{name} batch {b}: torch p50 {rt['p50_ms']:.2f} ms, onnxruntime p50 {ro['p50_ms']:.2f} ms, "
+                  f"ratio {out['batches'][b]['speedup_p50']:.2f}x", flush=True)  # fmt: skip
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["tiny-vit-64", "ViT-B-16"])
+    ap.add_argument("artifacts", nargs="+", type=Path, help="artifact directories from 'toolkit export'")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     command = "python -m benchmarks.cpu_latency " + " ".join(argv if argv is not None else sys.argv[1:])
     env = environment()
-    res = [bench_model(m, args.batches, args.warmup, args.iters) for m in args.models]
+    res = [bench_artifact(a, args.batches, args.warmup, args.iters) for a in args.artifacts]
     write_json(args.out.with_suffix(".json"), {"command": command.strip(), "environment": env, "results": res})
     lines = [
         "# ONNX Runtime fp32 vs PyTorch eager, CPU",
