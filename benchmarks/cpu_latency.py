@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in res:
         for b, v in r["batches"].items():
             t, o = v["torch"], v["onnxruntime"]
+            model = r["model"].replace("|", r"\|")  # a table cell cannot hold a bare '|'
             lines.append(
-                f"| {r['model']} | {b} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {o['p50_ms']:.2f} | "
+                f"| {model} | {b} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {o['p50_ms']:.2f} | "
                 f"{o['p90_ms']:.2f} | {o['p99_ms']:.2f} | {o['throughput_ips']:.1f} | {v['speedup_p50']:.2f}x |"
             )
     write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
