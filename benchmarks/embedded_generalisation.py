@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from toolkit.io import write_json, write_text
@@ -23,12 +22,11 @@ def environment() -> dict:
 
     import torch
 
-    versions = {}
-    for pkg in ("torch", "open_clip_torch", "diffusers", "numpy", "scikit-learn", "pillow"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
+    from toolkit.artifact import tool_versions
+
+    versions = tool_versions(
+        ("torch", "open_clip_torch", "diffusers", "numpy", "scikit-learn", "pillow", "onnxruntime")
+    )
     return {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),

@@ -19,11 +19,15 @@ class ArtifactError(ValueError):
     pass
 
 
-def tool_versions() -> dict[str, str | None]:
+TOOLS = ("causal-deploy-toolkit", "torch", "open_clip_torch", "onnx", "onnxruntime", "onnxscript")
+
+
+def tool_versions(packages: tuple[str, ...] = TOOLS) -> dict[str, str | None]:
+    """Installed version of each distribution (None where absent)."""
     from importlib import metadata
 
     out = {}
-    for pkg in ("causal-deploy-toolkit", "torch", "open_clip_torch", "onnx", "onnxruntime", "onnxscript"):
+    for pkg in packages:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
