@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from export.onnx_export import OPSET, export_onnx
-from export.verify import Fp32Gate, check_fp32, compare, gate_dict
+from export.verify import Fp32Gate, check_fp32, compare
 
 
 class GateFailed(RuntimeError):
@@ -49,7 +50,7 @@ def export_detector(
         "decision_agreement": min(r["decision_agreement"] for r in results.values()),
     }
     ok, fails = check_fp32(worst, gate)
-    gates = {"fp32": {"passed": ok, "gate": gate_dict(gate), "worst": worst, "per_batch": results}}
+    gates = {"fp32": {"passed": ok, "gate": asdict(gate), "worst": worst, "per_batch": results}}
     if not ok:
         raise GateFailed(f"fp32 export gate failed for {out_dir / onnx_name}: " + "; ".join(fails))
     manifest = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,7 +33,3 @@ def check_fp32(stats: dict, gate: Fp32Gate) -> tuple[bool, list[str]]:
     if stats["decision_agreement"] < gate.min_decision_agreement:
         fails.append(f"decision agreement {stats['decision_agreement']:.4f} < {gate.min_decision_agreement}")
     return not fails, fails
-
-
-def gate_dict(gate: Fp32Gate) -> dict:
-    return asdict(gate)

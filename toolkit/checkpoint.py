@@ -28,6 +28,12 @@ def save_detector(run_dir: str | Path, head: torch.nn.Module, config: dict, metr
     return run_dir
 
 
+def check_backbone(run_dir: str | Path, config: dict, backbone) -> None:
+    """A head only makes sense on the features it was trained on: same model name and weights."""
+    if backbone.identity != config["backbone_identity"]:
+        raise ValueError(f"{run_dir} was trained on features of {config['backbone_identity']}, not {backbone.identity}")
+
+
 def load_detector(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     """-> (head in eval mode, config dict). Clear errors for a missing or foreign run directory."""
     from safetensors import SafetensorError

@@ -28,11 +28,9 @@ def demo_command(
     out.print(f"report: {res['markdown']} and {res['json']}")
 
     from export.detector import export_detector
+    from toolkit.cli.export import export_summary
 
+    artifact = workdir / "artifacts" / "causal"
     with user_errors():
-        m = export_detector(workdir / "runs" / "causal", workdir / "artifacts" / "causal")
-    w = m["gates"]["fp32"]["worst"]
-    out.print(
-        f"exported {workdir / 'artifacts' / 'causal'} ({', '.join(m['files'])}): fp32 gate passed, "
-        f"max |logit diff| {w['max_abs_logit']:.2e}, decision agreement {100 * w['decision_agreement']:.1f}%"
-    )
+        m = export_detector(workdir / "runs" / "causal", artifact)
+    out.print(export_summary(artifact, m))

@@ -18,16 +18,17 @@ def export_command(
 
     Example: toolkit export runs/causal --out artifacts/causal
     """
-    from export.detector import GateFailed, export_detector
+    from export.detector import export_detector
     from export.verify import Fp32Gate
 
-    with user_errors():
-        try:
-            m = export_detector(run, out_dir, gate=Fp32Gate(max_abs_logit=max_abs_logit))
-        except GateFailed as e:
-            raise RuntimeError(str(e)) from None
-    w = m["gates"]["fp32"]["worst"]
-    out.print(
-        f"wrote {out_dir}: {', '.join(f for f in m['files'])} + manifest.json; fp32 gate passed "
+    with user_errors():  # a failed gate (GateFailed, a RuntimeError) exits 2 with its numbers
+        m = export_detector(run, out_dir, gate=Fp32Gate(max_abs_logit=max_abs_logit))
+    out.print(export_summary(out_dir, m))
+
+
+def export_summary(out_dir: Path, manifest: dict) -> str:
+    w = manifest["gates"]["fp32"]["worst"]
+    return (
+        f"wrote {out_dir}: {', '.join(manifest['files'])} + manifest.json; fp32 gate passed "
         f"(max |logit diff| {w['max_abs_logit']:.2e}, decision agreement {100 * w['decision_agreement']:.1f}%)"
     )

@@ -25,15 +25,14 @@ class DeployedDetector(nn.Module):
 
 def load_deployed_detector(run_dir: str | Path) -> tuple[DeployedDetector, dict]:
     """Run directory -> (deployed detector in eval mode, run config)."""
-    from toolkit.checkpoint import load_detector
+    from toolkit.checkpoint import check_backbone, load_detector
     from toolkit.models.backbone import BackboneConfig, load_backbone
     from toolkit.models.causal_clip import CausalCLIP, fold_mask
 
     head, config = load_detector(run_dir)
     linear = fold_mask(head) if isinstance(head, CausalCLIP) else head.head
     backbone = load_backbone(BackboneConfig.from_dict(config["backbone"]))
-    if backbone.identity != config["backbone_identity"]:
-        raise ValueError(f"{run_dir}: backbone weights changed since training ({backbone.identity})")
+    check_backbone(run_dir, config, backbone)
     model = DeployedDetector(backbone.visual, linear).eval()
     model.requires_grad_(False)
     return model, config

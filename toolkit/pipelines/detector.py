@@ -139,14 +139,13 @@ def evaluate_detector(
     backbone: ClipBackbone | None = None,
 ) -> dict:
     """Per-generator report of a trained run on a labelled folder, at the run's fixed threshold."""
-    from toolkit.checkpoint import load_detector
+    from toolkit.checkpoint import check_backbone, load_detector
     from toolkit.evaluation import per_generator_report
 
     head, config = load_detector(run_dir)
     if backbone is None:
         backbone = load_backbone(BackboneConfig.from_dict(config["backbone"]))
-    if backbone.identity != config["backbone_identity"]:
-        raise ValueError(f"{run_dir} was trained on features of {config['backbone_identity']}, not {backbone.identity}")
+    check_backbone(run_dir, config, backbone)
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     ds = find_labelled_images(test_dir)
     enc = encode(ds, backbone, cache_dir, batch_size, progress, "encode test")
