@@ -1,69 +1,79 @@
-"""Detector kind: run directory -> artifact directory (detector.fp32.onnx + manifest.json), gated."""
+"""Detector kind: run directory -> artifact directory (detector.{fp32,fp16}.onnx + manifest.json), gated.
+
+The graph: CLIP image encoder -> L2 normalise -> folded causal head; input `images` (N,3,H,W),
+outputs `logit` (N,) and `feature` (N,D). fp16 keeps LayerNorm, softmax and everything from the
+final LayerNorm on (projection, normalisation, head) in fp32.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from export.onnx_export import OPSET, export_onnx
-from export.verify import Fp32Gate, check_fp32, compare
+from export.core import PRECISIONS, ExportKind, GateFailed, export_model
+from export.verify import compare
+
+__all__ = ["GateFailed", "export_detector", "verification_feeds"]
 
 
-class GateFailed(RuntimeError):
-    pass
+def verification_feeds(size: int, n: int = 64, images: str | Path | None = None, preprocess: dict | None = None,
+                       seed: int = 0) -> list[np.ndarray]:  # fmt: skip
+    """Batches of 1, 8 and the rest (n in all): real images from a folder when given, else seeded noise."""
+    if images is not None:
+        from toolkit.data.images import ImageDecodeError, is_image_file, load_image
+        from toolkit.preprocess import PreprocessConfig, preprocess_batch
+
+        files = sorted(p for p in Path(images).rglob("*") if p.is_file() and is_image_file(p))
+        pil = []
+        for f in files:
+            try:
+                pil.append(load_image(f))
+            except ImageDecodeError:
+                continue
+            if len(pil) == n:
+                break
+        if len(pil) < 9:
+            raise ValueError(f"{images}: need at least 9 readable images to verify the export, found {len(pil)}")
+        x = preprocess_batch(pil, PreprocessConfig.from_dict(preprocess))
+    else:
+        x = np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
+    return [b for b in (x[:1], x[1:9], x[9:]) if len(b)]
 
 
 def export_detector(
     run_dir: str | Path,
     out_dir: str | Path,
-    verify_batches: tuple[int, ...] = (1, 8),
-    gate: Fp32Gate | None = None,
+    precisions: tuple[str, ...] = PRECISIONS,
+    gates: dict | None = None,
+    verify_images: str | Path | None = None,
+    verify_n: int = 64,
     seed: int = 0,
+    log=print,
 ) -> dict:
     """Export the deployed detector of `run_dir` to `out_dir`; raises GateFailed with the numbers."""
-    from toolkit.artifact import read_manifest, tool_versions, write_manifest
-    from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from toolkit.engines.torch_engine import TorchEngine
     from toolkit.models.detector import load_deployed_detector
 
-    gate = gate or Fp32Gate()
     model, config = load_deployed_detector(run_dir)
     size = config["preprocess"]["size"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_name = "detector.fp32.onnx"
-    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    inputs, outputs = export_onnx(model, example, out_dir / onnx_name, "images", ["logit", "feature"])
-
     threshold = float(config["threshold"])
-    rng = np.random.default_rng(seed)
-    results = {}
-    with TorchEngine(model, inputs, outputs) as ref, OnnxRuntimeEngine(out_dir / onnx_name) as ort_engine:
-        for b in verify_batches:
-            feed = {"images": rng.standard_normal((b, 3, size, size)).astype(np.float32)}
-            results[f"batch{b}"] = compare(ref.infer(feed), ort_engine.infer(feed), threshold)
-    worst = {
-        "max_abs_logit": max(r["max_abs_logit"] for r in results.values()),
-        "decision_agreement": min(r["decision_agreement"] for r in results.values()),
-    }
-    ok, fails = check_fp32(worst, gate)
-    gates = {"fp32": {"passed": ok, "gate": asdict(gate), "worst": worst, "per_batch": results}}
-    if not ok:
-        raise GateFailed(f"fp32 export gate failed for {out_dir / onnx_name}: " + "; ".join(fails))
-    manifest = {
-        "kind": "detector",
-        "source_run": str(run_dir),
-        "model_config": {k: config[k] for k in ("backbone", "backbone_identity", "causal", "train")},
-        "preprocess": config["preprocess"],
-        "threshold": threshold,
-        "inputs": [s.to_dict() for s in inputs],
-        "outputs": [s.to_dict() for s in outputs],
-        "precisions": {"fp32": {"file": onnx_name, "opset": OPSET}},
-        "gates": gates,
-        "tool_versions": tool_versions(),
-    }
-    write_manifest(out_dir, manifest)
-    return read_manifest(out_dir)
+    kind = ExportKind(
+        name="detector",
+        module=model,
+        example=torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed)),
+        input_name="images",
+        output_names=["logit", "feature"],
+        compare=lambda ref, got: compare(ref, got, threshold),
+        verify_feeds=verification_feeds(size, verify_n, verify_images, config["preprocess"], seed),
+        manifest={
+            "source_run": str(run_dir),
+            "model_config": {k: config[k] for k in ("backbone", "backbone_identity", "causal", "train")},
+            "preprocess": config["preprocess"],
+            "threshold": threshold,
+            "verify_source": str(verify_images) if verify_images else f"seeded noise (seed {seed})",
+        },
+        fp16_tail_after="LayerNormalization",
+        gates=gates or {},
+    )
+    return export_model(kind, out_dir, precisions, log=log)

@@ -1,4 +1,8 @@
-"""Export verification gates: an exported engine against the PyTorch fp32 reference on the same feeds."""
+"""Export verification gates: an exported engine against the PyTorch fp32 reference on the same feeds.
+
+Each precision has a gate (a dataclass of configurable bounds); `check` returns the failures with the
+numbers, and a failed gate fails the export (no manifest is written).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,24 @@ class Fp32Gate:
     max_abs_logit: float = 1e-4  # max |logit - reference logit|
     min_decision_agreement: float = 1.0  # identical decisions at the threshold
 
+    def bounds(self) -> list[tuple[str, str, float]]:
+        return [("max_abs_logit", "<=", self.max_abs_logit), ("decision_agreement", ">=", self.min_decision_agreement)]
+
+
+@dataclass
+class Fp16Gate:
+    min_cosine_feature: float = 0.999  # cosine of each feature vector with the reference
+    min_decision_agreement: float = 0.995
+
+    def bounds(self) -> list[tuple[str, str, float]]:
+        return [
+            ("min_cosine_feature", ">=", self.min_cosine_feature),
+            ("decision_agreement", ">=", self.min_decision_agreement),
+        ]
+
+
+GATES = {"fp32": Fp32Gate, "fp16": Fp16Gate}
+
 
 def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold: float) -> dict:
     lr, lg = ref["logit"].astype(np.float64), got["logit"].astype(np.float64)
@@ -21,15 +43,16 @@ def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold: f
         "max_abs_logit": float(np.abs(lr - lg).max()),
         "max_abs_feature": float(np.abs(fr - fg).max()),
         "min_cosine_feature": float(cos.min()),
+        "mean_cosine_feature": float(cos.mean()),
         "decision_agreement": float(((lr > threshold) == (lg > threshold)).mean()),
         "n": len(lr),
     }
 
 
-def check_fp32(stats: dict, gate: Fp32Gate) -> tuple[bool, list[str]]:
+def check(stats: dict, gate) -> tuple[bool, list[str]]:
     fails = []
-    if stats["max_abs_logit"] > gate.max_abs_logit:
-        fails.append(f"max |logit diff| {stats['max_abs_logit']:.3g} > {gate.max_abs_logit:.3g}")
-    if stats["decision_agreement"] < gate.min_decision_agreement:
-        fails.append(f"decision agreement {stats['decision_agreement']:.4f} < {gate.min_decision_agreement}")
+    for key, op, bound in gate.bounds():
+        v = stats[key]
+        if (op == "<=" and v > bound) or (op == ">=" and v < bound):
+            fails.append(f"{key} {v:.8g} (gate {op} {bound:.8g})")
     return not fails, fails

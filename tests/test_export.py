@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from export.detector import GateFailed, export_detector
-from export.verify import Fp32Gate
+from export.verify import Fp16Gate, Fp32Gate
 from toolkit.artifact import ArtifactError, read_manifest
 from toolkit.cli import app
 
@@ -19,8 +19,39 @@ def test_artifact_is_checked_onnx_with_dynamic_batch(exported_artifact):
     assert model.opset_import[0].version >= 17
     assert isinstance(m["inputs"][0]["shape"][0], str)
     g = m["gates"]["fp32"]
-    assert g["passed"] and g["worst"]["max_abs_logit"] <= 1e-4 and g["worst"]["decision_agreement"] == 1.0
-    assert set(g["per_batch"]) == {"batch1", "batch8"}
+    assert g["passed"] and g["stats"]["max_abs_logit"] <= 1e-4 and g["stats"]["decision_agreement"] == 1.0
+    assert m["verify_batches"][:2] == [1, 8] and g["stats"]["n"] == sum(m["verify_batches"])
+
+
+def test_fp16_variant_keeps_norms_softmax_and_head_in_fp32(exported_artifact):
+    m = read_manifest(exported_artifact)
+    g16 = m["gates"]["fp16"]
+    assert g16["passed"] and g16["stats"]["min_cosine_feature"] >= 0.999
+    model = onnx.load(str(exported_artifact / "detector.fp16.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    # fp32 in/out, a drop-in for the fp32 file
+    assert [v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]] == [f32, f32, f32]
+    kept = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+    assert kept and all(types[n.output[0]] == f32 for n in kept)
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul")]
+    assert sum(types[n.output[0]] == f16 for n in convs) >= len(convs) - 1  # only the final projection stays fp32
+    head = next(n for n in model.graph.node if n.op_type == "Gemm" and "head.weight" in n.input)
+    assert types["head.weight"] == f32 and types[head.input[0]] == f32  # head weights and inputs in fp32
+    # no fp32 -> fp16 -> fp32 round trip inside the kept tail
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.op_type == "Cast" and n.input[0] in producers and producers[n.input[0]].op_type == "Cast":
+            raise AssertionError(f"Cast chain {producers[n.input[0]].name} -> {n.name}")
+
+
+def test_fp16_gate_failure_names_the_numbers(trained_run, tmp_path):
+    with pytest.raises(GateFailed, match=r"fp16 export gate failed .* min_cosine_feature [\d.]+ \(gate >= 1\.1\)"):
+        export_detector(trained_run, tmp_path / "a", gates={"fp16": Fp16Gate(min_cosine_feature=1.1)})
+    assert not (tmp_path / "a" / "manifest.json").exists()
 
 
 def test_onnx_matches_torch_at_large_batch(exported_artifact):
@@ -52,13 +83,13 @@ def test_tampered_file_is_refused(exported_artifact, tmp_path):
 
 
 def test_failed_gate_fails_the_export_with_numbers(trained_run, tmp_path):
-    with pytest.raises(GateFailed, match=r"max \|logit diff\| .* > -1"):
-        export_detector(trained_run, tmp_path / "a", gate=Fp32Gate(max_abs_logit=-1.0))
+    with pytest.raises(GateFailed, match=r"fp32 export gate failed .* max_abs_logit .* \(gate <= -1\)"):
+        export_detector(trained_run, tmp_path / "a", ("fp32",), gates={"fp32": Fp32Gate(max_abs_logit=-1.0)})
     assert not (tmp_path / "a" / "manifest.json").exists()
 
 
 def test_export_cli(trained_run, tmp_path):
     res = CliRunner().invoke(app, ["export", str(trained_run), "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
-    assert "fp32 gate passed" in res.output
+    assert "fp32 gate passed" in res.output and "fp16 gate passed" in res.output
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["kind"] == "detector"

@@ -15,7 +15,7 @@ def demo_command(
     epochs: int = typer.Option(80, min=1),
 ) -> None:
     """Build the embedded benchmark, train CausalCLIP and the linear probe on one generator family,
-    report both on the unseen families, and export CausalCLIP to ONNX with its parity gate.
+    report both on the unseen families, and export CausalCLIP to ONNX fp32 + fp16 with their parity gates.
 
     Example: toolkit demo --workdir demo_out
     """
@@ -32,5 +32,6 @@ def demo_command(
 
     artifact = workdir / "artifacts" / "causal"
     with user_errors():
-        m = export_detector(workdir / "runs" / "causal", artifact)
+        val = Path(res["benchmark"]) / res["protocol"]["threshold"]  # gates on real images, not noise
+        m = export_detector(workdir / "runs" / "causal", artifact, verify_images=val, log=out.print)
     out.print(export_summary(artifact, m))

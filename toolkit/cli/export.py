@@ -1,4 +1,4 @@
-"""`toolkit export`: a detector run -> artifacts/<name>/ (ONNX fp32 + manifest), with the parity gate."""
+"""`toolkit export`: a detector run -> artifacts/<name>/ (ONNX fp32 + fp16, manifest, optional TensorRT plans)."""
 
 from __future__ import annotations
 
@@ -12,23 +12,41 @@ from toolkit.cli.common import out, user_errors
 def export_command(
     run: Path = typer.Argument(..., help="run directory from 'toolkit train detector'"),
     out_dir: Path = typer.Option(Path("artifacts/detector"), "--out", help="artifact directory to write"),
+    precision: list[str] = typer.Option(["fp32", "fp16"], help="precisions to write (repeatable): fp32, fp16"),
+    verify_images: Path | None = typer.Option(None, help="image folder for the gates (default: seeded noise)"),
     max_abs_logit: float = typer.Option(1e-4, help="fp32 gate: max |logit - PyTorch logit|"),
+    min_cosine: float = typer.Option(0.999, help="fp16 gate: min cosine of features with PyTorch"),
+    min_agreement: float = typer.Option(0.995, help="fp16 gate: min decision agreement with PyTorch"),
+    trt: bool = typer.Option(False, "--trt", help="also build TensorRT plans (needs TensorRT + a CUDA GPU)"),
+    min_batch: int = typer.Option(1, help="TensorRT profile: smallest batch"),
+    opt_batch: int = typer.Option(8, help="TensorRT profile: batch to tune for"),
+    max_batch: int = typer.Option(32, help="TensorRT profile: largest batch"),
+    workspace_mib: int = typer.Option(4096, help="TensorRT builder workspace limit (MiB)"),
 ) -> None:
-    """Export a detector to ONNX (fp32, dynamic batch), verify it against PyTorch, write the manifest.
+    """Export a detector to ONNX (dynamic batch), gate every precision against PyTorch, write the manifest.
 
-    Example: toolkit export runs/causal --out artifacts/causal
+    Example: toolkit export runs/causal --out artifacts/causal --precision fp32 --precision fp16
     """
     from export.detector import export_detector
-    from export.verify import Fp32Gate
+    from export.verify import Fp16Gate, Fp32Gate
 
+    gates = {"fp32": Fp32Gate(max_abs_logit=max_abs_logit), "fp16": Fp16Gate(min_cosine, min_agreement)}
     with user_errors():  # a failed gate (GateFailed, a RuntimeError) exits 2 with its numbers
-        m = export_detector(run, out_dir, gate=Fp32Gate(max_abs_logit=max_abs_logit))
+        m = export_detector(run, out_dir, tuple(precision), gates=gates, verify_images=verify_images, log=out.print)
     out.print(export_summary(out_dir, m))
+    if trt:
+        from toolkit.cli.plans import build_plans
+
+        build_plans(out_dir, (min_batch, opt_batch, max_batch), workspace_mib)
 
 
 def export_summary(out_dir: Path, manifest: dict) -> str:
-    w = manifest["gates"]["fp32"]["worst"]
-    return (
-        f"wrote {out_dir}: {', '.join(manifest['files'])} + manifest.json; fp32 gate passed "
-        f"(max |logit diff| {w['max_abs_logit']:.2e}, decision agreement {100 * w['decision_agreement']:.1f}%)"
-    )
+    lines = [f"wrote {out_dir}: {', '.join(manifest['files'])} + manifest.json"]
+    for precision, g in manifest["gates"].items():
+        s = g["stats"]
+        lines.append(
+            f"  {precision} gate {'passed' if g['passed'] else 'FAILED'}: max |logit diff| {s['max_abs_logit']:.2e}, "
+            f"min feature cosine {s['min_cosine_feature']:.6f}, decision agreement {100 * s['decision_agreement']:.1f}% "
+            f"(n={s['n']})"
+        )
+    return "\n".join(lines)

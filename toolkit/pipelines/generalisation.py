@@ -49,4 +49,4 @@ def run_generalisation(
     result = {"backbone": backbone.identity, "protocol": proto, "reports": reports, "timings": timings}
     json_path = write_json(workdir / "report.json", result)
     md_path = write_text(workdir / "report.md", md)
-    return {**result, "markdown": str(md_path), "json": str(json_path), "table": md}
+    return {**result, "benchmark": str(bench), "markdown": str(md_path), "json": str(json_path), "table": md}
