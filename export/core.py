@@ -51,16 +51,22 @@ def export_model(kind: ExportKind, out_dir: str | Path, precisions: tuple[str, .
 
     unknown = set(precisions) - set(PRECISIONS)
     if unknown:
-        raise ValueError(f"unknown precision(s) {sorted(unknown)}; export writes {PRECISIONS} (int8: toolkit calibrate)")
+        raise ValueError(
+            f"unknown precision(s) {sorted(unknown)}; export writes {PRECISIONS} (int8: toolkit calibrate)"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {p: f"{kind.name}.{p}.onnx" for p in ("fp32", *precisions)}
     log(f"exporting {kind.name} to ONNX (opset {OPSET}, dynamic batch) ...")
-    inputs, outputs = export_onnx(kind.module, kind.example, out_dir / files["fp32"], kind.input_name, kind.output_names)
+    inputs, outputs = export_onnx(
+        kind.module, kind.example, out_dir / files["fp32"], kind.input_name, kind.output_names
+    )
     variants = {"fp32": {"file": files["fp32"], "opset": OPSET}}
     if "fp16" in precisions:
         log("writing the fp16 variant ...")
-        summary = write_fp16(out_dir / files["fp32"], out_dir / files["fp16"], kind.fp16_keep_ops, (), kind.fp16_tail_after)
+        summary = write_fp16(
+            out_dir / files["fp32"], out_dir / files["fp16"], kind.fp16_keep_ops, (), kind.fp16_tail_after
+        )
         variants["fp16"] = {"file": files["fp16"], "opset": OPSET, **summary}
 
     with TorchEngine(kind.module, inputs, outputs) as ref:

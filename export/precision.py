@@ -72,7 +72,9 @@ def convert_to_fp16(model, keep_ops: Iterable[str] = (), keep_nodes: Iterable[st
                 arr = np.clip(numpy_helper.to_array(inits[name]), -FP16_MAX, FP16_MAX).astype(np.float16)
                 new_inits.append(numpy_helper.from_array(arr, name + suffix))
             else:
-                new_nodes.append(helper.make_node("Cast", [name], [name + suffix], to=want, name=f"cast_{name}{suffix}"))
+                new_nodes.append(
+                    helper.make_node("Cast", [name], [name + suffix], to=want, name=f"cast_{name}{suffix}")
+                )
             now[name + suffix] = want
             casts[key] = name + suffix
         return casts[key]
@@ -117,7 +119,11 @@ def convert_to_fp16(model, keep_ops: Iterable[str] = (), keep_nodes: Iterable[st
 
 
 def write_fp16(
-    src: str | Path, dst: str | Path, keep_ops: Iterable[str] = (), keep_nodes: Iterable[str] = (), tail_after: str | None = None
+    src: str | Path,
+    dst: str | Path,
+    keep_ops: Iterable[str] = (),
+    keep_nodes: Iterable[str] = (),
+    tail_after: str | None = None,
 ) -> dict:
     """Convert `src` and write `dst` atomically; -> summary (fp32/fp16 node counts, what was kept)."""
     import onnx
@@ -135,5 +141,6 @@ def write_fp16(
         "fp32_tail_after": tail_after,
         "nodes_fp32": len(kept),
         "nodes_fp16": len(model.graph.node) - len(kept),
-        "casts_added": sum(n.op_type == "Cast" for n in m16.graph.node) - sum(n.op_type == "Cast" for n in model.graph.node),
+        "casts_added": sum(n.op_type == "Cast" for n in m16.graph.node)
+        - sum(n.op_type == "Cast" for n in model.graph.node),
     }

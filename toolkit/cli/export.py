@@ -44,9 +44,9 @@ def export_summary(out_dir: Path, manifest: dict) -> str:
     lines = [f"wrote {out_dir}: {', '.join(manifest['files'])} + manifest.json"]
     for precision, g in manifest["gates"].items():
         s = g["stats"]
+        verdict = "passed" if g["passed"] else "FAILED"
         lines.append(
-            f"  {precision} gate {'passed' if g['passed'] else 'FAILED'}: max |logit diff| {s['max_abs_logit']:.2e}, "
-            f"min feature cosine {s['min_cosine_feature']:.6f}, decision agreement {100 * s['decision_agreement']:.1f}% "
-            f"(n={s['n']})"
+            f"  {precision} gate {verdict}: max |logit diff| {s['max_abs_logit']:.2e}, min feature cosine "
+            f"{s['min_cosine_feature']:.6f}, decision agreement {100 * s['decision_agreement']:.1f}% (n={s['n']})"
         )
     return "\n".join(lines)

@@ -49,7 +49,8 @@ def _has_fp16(path: Path) -> bool:
 
     g = onnx.load(str(path), load_external_data=False).graph
     return any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer) or any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute) for n in g.node
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
+        for n in g.node
     )
 
 
