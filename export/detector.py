@@ -53,6 +53,7 @@ def export_detector(
     log=print,
 ) -> dict:
     """Export the deployed detector of `run_dir` to `out_dir`; raises GateFailed with the numbers."""
+    from toolkit.io import sha256_file
     from toolkit.models.detector import load_deployed_detector
 
     model, config = load_deployed_detector(run_dir)
@@ -68,6 +69,7 @@ def export_detector(
         verify_feeds=verification_feeds(size, verify_n, verify_images, config["preprocess"], seed),
         manifest={
             "source_run": str(run_dir),
+            "source_sha256": sha256_file(Path(run_dir) / "model.safetensors"),  # the torch reference must match
             "model_config": {k: config[k] for k in ("backbone", "backbone_identity", "causal", "train")},
             "preprocess": config["preprocess"],
             "threshold": threshold,

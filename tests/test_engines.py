@@ -1,25 +1,27 @@
-"""One Engine contract suite, parametrised over every kind present (trt: not built yet, see README)."""
+"""One Engine contract suite over every kind and precision; `trt` skips with its reason without TensorRT/CUDA."""
 
 import numpy as np
 import pytest
 
 from toolkit.artifact import read_manifest
-from toolkit.engines.base import TensorSpec
+from toolkit.engines import KINDS, open_engine
+
+VARIANTS = [(k, p) for k in KINDS for p in (("fp32",) if k == "torch" else ("fp32", "fp16"))]
 
 
-@pytest.fixture(params=["torch", "onnxruntime"])
+@pytest.fixture(params=VARIANTS, ids=[f"{k}-{p}" for k, p in VARIANTS])
 def engine(request, exported_artifact):
-    m = read_manifest(exported_artifact)
-    if request.param == "torch":
-        from toolkit.engines.torch_engine import TorchEngine
-        from toolkit.models.detector import load_deployed_detector
+    kind, precision = request.param
+    if kind == "trt":
+        from toolkit.engines.trt_engine import unavailable_reason
 
-        model, _ = load_deployed_detector(m["source_run"])
-        specs = [TensorSpec.from_dict(d) for d in m["inputs"]], [TensorSpec.from_dict(d) for d in m["outputs"]]
-        return TorchEngine(model, *specs)
-    from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
+        reason = unavailable_reason()
+        if reason:
+            pytest.skip(f"trt: {reason}")
+        from export.tensorrt import build_artifact_plans
 
-    return OnnxRuntimeEngine(exported_artifact / m["precisions"]["fp32"]["file"])
+        build_artifact_plans(exported_artifact, (1, 8, 16), precisions=(precision,))
+    return open_engine(exported_artifact, kind, precision)
 
 
 @pytest.mark.parametrize("batch", [1, 8])

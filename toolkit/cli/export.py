@@ -34,10 +34,12 @@ def export_command(
     with user_errors():  # a failed gate (GateFailed, a RuntimeError) exits 2 with its numbers
         m = export_detector(run, out_dir, tuple(precision), gates=gates, verify_images=verify_images, log=out.print)
     out.print(export_summary(out_dir, m))
-    if trt:
-        from toolkit.cli.plans import build_plans
+    if trt:  # after the ONNX export, so a machine without TensorRT still keeps the gated ONNX files
+        from export.tensorrt import build_artifact_plans
 
-        build_plans(out_dir, (min_batch, opt_batch, max_batch), workspace_mib)
+        with user_errors():
+            plans = build_artifact_plans(out_dir, (min_batch, opt_batch, max_batch), workspace_mib, log=out.print)
+        out.print("TensorRT plans: " + ", ".join(f"{p} -> {path}" for p, path in plans.items()))
 
 
 def export_summary(out_dir: Path, manifest: dict) -> str:
