@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.onnx_export import OPSET, export_onnx
+from export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_onnx
 from export.precision import write_fp16
 from export.verify import GATES, check
 
@@ -40,7 +40,13 @@ class ExportKind:
     gates: dict = field(default_factory=dict)  # precision -> gate; defaults from export.verify.GATES
 
 
-def export_model(kind: ExportKind, out_dir: str | Path, precisions: tuple[str, ...] = PRECISIONS, log=print) -> dict:
+def export_model(
+    kind: ExportKind,
+    out_dir: str | Path,
+    precisions: tuple[str, ...] = PRECISIONS,
+    log=print,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
+) -> dict:
     """Write <out_dir>/<kind>.<precision>.onnx for each precision, gate each against PyTorch, then the manifest.
 
     Raises GateFailed with the numbers (and writes no manifest) when any gate fails.
@@ -59,16 +65,30 @@ def export_model(kind: ExportKind, out_dir: str | Path, precisions: tuple[str, .
     files = {p: f"{kind.name}.{p}.onnx" for p in ("fp32", *precisions)}
     log(f"exporting {kind.name} to ONNX (opset {OPSET}, dynamic batch) ...")
     inputs, outputs = export_onnx(
-        kind.module, kind.example, out_dir / files["fp32"], kind.input_name, kind.output_names
+        kind.module,
+        kind.example,
+        out_dir / files["fp32"],
+        kind.input_name,
+        kind.output_names,
+        1024,
+        external_data_bytes,
     )
     variants = {"fp32": {"file": files["fp32"], "opset": OPSET}}
     if "fp16" in precisions:
         log("writing the fp16 variant ...")
         summary = write_fp16(
-            out_dir / files["fp32"], out_dir / files["fp16"], kind.fp16_keep_ops, (), kind.fp16_tail_after
+            out_dir / files["fp32"],
+            out_dir / files["fp16"],
+            kind.fp16_keep_ops,
+            (),
+            kind.fp16_tail_after,
+            external_data_bytes,
         )
         variants["fp16"] = {"file": files["fp16"], "opset": OPSET, **summary}
 
+    for v in variants.values():  # weights beside the graph (large models): hashed in the manifest too
+        if (out_dir / (v["file"] + ".data")).is_file():
+            v["data_file"] = v["file"] + ".data"
     with TorchEngine(kind.module, inputs, outputs) as ref:
         refs = [ref.infer({kind.input_name: x}) for x in kind.verify_feeds]
     gates = {}

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from export.core import PRECISIONS, ExportKind, GateFailed, export_model
+from export.onnx_export import EXTERNAL_DATA_BYTES
 from export.verify import compare
 
 __all__ = ["GateFailed", "export_detector", "verification_feeds"]
@@ -51,6 +52,7 @@ def export_detector(
     verify_n: int = 64,
     seed: int = 0,
     log=print,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> dict:
     """Export the deployed detector of `run_dir` to `out_dir`; raises GateFailed with the numbers."""
     from toolkit.io import sha256_file
@@ -78,4 +80,4 @@ def export_detector(
         fp16_tail_after="LayerNormalization",
         gates=gates or {},
     )
-    return export_model(kind, out_dir, precisions, log=log)
+    return export_model(kind, out_dir, precisions, log=log, external_data_bytes=external_data_bytes)

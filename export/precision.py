@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.onnx_export import EXTERNAL_DATA_BYTES, save_onnx
+
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT / FLOAT16
 # ops that cannot take fp16 data, or whose output dtype is random/attribute-driven: always fp32
 ALWAYS_FP32 = {"Range", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
@@ -113,9 +115,7 @@ def convert_to_fp16(model, keep_ops: Iterable[str] = (), keep_nodes: Iterable[st
     del g.initializer[:]
     g.initializer.extend(keep)
     del g.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return model  # save_onnx runs the full checker and strict shape inference on the written file
 
 
 def write_fp16(
@@ -124,23 +124,22 @@ def write_fp16(
     keep_ops: Iterable[str] = (),
     keep_nodes: Iterable[str] = (),
     tail_after: str | None = None,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> dict:
-    """Convert `src` and write `dst` atomically; -> summary (fp32/fp16 node counts, what was kept)."""
+    """Convert `src` and write `dst` (checked, external data when large); -> summary (node counts, what was kept)."""
     import onnx
-
-    from toolkit.io import atomic_path
 
     model = onnx.load(str(src))
     keep_nodes = list(keep_nodes) + (tail_after_last(model, tail_after) if tail_after else [])
     m16 = convert_to_fp16(model, keep_ops, keep_nodes)
-    with atomic_path(Path(dst)) as tmp:
-        onnx.save(m16, str(tmp))
+    files = save_onnx(m16, dst, external_data_bytes)
     kept = {n.name for n in model.graph.node if n.op_type in set(keep_ops) | ALWAYS_FP32} | set(keep_nodes)
     return {
         "keep_ops": sorted(set(keep_ops)),
         "fp32_tail_after": tail_after,
         "nodes_fp32": len(kept),
         "nodes_fp16": len(model.graph.node) - len(kept),
+        "external_data": len(files) > 1,
         "casts_added": sum(n.op_type == "Cast" for n in m16.graph.node)
         - sum(n.op_type == "Cast" for n in model.graph.node),
     }

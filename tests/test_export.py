@@ -93,3 +93,22 @@ def test_export_cli(trained_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert "fp32 gate passed" in res.output and "fp16 gate passed" in res.output
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["kind"] == "detector"
+
+
+def test_external_data_weights_are_written_hashed_and_run(trained_run, tmp_path):
+    from toolkit.engines import open_engine
+
+    art = tmp_path / "ext"
+    m = export_detector(trained_run, art, external_data_bytes=0)  # force weights out of the graph files
+    for p in ("fp32", "fp16"):
+        v = m["precisions"][p]
+        assert v["data_file"] == v["file"] + ".data" and v["data_file"] in m["files"]
+        graph = onnx.load(str(art / v["file"]), load_external_data=False).graph
+        assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+        assert m["gates"][p]["passed"]
+    with open_engine(art, "onnxruntime", "fp16") as e:
+        assert e.infer({"images": np.zeros((2, 3, 32, 32), np.float32)})["logit"].shape == (2,)
+    data = art / m["precisions"]["fp32"]["data_file"]
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactError, match="does not match the sha256"):
+        read_manifest(art)

@@ -40,8 +40,9 @@ def write_manifest(artifact_dir: str | Path, manifest: dict) -> Path:
     d = Path(artifact_dir)
     files = {}
     for variant in manifest["precisions"].values():
-        name = variant["file"]
-        files[name] = sha256_file(d / name)
+        for name in (variant["file"], variant.get("data_file")):
+            if name:
+                files[name] = sha256_file(d / name)
     return write_json(d / MANIFEST, {"format": FORMAT, **manifest, "files": files})
 
 
