@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.embedded_generalisation import environment
+from benchmarks.environment import environment
 from toolkit.io import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,8 +63,11 @@ def bench_artifact(artifact: Path, batches: list[int], warmup: int, iters: int) 
             rt = time_engine(te, feed, warmup, iters)
             ro = time_engine(oe, feed, warmup, iters)
             out["batches"][b] = {"torch": rt, "onnxruntime": ro, "speedup_p50": rt["p50_ms"] / ro["p50_ms"]}
-            print(f"{name} batch {b}: torch p50 {rt['p50_ms']:.2f} ms, onnxruntime p50 {ro['p50_ms']:.2f} ms, "
-                  f"ratio {out['batches'][b]['speedup_p50']:.2f}x", flush=True)  # fmt: skip
+            print(
+                f"{name} batch {b}: torch p50 {rt['p50_ms']:.2f} ms, onnxruntime p50 {ro['p50_ms']:.2f} ms, "
+                f"ratio {out['batches'][b]['speedup_p50']:.2f}x",
+                flush=True,
+            )
     return out
 
 

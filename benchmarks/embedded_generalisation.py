@@ -7,35 +7,14 @@ Writes benchmarks/results/embedded_generalisation.{md,json} with the machine, ve
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
+from benchmarks.environment import environment
 from toolkit.io import write_json, write_text
 from toolkit.pipelines.generalisation import run_generalisation
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def environment() -> dict:
-    import os
-
-    import torch
-
-    from toolkit.artifact import tool_versions
-
-    versions = tool_versions(
-        ("torch", "open_clip_torch", "diffusers", "numpy", "scikit-learn", "pillow", "onnxruntime")
-    )
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "versions": versions,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:

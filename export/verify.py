@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from toolkit.evaluation import parity_stats as compare  # one definition, shared with benchmarks/
+
+__all__ = ["GATES", "Fp16Gate", "Fp32Gate", "check", "compare"]
 
 
 @dataclass
@@ -33,20 +35,6 @@ class Fp16Gate:
 
 
 GATES = {"fp32": Fp32Gate, "fp16": Fp16Gate}
-
-
-def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold: float) -> dict:
-    lr, lg = ref["logit"].astype(np.float64), got["logit"].astype(np.float64)
-    fr, fg = ref["feature"].astype(np.float64), got["feature"].astype(np.float64)
-    cos = (fr * fg).sum(1) / (np.linalg.norm(fr, axis=1) * np.linalg.norm(fg, axis=1) + 1e-12)
-    return {
-        "max_abs_logit": float(np.abs(lr - lg).max()),
-        "max_abs_feature": float(np.abs(fr - fg).max()),
-        "min_cosine_feature": float(cos.min()),
-        "mean_cosine_feature": float(cos.mean()),
-        "decision_agreement": float(((lr > threshold) == (lg > threshold)).mean()),
-        "n": len(lr),
-    }
 
 
 def check(stats: dict, gate) -> tuple[bool, list[str]]:

@@ -46,3 +46,6 @@ def test_demo_command_runs_offline(tmp_path):
     assert res.exit_code == 0, res.output
     assert "mean unseen" in res.output
     assert (tmp_path / "report.md").read_text().count("| **mean unseen** |") == 2
+    assert "fp16 gate passed" in res.output
+    assert (tmp_path / "bench" / "bench.md").is_file() and (tmp_path / "bench" / "latency.png").is_file()
+    assert (tmp_path / "preds.csv").read_text().count("\n") == 1 + 16 * 5  # header + 8 real + 8 fake x 5 families

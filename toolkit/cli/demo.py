@@ -1,4 +1,4 @@
-"""`toolkit demo`: the whole chain that exists so far, offline on a CPU, on the embedded benchmark."""
+"""`toolkit demo`: the whole chain, offline on a CPU, on the embedded benchmark."""
 
 from __future__ import annotations
 
@@ -10,28 +10,55 @@ from toolkit.cli.common import out, user_errors
 
 
 def demo_command(
-    workdir: Path = typer.Option(Path("demo_out"), help="where data, runs and reports go"),
+    workdir: Path = typer.Option(Path("demo_out"), help="where data, runs, artifacts and reports go"),
     clip: str = typer.Option("tiny-vit-64", help="CLIP preset (tiny by default, so it runs offline)"),
     epochs: int = typer.Option(80, min=1),
 ) -> None:
-    """Build the embedded benchmark, train CausalCLIP and the linear probe on one generator family,
-    report both on the unseen families, and export CausalCLIP to ONNX fp32 + fp16 with their parity gates.
+    """Build the embedded benchmark; train CausalCLIP and the linear probe on one generator family and
+    report both on the unseen families; export CausalCLIP to ONNX fp32 + fp16 with their parity gates;
+    bench every engine present against PyTorch; run folder inference on the test images.
 
     Example: toolkit demo --workdir demo_out
     """
+    from benchmarks.harness import BenchConfig, run_bench
+    from benchmarks.report import rich_tables, write_reports
+    from export.detector import export_detector
+    from toolkit.cli.export import export_summary
+    from toolkit.engines import KINDS
     from toolkit.evaluation import rich_table
     from toolkit.pipelines.generalisation import run_generalisation
+    from toolkit.pipelines.infer import InferConfig, run_inference
 
     with user_errors():
         res = run_generalisation(workdir, clip=clip, epochs=epochs)
     out.print(rich_table(res["reports"], title="CausalCLIP vs linear probe, embedded benchmark (%)"))
     out.print(f"report: {res['markdown']} and {res['json']}")
 
-    from export.detector import export_detector
-    from toolkit.cli.export import export_summary
-
+    bench = Path(res["benchmark"])
+    val, test = bench / res["protocol"]["threshold"], bench / res["protocol"]["test"]
     artifact = workdir / "artifacts" / "causal"
     with user_errors():
-        val = Path(res["benchmark"]) / res["protocol"]["threshold"]  # gates on real images, not noise
         m = export_detector(workdir / "runs" / "causal", artifact, verify_images=val, log=out.print)
     out.print(export_summary(artifact, m))
+
+    out.rule("bench: every engine against PyTorch fp32")
+    cfg = BenchConfig(
+        engines=KINDS, batches=(1, 8), parity_images=str(test), parity_n=512, e2e_images=str(test), e2e_n=512
+    )
+    with user_errors():
+        report = run_bench(artifact, cfg, log=out.print)
+        files = write_reports(report, workdir / "bench", command="toolkit demo")
+    for t in rich_tables(report):
+        out.print(t)
+    for name, t in report["targets"].items():
+        if t["status"] != "ok":
+            out.print(f"[yellow]{name} not run:[/] {t['reason']}")
+    out.print("bench report: " + ", ".join(str(f) for f in files))
+
+    out.rule("infer: the test images, resumable")
+    with user_errors():
+        s = run_inference(test, artifact, workdir / "preds.csv", InferConfig(), log=out.print)
+    out.print(
+        f"{s['predicted_now']} predicted ({s['generated_now']} generated), {s['skipped_now']} skipped, "
+        f"{s['already_done']} already done; {s['rows_total']} rows in {s['predictions']}"
+    )

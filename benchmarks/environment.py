@@ -1,0 +1,74 @@
+"""The environment fingerprint every benchmark report carries: CPU/GPU, driver, threads, library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+LIBRARIES = (
+    "causal-deploy-toolkit",
+    "torch",
+    "open_clip_torch",
+    "diffusers",
+    "numpy",
+    "scikit-learn",
+    "pillow",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxscript",
+    "tensorrt",
+)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu() -> dict | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    gpu = {
+        "name": props.name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "cuda_runtime": torch.version.cuda,
+    }
+    if shutil.which("nvidia-smi"):
+        q = "--query-gpu=driver_version,clocks.sm,clocks.max.sm,power.limit"
+        res = subprocess.run(["nvidia-smi", q, "--format=csv,noheader"], capture_output=True, text=True)
+        if res.returncode == 0:
+            gpu["nvidia_smi"] = res.stdout.strip().splitlines()[0]
+    return gpu
+
+
+def environment() -> dict:
+    import onnxruntime as ort
+    import torch
+
+    from toolkit.artifact import tool_versions
+
+    return {
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "onnxruntime_providers": ort.get_available_providers(),
+        "gpu": _gpu(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": tool_versions(LIBRARIES),
+    }

@@ -1,0 +1,233 @@
+"""`toolkit bench`: parity and latency of every engine x precision of an artifact against PyTorch fp32.
+
+Targets are (engine, precision) pairs; `torch/fp32` is always run, as the reference of every ratio
+and parity figure. A target that cannot run here (no TensorRT, no CUDA provider) is reported with
+its reason instead of stopping the run.
+
+Latency (trtexec's conventions):
+- engine-only: the input array is ready before the clock starts; each iteration is `infer` +
+  `synchronize()`, so GPU clocks are read after synchronising. For CUDA engines `infer` takes numpy
+  and returns numpy, so host->device and device->host copies ARE included (the report says so);
+- end-to-end: files -> decode + preprocess (in `workers` processes, as `toolkit infer` does) ->
+  engine, timed over a folder of images; throughput only, since decoding is pipelined.
+Warm-up iterations are run and discarded; then a fixed count or a fixed duration.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE = ("torch", "fp32")
+
+
+@dataclass
+class BenchConfig:
+    engines: tuple[str, ...] = ("torch", "onnxruntime")
+    precisions: tuple[str, ...] | None = None  # None: every precision the artifact holds
+    provider: str = "cpu"  # onnxruntime execution provider
+    batches: tuple[int, ...] = (1, 8)
+    warmup: int = 5
+    iterations: int = 30
+    duration_s: float | None = None  # if set: iterate for this long per (target, batch) instead of a count
+    parity_images: str | None = None  # labelled (0_real/1_fake) or plain folder; None: seeded noise
+    parity_n: int = 256
+    e2e_images: str | None = None  # folder for end-to-end throughput; None: skipped
+    e2e_n: int = 256
+    workers: int = 2
+    build_plans: bool = False  # trt: build a missing/stale plan instead of reporting it
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def time_engine(engine, feed: dict, warmup: int, iterations: int, duration_s: float | None = None) -> dict:
+    """Per-iteration wall time of infer + synchronize; -> p50/p90/p99/mean (ms) and throughput (images/s)."""
+    for _ in range(warmup):
+        engine.infer(feed)
+    engine.synchronize()
+    times = []
+    end = time.perf_counter() + duration_s if duration_s else None
+    while (len(times) < iterations) if end is None else (time.perf_counter() < end or len(times) < 5):
+        t = time.perf_counter()
+        engine.infer(feed)
+        engine.synchronize()
+        times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1e3
+    b = next(iter(feed.values())).shape[0]
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "throughput_ips": float(b / ms.mean() * 1e3),
+        "iterations": len(times),
+    }
+
+
+def targets(manifest: dict, cfg: BenchConfig) -> list[tuple[str, str]]:
+    precisions = cfg.precisions or tuple(manifest["precisions"])
+    missing = [p for p in precisions if p not in manifest["precisions"]]
+    if missing:
+        raise ValueError(f"the artifact has no {missing} variant (it has {sorted(manifest['precisions'])})")
+    out = [REFERENCE]
+    for e in cfg.engines:
+        if e == "torch":
+            continue  # the reference; it runs fp32 only
+        out += [(e, p) for p in precisions]
+    return out
+
+
+def _parity_inputs(manifest: dict, cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """-> (inputs, labels or None, description)."""
+    from toolkit.data.loader import discover_images, load_batch
+
+    size = manifest["preprocess"]["size"]
+    if not cfg.parity_images:
+        x = np.random.default_rng(cfg.seed).standard_normal((cfg.parity_n, 3, size, size)).astype(np.float32)
+        return x, None, f"{cfg.parity_n} seeded noise inputs"
+    root = Path(cfg.parity_images)
+    labels = None
+    try:
+        from toolkit.data.folders import find_labelled_images
+
+        ds = find_labelled_images(root)
+        idx = np.random.default_rng(cfg.seed).permutation(len(ds.paths))[: cfg.parity_n]
+        paths, labels = [ds.paths[i] for i in sorted(idx)], np.array([ds.labels[i] for i in sorted(idx)])
+    except ValueError:  # not a labelled layout: parity only
+        paths = discover_images(root)[0][: cfg.parity_n]
+    b = load_batch([str(p) for p in paths], manifest["preprocess"])
+    if labels is not None:
+        keep = {p: i for i, p in enumerate(map(str, paths))}
+        labels = labels[[keep[p] for p in b.paths]]
+    if len(b.paths) < 2:
+        raise ValueError(f"{root}: fewer than 2 readable images for the parity check")
+    kind = "labelled" if labels is not None else "unlabelled"
+    return b.array, labels, f"{len(b.paths)} {kind} images from {root}"
+
+
+def _open(artifact: Path, manifest: dict, engine: str, precision: str, cfg: BenchConfig):
+    from toolkit.engines import open_engine
+
+    if engine == "trt" and cfg.build_plans:
+        from toolkit.engines.trt_engine import PlanError, find_plan, machine, unavailable_reason
+
+        if unavailable_reason() is None:
+            try:
+                find_plan(artifact, manifest, precision, machine())
+            except PlanError:
+                raise _NeedPlans from None
+    return open_engine(artifact, engine, precision, cfg.provider, manifest)
+
+
+class _NeedPlans(Exception):
+    pass
+
+
+def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, plan_builder=None) -> dict:
+    """-> the report dict (environment, targets, parity, latency, end-to-end, notes)."""
+    from benchmarks.environment import environment
+    from toolkit.artifact import read_manifest
+    from toolkit.evaluation import binary_metrics, parity_stats
+
+    cfg = cfg or BenchConfig()
+    artifact = Path(artifact)
+    m = read_manifest(artifact)
+    threshold = float(m["threshold"])
+    x, labels, parity_desc = _parity_inputs(m, cfg)
+    size = m["preprocess"]["size"]
+    e2e_paths = []
+    if cfg.e2e_images:
+        from toolkit.data.loader import discover_images
+
+        e2e_paths = discover_images(cfg.e2e_images)[0][: cfg.e2e_n]
+    report = {
+        "artifact": str(artifact),
+        "model": m["model_config"]["backbone_identity"] if "model_config" in m else m["kind"],
+        "kind": m["kind"],
+        "environment": environment(),
+        "config": asdict(cfg),
+        "parity_inputs": parity_desc,
+        "targets": {},
+    }
+    ref_out = None
+    for engine_kind, precision in targets(m, cfg):
+        name = f"{engine_kind}/{precision}" + (f"/{cfg.provider}" if engine_kind == "onnxruntime" else "")
+        log(f"{name}: parity on {parity_desc}, latency at batch {list(cfg.batches)} ...")
+        try:
+            try:
+                eng = _open(artifact, m, engine_kind, precision, cfg)
+            except _NeedPlans:
+                if plan_builder is None:
+                    raise
+                plan_builder(artifact, (min(cfg.batches), max(cfg.batches), max(cfg.batches)), precision)
+                eng = _open(artifact, m, engine_kind, precision, cfg)
+        except (RuntimeError, ValueError, FileNotFoundError) as e:
+            report["targets"][name] = {
+                "engine": engine_kind,
+                "precision": precision,
+                "status": "skipped",
+                "reason": str(e),
+            }
+            log(f"{name}: skipped: {e}")
+            continue
+        entry = {"engine": engine_kind, "precision": precision, "status": "ok", "latency": {}}
+        with eng:
+            chunk = max(cfg.batches)
+            outs = [eng.infer({"images": x[i : i + chunk]}) for i in range(0, len(x), chunk)]
+            got = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+            if (engine_kind, precision) == REFERENCE:
+                ref_out = got
+            entry["parity"] = parity_stats(ref_out, got, threshold) if ref_out is not None else None
+            if labels is not None and len(set(labels.tolist())) == 2:
+                entry["accuracy"] = binary_metrics(labels, got["logit"], threshold)
+            for b in cfg.batches:
+                feed = {"images": np.random.default_rng(cfg.seed).standard_normal((b, 3, size, size), np.float32)}
+                entry["latency"][str(b)] = time_engine(eng, feed, cfg.warmup, cfg.iterations, cfg.duration_s)
+            if e2e_paths:
+                entry["e2e"] = {str(b): _e2e(eng, e2e_paths, m, b, cfg.workers) for b in cfg.batches}
+        report["targets"][name] = entry
+    _ratios(report)
+    on_gpu = [
+        n
+        for n, t in report["targets"].items()
+        if t["status"] == "ok" and (t["engine"] == "trt" or (t["engine"] == "onnxruntime" and cfg.provider != "cpu"))
+    ]
+    report["copies_included"] = on_gpu  # engines whose timings include host<->device copies
+    return report
+
+
+def _e2e(engine, paths: list[Path], manifest: dict, batch: int, workers: int) -> dict:
+    """Files -> predictions through the same loader as `toolkit infer`; throughput over the folder."""
+    from toolkit.data.loader import batches
+
+    n = 0
+    t = time.perf_counter()
+    for b in batches(paths, manifest["preprocess"], batch, workers):
+        if len(b.paths):
+            engine.infer({"images": b.array})
+            n += len(b.paths)
+    engine.synchronize()
+    wall = time.perf_counter() - t
+    return {"images": n, "wall_s": wall, "throughput_ips": n / wall, "workers": workers}
+
+
+def _ratios(report: dict) -> None:
+    """Speed-up against torch/fp32 per batch (p50), e2e/engine-only throughput, accuracy deltas vs torch."""
+    ref = report["targets"].get("torch/fp32")
+    for t in report["targets"].values():
+        if t["status"] != "ok":
+            continue
+        for b, lat in t["latency"].items():
+            if ref and ref["status"] == "ok":
+                lat["speedup_vs_torch_p50"] = ref["latency"][b]["p50_ms"] / lat["p50_ms"]
+            if "e2e" in t:
+                t["e2e"][b]["fraction_of_engine_only"] = t["e2e"][b]["throughput_ips"] / lat["throughput_ips"]
+        if "accuracy" in t and ref and "accuracy" in ref:
+            t["accuracy_delta"] = {
+                k: (t["accuracy"][k] - ref["accuracy"][k]) if t["accuracy"][k] is not None else None
+                for k in ("auc", "ap", "acc")
+                if k in t["accuracy"]
+            }
