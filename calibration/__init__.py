@@ -1,4 +1,1 @@
-"""INT8 calibration: explicit Q/DQ ONNX from an image folder, accuracy report and gate.
-
-Not built yet: this is the calibration issue's home (see README, "Status").
-"""
+"""INT8 calibration: explicit Q/DQ ONNX from an image folder (quantize.py), accuracy report and gate (pipeline.py)."""

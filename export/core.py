@@ -17,12 +17,9 @@ import torch
 from export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_onnx
 from export.precision import write_fp16
 from export.verify import GATES, check
+from toolkit.artifact import GateFailed
 
 PRECISIONS = ("fp32", "fp16")
-
-
-class GateFailed(RuntimeError):
-    pass
 
 
 @dataclass

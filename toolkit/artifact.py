@@ -19,6 +19,10 @@ class ArtifactError(ValueError):
     pass
 
 
+class GateFailed(RuntimeError):
+    """A precision variant missed its accuracy gate (export or calibration); the message has the numbers."""
+
+
 TOOLS = ("causal-deploy-toolkit", "torch", "open_clip_torch", "onnx", "onnxruntime", "onnxscript")
 
 

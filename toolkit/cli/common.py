@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import typer
 from rich.console import Console
 
-err = Console(stderr=True)
-out = Console()
+# wide tables when the output is a log file or a pipe (rich would otherwise wrap at 80 columns)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 @contextlib.contextmanager

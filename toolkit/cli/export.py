@@ -12,7 +12,9 @@ from toolkit.cli.common import out, user_errors
 def export_command(
     run: Path = typer.Argument(..., help="run directory from 'toolkit train detector'"),
     out_dir: Path = typer.Option(Path("artifacts/detector"), "--out", help="artifact directory to write"),
-    precision: list[str] = typer.Option(["fp32", "fp16"], help="precisions to write (repeatable): fp32, fp16"),
+    precision: list[str] = typer.Option(["fp32", "fp16"], help="precisions (repeatable): fp32, fp16, int8"),
+    calib_images: Path | None = typer.Option(None, help="int8: calibration image folder"),
+    eval_images: Path | None = typer.Option(None, help="int8: held-out labelled folder for the int8 gate"),
     verify_images: Path | None = typer.Option(None, help="image folder for the gates (default: seeded noise)"),
     max_abs_logit: float = typer.Option(1e-4, help="fp32 gate: max |logit - PyTorch logit|"),
     min_cosine: float = typer.Option(0.999, help="fp16 gate: min cosine of features with PyTorch"),
@@ -30,10 +32,21 @@ def export_command(
     from export.detector import export_detector
     from export.verify import Fp16Gate, Fp32Gate
 
+    int8 = "int8" in precision
+    if int8 and not (calib_images and eval_images):
+        out.print("[bold red]error:[/] --precision int8 needs --calib-images and --eval-images")
+        raise typer.Exit(2)
     gates = {"fp32": Fp32Gate(max_abs_logit=max_abs_logit), "fp16": Fp16Gate(min_cosine, min_agreement)}
+    float_precisions = tuple(p for p in precision if p != "int8")
     with user_errors():  # a failed gate (GateFailed, a RuntimeError) exits 2 with its numbers
-        m = export_detector(run, out_dir, tuple(precision), gates=gates, verify_images=verify_images, log=out.print)
+        m = export_detector(run, out_dir, float_precisions, gates=gates, verify_images=verify_images, log=out.print)
     out.print(export_summary(out_dir, m))
+    if int8:  # the same path as 'toolkit calibrate', default settings
+        from calibration.pipeline import calibrate_artifact
+        from toolkit.cli.calibrate import calibration_summary
+
+        with user_errors():
+            out.print(calibration_summary(calibrate_artifact(out_dir, calib_images, eval_images, log=out.print)))
     if trt:  # after the ONNX export, so a machine without TensorRT still keeps the gated ONNX files
         from export.tensorrt import build_artifact_plans
 

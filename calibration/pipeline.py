@@ -1,0 +1,186 @@
+"""`toolkit calibrate ARTIFACT --images CALIB --eval-images HELDOUT`: int8 Q/DQ + accuracy report + gate.
+
+1. Calibration images are read through the artifact's own preprocessing, streamed in batches
+   (bounded memory, progress); evaluation images must be a labelled folder (0_real/1_fake or nature/ai).
+2. No image may be in both sets: compared by the sha256 of the file bytes, refused with the names.
+3. `<kind>.int8.onnx` is written through onnxruntime.quantization (calibration/quantize.py).
+4. Report: AUC / AP / accuracy of int8 and fp32 (both in ONNX Runtime) on the held-out folder, feature
+   cosine, decision agreement. Gate (default): AUC drop at most 0.5 points. A failed gate removes the
+   int8 file, leaves the manifest untouched, keeps the report, and raises with the numbers.
+5. On success the manifest gains the int8 variant, its gate and the hashes of everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from calibration.quantize import QuantConfig, quantize
+
+
+@dataclass
+class Int8Gate:
+    max_auc_drop_points: float = 0.5  # AUC(fp32) - AUC(int8), in percentage points
+
+
+class OverlapError(ValueError):
+    pass
+
+
+def check_overlap(calib: list[Path], held_out: list[Path]) -> None:
+    """Refuse when a calibration image (by content) is also an evaluation image."""
+    from toolkit.io import sha256_file
+
+    seen = {sha256_file(p): p for p in calib}
+    both = [(seen[h], p) for p in held_out if (h := sha256_file(p)) in seen]
+    if both:
+        ex = "; ".join(f"{a} = {b}" for a, b in both[:5])
+        raise OverlapError(
+            f"{len(both)} evaluation image(s) are also calibration images (same content): {ex}"
+            f"{' ...' if len(both) > 5 else ''}. Calibrate and evaluate on disjoint images."
+        )
+
+
+def _sample(paths: list, n: int | None, seed: int) -> list:
+    if n is None or len(paths) <= n:
+        return list(paths)
+    idx = np.sort(np.random.default_rng(seed).permutation(len(paths))[:n])
+    return [paths[i] for i in idx]
+
+
+def _run(engine_path: Path, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+    from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    with OnnxRuntimeEngine(engine_path) as e:
+        outs = [e.infer({"images": x}) for x in arrays]
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def calibrate_artifact(
+    artifact: str | Path,
+    images: str | Path,
+    eval_images: str | Path,
+    cfg: QuantConfig | None = None,
+    gate: Int8Gate | None = None,
+    calib_n: int | None = 256,
+    eval_n: int | None = 1000,
+    batch: int = 16,
+    workers: int = 2,
+    seed: int = 0,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """-> the report dict (also written to <artifact>/int8_report.{json,md}); raises GateFailed when it fails."""
+    from toolkit.artifact import GateFailed, read_manifest, write_manifest
+    from toolkit.data.folders import find_labelled_images
+    from toolkit.data.loader import batches, discover_images
+    from toolkit.evaluation import binary_metrics, parity_stats
+    from toolkit.io import write_json, write_text
+    from toolkit.progress import progress_bar
+
+    cfg, gate = cfg or QuantConfig(), gate or Int8Gate()
+    d = Path(artifact)
+    m = read_manifest(d)
+    calib_paths = _sample(discover_images(images)[0], calib_n, seed)
+    if not calib_paths:
+        raise ValueError(f"{images}: no images to calibrate on")
+    ds = find_labelled_images(eval_images)
+    if len(set(ds.labels)) < 2:
+        raise ValueError(f"{eval_images}: the evaluation folder needs both real and generated images for AUC")
+    idx = _sample(list(range(len(ds.paths))), eval_n, seed)
+    eval_paths, eval_labels = [ds.paths[i] for i in idx], np.array([ds.labels[i] for i in idx])
+    check_overlap(calib_paths, eval_paths)
+
+    fp32 = d / m["precisions"]["fp32"]["file"]
+    int8 = d / f"{m['kind']}.int8.onnx"
+    pre = m["preprocess"]
+    log(f"calibrating ({cfg.method}) on {len(calib_paths)} images from {images} ...")
+    with progress_bar("calibrate", len(calib_paths), progress) as advance:
+        stream = (b.array for b in batches(calib_paths, pre, batch, workers) if len(b.paths))
+        n_batches = -(-len(calib_paths) // batch)
+        summary = quantize(fp32, int8, stream, n_batches, m["inputs"][0]["name"], cfg, advance)
+
+    log(f"evaluating int8 against fp32 on {len(eval_paths)} held-out images from {eval_images} ...")
+    arrays, kept = [], []
+    for b in batches(eval_paths, pre, 32, workers):
+        if len(b.paths):
+            arrays.append(b.array)
+            kept += b.paths
+    keep = {p: i for i, p in enumerate(map(str, eval_paths))}
+    labels = eval_labels[[keep[p] for p in kept]]
+    threshold = float(m["threshold"])
+    ref, got = _run(fp32, arrays), _run(int8, arrays)
+    acc32, acc8 = binary_metrics(labels, ref["logit"], threshold), binary_metrics(labels, got["logit"], threshold)
+    drop = 100 * (acc32["auc"] - acc8["auc"])
+    passed = drop <= gate.max_auc_drop_points
+    report = {
+        "artifact": str(d),
+        "calibration_images": str(images),
+        "calibration_n": len(calib_paths),
+        "eval_images": str(eval_images),
+        "eval_n": len(kept),
+        "quantization": summary,
+        "fp32": acc32,
+        "int8": acc8,
+        "auc_drop_points": drop,
+        "ap_drop_points": 100 * (acc32["ap"] - acc8["ap"]),
+        "acc_drop_points": 100 * (acc32["acc"] - acc8["acc"]),
+        "parity": parity_stats(ref, got, threshold),
+        "gate": asdict(gate),
+        "passed": passed,
+    }
+    write_json(d / "int8_report.json", report)
+    write_text(d / "int8_report.md", report_markdown(report))
+    if not passed:
+        int8.unlink(missing_ok=True)
+        raise GateFailed(
+            f"int8 gate failed for {d}: AUC {100 * acc8['auc']:.2f} vs fp32 {100 * acc32['auc']:.2f} "
+            f"(drop {drop:.2f} points > {gate.max_auc_drop_points}); int8 file removed; "
+            f"report in {d / 'int8_report.md'}"
+        )
+    m["precisions"]["int8"] = {"file": int8.name, **summary}
+    m["gates"]["int8"] = {
+        "passed": True,
+        "gate": asdict(gate),
+        "stats": {**report["parity"], "auc_drop_points": drop},
+        "engine": "onnxruntime-cpu",
+        "report": "int8_report.json",
+    }
+    write_manifest(d, {k: v for k, v in m.items() if k not in ("format", "files")})
+    return report
+
+
+def report_markdown(r: dict) -> str:
+    p, q = r["parity"], r["quantization"]
+
+    def row(name: str, a: dict) -> str:
+        return f"| {name} | {100 * a['auc']:.2f} | {100 * a['ap']:.2f} | {100 * a['acc']:.2f} |"
+
+    return (
+        "\n".join(
+            [
+                f"# INT8 report: {r['artifact']}",
+                "",
+                f"Calibration: {q['method']} on {r['calibration_n']} images from `{r['calibration_images']}`; "
+                f"kept in float: {', '.join(q['kept_in_float']) or 'nothing'}; "
+                f"{q['quantize_nodes']} QuantizeLinear / {q['dequantize_nodes']} "
+                "DequantizeLinear nodes, all zero points 0.  ",
+                f"Evaluation: {r['eval_n']} held-out labelled images from `{r['eval_images']}` (disjoint by content).",
+                "",
+                "| model | AUC | AP | acc |",
+                "|---|---|---|---|",
+                row("fp32 (ONNX Runtime)", r["fp32"]),
+                row("int8 (ONNX Runtime)", r["int8"]),
+                "",
+                f"AUC drop {r['auc_drop_points']:+.2f} points (gate <= {r['gate']['max_auc_drop_points']}), "
+                f"AP drop {r['ap_drop_points']:+.2f}, accuracy drop {r['acc_drop_points']:+.2f}; "
+                f"feature cosine min {p['min_cosine_feature']:.4f} / mean {p['mean_cosine_feature']:.4f}; "
+                f"decision agreement {100 * p['decision_agreement']:.2f}%; max |logit diff| {p['max_abs_logit']:.3g}.",
+                "",
+                f"**Gate {'passed' if r['passed'] else 'FAILED'}.**",
+            ]
+        )
+        + "\n"
+    )

@@ -1,0 +1,168 @@
+"""INT8 as explicit Q/DQ in the ONNX graph, through onnxruntime.quantization (static, QDQ format).
+
+TensorRT 11 has no implicit INT8 calibrators, so the quantisation lives in the graph: symmetric
+int8 activations and weights (zero point 0, as TensorRT requires), per-channel weights. The same
+file runs in ONNX Runtime (any provider) and compiles in TensorRT's strongly typed mode.
+
+Sensitive parts stay in higher precision by default, and any node can be named to stay so:
+- the patch embedding (the first Conv of the graph),
+- LayerNormalization and Softmax (not in the quantised op types),
+- the final head: the last LayerNormalization and everything after it (projection, L2 norm, head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("minmax", "entropy", "percentile")
+OP_TYPES = ("MatMul", "Conv", "Gemm")  # the compute; norms/softmax/elementwise stay in float
+
+
+@dataclass
+class QuantConfig:
+    method: str = "minmax"
+    percentile: float = 99.999  # for method=percentile
+    per_channel: bool = True
+    keep_patch_embedding: bool = True
+    keep_head: bool = True
+    exclude_nodes: list[str] = field(default_factory=list)  # more node names to keep in float
+    op_types: tuple[str, ...] = OP_TYPES
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"calibration method must be one of {METHODS}, got {self.method!r}")
+
+
+def sensitive_nodes(model, cfg: QuantConfig) -> list[str]:
+    """Node names kept in float by default: the patch embedding Conv and the post-LN head."""
+    nodes = list(model.graph.node)
+    names = []
+    if cfg.keep_patch_embedding:
+        convs = [n for n in nodes if n.op_type == "Conv"]
+        names += [convs[0].name] if convs else []
+    if cfg.keep_head:
+        idx = [i for i, n in enumerate(nodes) if n.op_type == "LayerNormalization"]
+        if idx:
+            live = set(nodes[idx[-1]].output)
+            for n in nodes[idx[-1] + 1 :]:
+                if any(i in live for i in n.input):
+                    live.update(n.output)
+                    names.append(n.name)
+    unknown = set(cfg.exclude_nodes) - {n.name for n in nodes}
+    if unknown:
+        raise ValueError(f"--exclude names nodes that are not in the graph: {sorted(unknown)}")
+    return names + list(cfg.exclude_nodes)
+
+
+class FolderReader:
+    """onnxruntime.quantization CalibrationDataReader over a stream of preprocessed batches.
+
+    Memory stays bounded: with `CalibStridedMinMax` = 1 onnxruntime calls `set_range` + `collect_data`
+    once per batch and merges the statistics (min/max ranges, or histograms for entropy/percentile)
+    as it goes, instead of holding every intermediate tensor of the whole set.
+    """
+
+    def __init__(self, batches: Iterator[np.ndarray], n_batches: int, input_name: str, advance=lambda n: None):
+        self._it, self._n, self._name, self._advance = batches, n_batches, input_name, advance
+        self._left = n_batches
+
+    def __len__(self) -> int:
+        return self._n
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._left = end_index - start_index
+
+    def get_next(self) -> dict | None:
+        if self._left <= 0:
+            return None
+        x = next(self._it, None)
+        if x is None:
+            return None
+        self._left -= 1
+        self._advance(len(x))
+        return {self._name: x}
+
+
+def quantize(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    batches: Iterator[np.ndarray],
+    n_batches: int,
+    input_name: str,
+    cfg: QuantConfig,
+    advance=lambda n: None,
+) -> dict:
+    """Write `int8_path` (Q/DQ) calibrated on `batches`; -> summary (method, kept nodes, Q/DQ counts)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from toolkit.io import atomic_path
+
+    model = onnx.load(str(fp32_path))
+    keep = sensitive_nodes(model, cfg)
+
+    class Reader(FolderReader, CalibrationDataReader):
+        pass
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[cfg.method]
+    extra = {
+        "ActivationSymmetric": True,  # zero point 0 for activations (TensorRT)
+        "WeightSymmetric": True,
+        "CalibTensorRangeSymmetric": True,
+        "CalibStridedMinMax": 1,  # statistics merged batch by batch (see FolderReader)
+    }
+    if cfg.method == "percentile":
+        extra["CalibPercentile"] = cfg.percentile
+    with atomic_path(Path(int8_path)) as tmp:
+        quantize_static(
+            str(fp32_path),
+            str(tmp),
+            Reader(batches, n_batches, input_name, advance),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=cfg.per_channel,
+            op_types_to_quantize=list(cfg.op_types),
+            nodes_to_exclude=keep,
+            calibrate_method=method,
+            extra_options=extra,
+        )
+        q = onnx.load(str(tmp))
+        onnx.checker.check_model(q, full_check=True)
+    zero_points = _zero_points(q)
+    if any(z != 0 for z in zero_points):
+        raise RuntimeError(f"{int8_path}: non-zero zero points in the Q/DQ graph; TensorRT needs symmetric int8")
+    ops = [n.op_type for n in q.graph.node]
+    return {
+        "method": cfg.method,
+        "config": asdict(cfg),
+        "kept_in_float": keep,
+        "quantize_nodes": ops.count("QuantizeLinear"),
+        "dequantize_nodes": ops.count("DequantizeLinear"),
+        "zero_points_all_zero": True,
+    }
+
+
+def _zero_points(model) -> list[int]:
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
+            out += numpy_helper.to_array(inits[n.input[2]]).astype(np.int64).ravel().tolist()
+    return out
