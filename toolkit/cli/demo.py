@@ -16,13 +16,17 @@ def demo_command(
 ) -> None:
     """Build the embedded benchmark; train CausalCLIP and the linear probe on one generator family and
     report both on the unseen families; export CausalCLIP to ONNX fp32 + fp16 with their parity gates;
-    bench every engine present against PyTorch; run folder inference on the test images.
+    calibrate int8 with its accuracy gate; bench every engine and precision against PyTorch; run folder
+    inference on the test images.
 
     Example: toolkit demo --workdir demo_out
     """
     from benchmarks.harness import BenchConfig, run_bench
     from benchmarks.report import rich_tables, write_reports
+    from calibration.pipeline import calibrate_artifact
     from export.detector import export_detector
+    from toolkit.artifact import GateFailed
+    from toolkit.cli.calibrate import calibration_summary
     from toolkit.cli.export import export_summary
     from toolkit.engines import KINDS
     from toolkit.evaluation import rich_table
@@ -35,11 +39,18 @@ def demo_command(
     out.print(f"report: {res['markdown']} and {res['json']}")
 
     bench = Path(res["benchmark"])
-    val, test = bench / res["protocol"]["threshold"], bench / res["protocol"]["test"]
+    train, val, test = (bench / res["protocol"][k] for k in ("train", "threshold", "test"))
     artifact = workdir / "artifacts" / "causal"
     with user_errors():
         m = export_detector(workdir / "runs" / "causal", artifact, verify_images=val, log=out.print)
     out.print(export_summary(artifact, m))
+
+    out.rule("calibrate: int8 Q/DQ on the training split, gated on the test split")
+    with user_errors():
+        try:  # a failed int8 gate is a result, not a crash: the demo goes on with fp32 + fp16
+            out.print(calibration_summary(calibrate_artifact(artifact, train, test, log=out.print)))
+        except GateFailed as e:
+            out.print(f"[yellow]int8 not added: {e}[/]")
 
     out.rule("bench: every engine against PyTorch fp32")
     cfg = BenchConfig(
