@@ -68,7 +68,7 @@ def demo_command(
 
     out.rule("infer: the test images, resumable")
     with user_errors():
-        s = run_inference(test, artifact, workdir / "preds.csv", InferConfig(), log=out.print)
+        s = run_inference(test, artifact, workdir / "preds.csv", InferConfig(overwrite=True), log=out.print)
     out.print(
         f"{s['predicted_now']} predicted ({s['generated_now']} generated), {s['skipped_now']} skipped, "
         f"{s['already_done']} already done; {s['rows_total']} rows in {s['predictions']}"

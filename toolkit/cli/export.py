@@ -10,7 +10,7 @@ from toolkit.cli.common import out, user_errors
 
 
 def export_command(
-    run: Path = typer.Argument(..., help="run directory from 'toolkit train detector'"),
+    run: Path = typer.Argument(..., help="run directory from 'toolkit train detector' or 'toolkit train purifier'"),
     out_dir: Path = typer.Option(Path("artifacts/detector"), "--out", help="artifact directory to write"),
     precision: list[str] = typer.Option(["fp32", "fp16"], help="precisions (repeatable): fp32, fp16, int8"),
     calib_images: Path | None = typer.Option(None, help="int8: calibration image folder"),
@@ -31,6 +31,15 @@ def export_command(
     """
     from export.detector import export_detector
     from export.verify import Fp16Gate, Fp32Gate
+    from toolkit.io import read_json
+
+    if read_json(run / "config.json").get("format", "").endswith("purifier@1"):  # the second model kind
+        from export.purifier import export_purifier
+
+        with user_errors():
+            m = export_purifier(run, out_dir, tuple(p for p in precision if p != "int8"), log=out.print)
+        out.print(export_summary(out_dir, m))
+        return
 
     int8 = "int8" in precision
     if int8 and not (calib_images and eval_images):
@@ -59,9 +68,16 @@ def export_summary(out_dir: Path, manifest: dict) -> str:
     lines = [f"wrote {out_dir}: {', '.join(manifest['files'])} + manifest.json"]
     for precision, g in manifest["gates"].items():
         s = g["stats"]
-        verdict = "passed" if g["passed"] else "FAILED"
-        lines.append(
-            f"  {precision} gate {verdict}: max |logit diff| {s['max_abs_logit']:.2e}, min feature cosine "
-            f"{s['min_cosine_feature']:.6f}, decision agreement {100 * s['decision_agreement']:.1f}% (n={s['n']})"
-        )
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in s.items() if k in _SHOWN)
+        lines.append(f"  {precision} gate {'passed' if g['passed'] else 'FAILED'}: {shown} (n={s['n']})")
     return "\n".join(lines)
+
+
+_SHOWN = (
+    "max_abs_logit",
+    "min_cosine_feature",
+    "decision_agreement",
+    "max_abs_pixel",
+    "min_psnr_db",
+    "auc_drop_points",
+)

@@ -51,18 +51,24 @@ def open_engine(
 
 def _torch_reference(m: dict) -> Engine:
     from toolkit.engines.torch_engine import TorchEngine
+    from toolkit.io import sha256_file
 
-    if m["kind"] != "detector":
+    weights = {"detector": "model.safetensors", "purifier": "student.safetensors"}
+    if m["kind"] not in weights:
         raise ValueError(f"no torch reference for artifact kind {m['kind']!r}")
-    from toolkit.models.detector import load_deployed_detector
-
     run = Path(m["source_run"])
     if not run.is_dir():
         raise FileNotFoundError(f"the torch reference needs the source run {run} named in the manifest")
-    from toolkit.io import sha256_file
+    if m.get("source_sha256") and sha256_file(run / weights[m["kind"]]) != m["source_sha256"]:
+        raise ValueError(f"{run}/{weights[m['kind']]} changed since the export: it is not this artifact's reference")
+    if m["kind"] == "purifier":
+        from toolkit.models.purifier import OneStepPurifier
+        from toolkit.pipelines.purifier import load_purifiers
 
-    if m.get("source_sha256") and sha256_file(run / "model.safetensors") != m["source_sha256"]:
-        raise ValueError(f"{run}/model.safetensors changed since the export: it is not this artifact's reference")
-    model, _ = load_deployed_detector(run)
+        model = OneStepPurifier(load_purifiers(run)[0]["student"]).eval()
+    else:
+        from toolkit.models.detector import load_deployed_detector
+
+        model, _ = load_deployed_detector(run)
     specs = [TensorSpec.from_dict(d) for d in m["inputs"]], [TensorSpec.from_dict(d) for d in m["outputs"]]
     return TorchEngine(model, *specs)

@@ -1,0 +1,94 @@
+"""Purifier: PGD respects eps and the pixel range and raises the loss; pairs are written losslessly with
+metadata; a tiny student learns to reduce the perturbation; the exported purifier matches PyTorch."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.attacks import PGDConfig, attack_loss, pgd
+from toolkit.pipelines.purifier import load_pixels, make_pairs, pixel_detector, read_pairs, train_purifiers
+
+
+@pytest.fixture(scope="module")
+def detector(trained_run):
+    model, config = pixel_detector(trained_run)
+    return model.requires_grad_(False), config
+
+
+@pytest.fixture(scope="module")
+def pairs(trained_run, toy_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs")
+    make_pairs(trained_run, toy_data / "gan_a", out, eps_list=(8, 16), steps=5, n=32, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("target", ["decision", "embedding"])
+def test_pgd_respects_eps_range_and_raises_the_loss(detector, toy_data, target):
+    model, config = detector
+    paths = sorted((toy_data / "gan_b").rglob("*.png"))[:12]
+    x = load_pixels(paths, config["preprocess"]["size"])
+    y = torch.tensor([int("1_fake" in str(p)) for p in paths])
+    for eps in (2, 8):
+        adv = pgd(model, x, y, PGDConfig(eps=eps, steps=5, target=target, seed=0))
+        assert (adv - x).abs().max() <= eps / 255 + 1e-6
+        assert adv.min() >= 0 and adv.max() <= 1
+        assert torch.equal(torch.round(adv * 255), adv * 255)  # on the 8-bit grid: PNG is exact
+        with torch.no_grad():
+            before = attack_loss(model, x, x, y, target).mean()
+            after = attack_loss(model, adv, x, y, target).mean()
+        assert after > before
+
+
+def test_pairs_are_lossless_with_metadata(pairs, detector):
+    adv, clean, meta = read_pairs(pairs)
+    assert len(meta) == len(adv) == 64 and {m["eps"] for m in meta} == {8, 16}
+    assert all({"source", "label", "eps", "steps", "step_size", "target", "seed", "success"} <= set(m) for m in meta)
+    for m, a, c in zip(meta, adv, clean, strict=True):
+        assert (a - c).abs().max() <= m["eps"] / 255 + 1e-6
+    s = json.loads((pairs / "summary.json").read_text())
+    assert set(s["attack_success_rate"]) == {"8", "16"} and all(0 <= r <= 1 for r in s["attack_success_rate"].values())
+
+
+@pytest.fixture(scope="module")
+def purifier_run(pairs, tmp_path_factory):
+    from toolkit.models.purifier import PurifierConfig, PurifierTrainConfig
+
+    out = tmp_path_factory.mktemp("purifier") / "run"
+    adv, _, _ = read_pairs(pairs)
+    cfg = PurifierConfig.tiny(adv.shape[-1])
+    train_purifiers(
+        pairs,
+        out,
+        cfg,
+        PurifierTrainConfig(teacher_steps=150, student_steps=150, diffpure_steps=20, batch_size=16, lr=3e-3),
+        progress=False,
+    )
+    return out
+
+
+def test_student_reduces_the_perturbation(purifier_run, pairs):
+    from toolkit.models.purifier import OneStepPurifier
+    from toolkit.pipelines.purifier import load_purifiers
+
+    nets, _ = load_purifiers(purifier_run)
+    adv, clean, meta = read_pairs(pairs)
+    strong = torch.tensor([m["eps"] == 16 for m in meta])
+    with torch.no_grad():
+        out = OneStepPurifier(nets["student"])(adv[strong])
+    before = ((adv[strong] - clean[strong]) ** 2).mean()
+    after = ((out - clean[strong]) ** 2).mean()
+    assert after < before, (float(after), float(before))
+
+
+def test_exported_purifier_matches_pytorch(purifier_run, tmp_path):
+    from export.purifier import export_purifier
+    from toolkit.engines import open_engine
+
+    m = export_purifier(purifier_run, tmp_path / "p", log=lambda *_: None)
+    assert m["kind"] == "purifier" and m["gates"]["fp32"]["passed"] and m["gates"]["fp16"]["passed"]
+    assert m["gates"]["fp32"]["stats"]["max_abs_pixel"] <= 1e-4 and m["gates"]["fp16"]["stats"]["min_psnr_db"] >= 40
+    x = np.random.default_rng(3).uniform(0, 1, (5, 3, 32, 32)).astype(np.float32)
+    with open_engine(tmp_path / "p", "torch") as t, open_engine(tmp_path / "p", "onnxruntime", "fp32") as o:
+        assert np.abs(t.infer({"images": x})["purified"] - o.infer({"images": x})["purified"]).max() <= 1e-4

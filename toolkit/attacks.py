@@ -1,0 +1,114 @@
+"""L-infinity PGD with random start (Madry et al. 2018) against a CLIP-based detector, in pixel space.
+
+Images are attacked at the model's input resolution, as values in [0, 1]; normalisation happens
+inside the differentiable model (`PixelDetector`). Two targets:
+- `embedding`: push the CLIP image embedding away from the clean one (maximise 1 - cosine), the
+  usual attack on CLIP-based multimodal models;
+- `decision`: push the detector's logit away from the true label (maximise the BCE loss).
+eps and the step size are in 1/255 units. The result is rounded to 8 bits inside the eps ball, so
+what is written as PNG is exactly what was evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+TARGETS = ("embedding", "decision")
+
+
+@dataclass
+class PGDConfig:
+    eps: float = 8.0  # /255
+    steps: int = 10
+    step_size: float | None = None  # /255; default 2.5 * eps / steps
+    target: str = "decision"
+    random_start: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"attack target must be one of {TARGETS}, got {self.target!r}")
+        if self.eps < 0 or self.steps < 1:
+            raise ValueError(f"need eps >= 0 and steps >= 1, got eps={self.eps}, steps={self.steps}")
+
+    @property
+    def alpha(self) -> float:
+        return (self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps) / 255.0
+
+
+class PixelDetector(nn.Module):
+    """[0,1] pixels -> normalise -> deployed detector -> (logit, feature)."""
+
+    def __init__(self, detector: nn.Module, mean, std):
+        super().__init__()
+        self.detector = detector
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.detector((x - self.mean) / self.std)
+
+
+def attack_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_clean: torch.Tensor,
+    labels: torch.Tensor,
+    target: str,
+    clean_feature: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-example loss the attacker maximises."""
+    logit, feature = model(x)
+    if target == "embedding":
+        ref = clean_feature if clean_feature is not None else model(x_clean)[1].detach()
+        return 1.0 - nn.functional.cosine_similarity(feature, ref, dim=-1)
+    return nn.functional.binary_cross_entropy_with_logits(logit, labels.float(), reduction="none")
+
+
+def pgd(model: nn.Module, x_clean: torch.Tensor, labels: torch.Tensor, cfg: PGDConfig) -> torch.Tensor:
+    """x_clean (N,3,H,W) in [0,1] (8-bit values) -> adversarial images on the same 8-bit grid, |delta| <= eps."""
+    model.eval()
+    eps = cfg.eps / 255.0
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        ref = model(x_clean)[1].detach() if cfg.target == "embedding" else None
+    delta = (torch.rand(x_clean.shape, generator=gen) * 2 - 1) * eps if cfg.random_start else torch.zeros_like(x_clean)
+    delta = (x_clean + delta).clamp(0, 1) - x_clean
+    for _ in range(cfg.steps):
+        delta.requires_grad_(True)
+        loss = attack_loss(model, x_clean + delta, x_clean, labels, cfg.target, ref).sum()
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta = (delta + cfg.alpha * grad.sign()).clamp(-eps, eps)
+            delta = (x_clean + delta).clamp(0, 1) - x_clean
+    return quantise_in_ball(x_clean, x_clean + delta.detach(), cfg.eps)
+
+
+def quantise_in_ball(x_clean: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
+    """Round to 8 bits, staying within eps (in /255) of the 8-bit clean image and inside [0, 255]."""
+    c = torch.round(x_clean * 255)
+    a = torch.round(x_adv * 255)
+    lo, hi = (c - int(np.floor(eps))).clamp(0, 255), (c + int(np.floor(eps))).clamp(0, 255)
+    return torch.minimum(torch.maximum(a, lo), hi) / 255.0
+
+
+@torch.no_grad()
+def success(
+    model: nn.Module,
+    x_clean: torch.Tensor,
+    x_adv: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float,
+    target: str,
+    min_cosine_drop: float = 0.1,
+) -> torch.Tensor:
+    """Per-example success: decision target -> the decision is wrong; embedding target -> cosine to clean < 1 - drop."""
+    logit, feat = model(x_adv)
+    if target == "decision":
+        return (logit > threshold).long() != labels
+    ref = model(x_clean)[1]
+    return nn.functional.cosine_similarity(feat, ref, dim=-1) < 1.0 - min_cosine_drop

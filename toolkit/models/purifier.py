@@ -1,0 +1,184 @@
+"""Supervised diffusion purification (after CoDefend, arXiv 2510.11096) and an unsupervised DiffPure baseline.
+
+All three purifiers use the same diffusers `UNet2DModel` architecture, on images in [-1, 1]:
+- **teacher** (supervised): trained on (adversarial, clean) pairs. The adversarial image is noised to
+  a timestep t <= t*, and the UNet learns to predict the *clean* image (x0 / "sample" prediction).
+  Purification: noise the input to t*, then `steps` DDIM steps back to t = 0.
+- **student** (one step): the same UNet at a fixed timestep 0, trained to map the adversarial image
+  to the teacher's multi-step output, with the clean image as an extra target. Deterministic, one
+  UNet call: this is what is exported and deployed.
+- **DiffPure-style** (Nie et al. 2022, unsupervised): the UNet trained as a plain DDPM x0-denoiser on
+  clean images only; purification: noise to t*, DDIM back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class PurifierConfig:
+    sample_size: int = 64
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    t_star: int = 100  # purification starts from this timestep (0.1 T)
+    steps: int = 5  # DDIM steps of the multi-step purifiers
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls, sample_size: int = 64) -> PurifierConfig:
+        return cls(sample_size=sample_size, block_out_channels=(16, 32, 32))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PurifierConfig:
+        return cls(**{**d, "block_out_channels": tuple(d["block_out_channels"])})
+
+
+def make_unet(cfg: PurifierConfig):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(cfg.seed)
+    n = len(cfg.block_out_channels)
+    return UNet2DModel(
+        sample_size=cfg.sample_size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=cfg.layers_per_block,
+        block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=("DownBlock2D",) * n,  # no attention: 10x cheaper on a CPU at these sizes
+        up_block_types=("UpBlock2D",) * n,
+        norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def _ddim(cfg: PurifierConfig):
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type="sample", clip_sample=True)
+    s.set_timesteps(max(1, round(cfg.steps * cfg.num_train_timesteps / cfg.t_star)))
+    return s
+
+
+@torch.no_grad()
+def multistep_purify(unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0) -> torch.Tensor:
+    """x in [-1, 1] -> noise to t* -> DDIM (x0 prediction) back to 0 -> [-1, 1]."""
+    sched = _ddim(cfg)
+    timesteps = sched.timesteps[sched.timesteps <= cfg.t_star]
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x.shape, generator=gen)
+    sample = sched.add_noise(x, noise, timesteps[:1].repeat(x.shape[0]))
+    for t in timesteps:
+        x0 = unet(sample, t).sample
+        sample = sched.step(x0, t, sample).prev_sample
+    return sample.clamp(-1, 1)
+
+
+class OneStepPurifier(nn.Module):
+    """The deployed student: images in [0, 1] -> purified images in [0, 1], one UNet call at t = 0."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images * 2 - 1
+        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return ((self.unet(x, t).sample.clamp(-1, 1) + 1) / 2).clamp(0, 1)
+
+
+@dataclass
+class PurifierTrainConfig:
+    teacher_steps: int = 400
+    student_steps: int = 300
+    diffpure_steps: int = 400
+    batch_size: int = 32
+    lr: float = 2e-3
+    clean_weight: float = 0.5  # student: weight of the clean-image target next to the teacher's output
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _batches(n: int, steps: int, batch: int, gen: torch.Generator):
+    for _ in range(steps):
+        yield torch.randint(0, n, (min(batch, n),), generator=gen)
+
+
+def train_teacher(
+    adv: torch.Tensor, clean: torch.Tensor, cfg: PurifierConfig, tc: PurifierTrainConfig, advance=lambda **_: None
+):
+    """adv, clean (N,3,H,W) in [-1, 1] -> UNet predicting clean from the noised adversarial image at t <= t*."""
+    from diffusers import DDPMScheduler
+
+    unet = make_unet(cfg)
+    sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type="sample")
+    opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr)
+    gen = torch.Generator().manual_seed(tc.seed)
+    unet.train()
+    for idx in _batches(len(adv), tc.teacher_steps, tc.batch_size, gen):
+        t = torch.randint(0, cfg.t_star + 1, (len(idx),), generator=gen)
+        x_t = sched.add_noise(adv[idx], torch.randn(adv[idx].shape, generator=gen), t)
+        loss = nn.functional.mse_loss(unet(x_t, t).sample, clean[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        advance(loss=loss.item())
+    return unet.eval()
+
+
+def train_student(
+    teacher,
+    adv: torch.Tensor,
+    clean: torch.Tensor,
+    cfg: PurifierConfig,
+    tc: PurifierTrainConfig,
+    advance=lambda **_: None,
+):
+    """Distil the teacher's multi-step purification into one UNet call (initialised from the teacher)."""
+    import copy
+
+    with torch.no_grad():
+        targets = torch.cat(
+            [multistep_purify(teacher, adv[i : i + 64], cfg, seed=tc.seed + i) for i in range(0, len(adv), 64)]
+        )
+    student = copy.deepcopy(teacher).train()
+    opt = torch.optim.AdamW(student.parameters(), lr=tc.lr / 2)
+    gen = torch.Generator().manual_seed(tc.seed + 1)
+    for idx in _batches(len(adv), tc.student_steps, tc.batch_size, gen):
+        t = torch.zeros(len(idx), dtype=torch.long)
+        out = student(adv[idx], t).sample
+        loss = nn.functional.mse_loss(out, targets[idx]) + tc.clean_weight * nn.functional.mse_loss(out, clean[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        advance(loss=loss.item())
+    return student.eval()
+
+
+def train_diffpure(clean: torch.Tensor, cfg: PurifierConfig, tc: PurifierTrainConfig, advance=lambda **_: None):
+    """Unsupervised baseline: a DDPM x0-denoiser on clean images only (t over the whole range)."""
+    from diffusers import DDPMScheduler
+
+    unet = make_unet(cfg)
+    sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type="sample")
+    opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr)
+    gen = torch.Generator().manual_seed(tc.seed + 2)
+    unet.train()
+    for idx in _batches(len(clean), tc.diffpure_steps, tc.batch_size, gen):
+        t = torch.randint(0, cfg.num_train_timesteps, (len(idx),), generator=gen)
+        x_t = sched.add_noise(clean[idx], torch.randn(clean[idx].shape, generator=gen), t)
+        loss = nn.functional.mse_loss(unet(x_t, t).sample, clean[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        advance(loss=loss.item())
+    return unet.eval()
