@@ -92,3 +92,40 @@ def test_exported_purifier_matches_pytorch(purifier_run, tmp_path):
     x = np.random.default_rng(3).uniform(0, 1, (5, 3, 32, 32)).astype(np.float32)
     with open_engine(tmp_path / "p", "torch") as t, open_engine(tmp_path / "p", "onnxruntime", "fp32") as o:
         assert np.abs(t.infer({"images": x})["purified"] - o.infer({"images": x})["purified"]).max() <= 1e-4
+
+
+def test_purify_then_detect_on_any_engine(purifier_run, exported_artifact, toy_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from export.purifier import export_purifier
+    from toolkit.cli import app
+    from toolkit.pipelines.infer import InferConfig, run_inference
+    from toolkit.pipelines.purifier import run_purify
+
+    art = tmp_path / "purifier"
+    export_purifier(purifier_run, art, log=lambda *_: None)
+    s = run_purify(toy_data / "gan_b", art, tmp_path / "out", workers=0, progress=False)
+    assert s["purified_now"] == 24 and len(list((tmp_path / "out").rglob("*.png"))) == 24
+    assert run_purify(toy_data / "gan_b", art, tmp_path / "out", workers=0, progress=False)["already_done"] == 24
+    for engine, precision in (("torch", "fp32"), ("onnxruntime", "fp16")):
+        r = run_inference(
+            toy_data / "gan_b",
+            exported_artifact,
+            tmp_path / f"{engine}.csv",
+            InferConfig(engine=engine, precision=precision, workers=0, purify=str(art)),
+            progress=False,
+        )
+        assert r["rows_total"] == 24
+    with pytest.raises(ValueError, match="needs a purifier artifact"):
+        run_inference(
+            toy_data / "gan_b",
+            exported_artifact,
+            tmp_path / "x.csv",
+            InferConfig(workers=0, purify=str(exported_artifact)),
+            progress=False,
+        )
+    res = CliRunner().invoke(
+        app,
+        ["purify", str(toy_data / "gan_b"), "--artifact", str(art), "--out", str(tmp_path / "cli"), "--workers", "0"],
+    )
+    assert res.exit_code == 0 and "24 purified" in res.output

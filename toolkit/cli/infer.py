@@ -19,6 +19,7 @@ def infer_command(
     batch: int = typer.Option(32, min=1, help="images per engine call"),
     workers: int = typer.Option(2, min=0, help="decode worker processes (0: decode in this process)"),
     overwrite: bool = typer.Option(False, help="start again instead of resuming an existing --out"),
+    purify: Path | None = typer.Option(None, help="purifier artifact run before the detector (same engine)"),
 ) -> None:
     """Predict p(generated) for every image under a folder.
 
@@ -29,7 +30,7 @@ def infer_command(
     """
     from toolkit.pipelines.infer import InferConfig, run_inference
 
-    cfg = InferConfig(engine, precision, provider, batch, workers, overwrite)
+    cfg = InferConfig(engine, precision, provider, batch, workers, overwrite, str(purify) if purify else None)
     try:
         with user_errors():
             s = run_inference(images, artifact, out_file, cfg, log=out.print)

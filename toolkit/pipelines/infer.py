@@ -12,6 +12,7 @@ Unreadable files (every kind in toolkit/data/images.py) go to `<out>.skipped.csv
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -40,6 +41,7 @@ class InferConfig:
     batch: int = 32
     workers: int = 2
     overwrite: bool = False
+    purify: str | None = None  # purifier artifact run before the detector (same engine and precision)
 
 
 def _repair_tail(path: Path) -> None:
@@ -121,6 +123,21 @@ def run_inference(
     if manifest["kind"] != "detector":
         raise ValueError(f"{artifact}: 'toolkit infer' runs detector artifacts, this one is {manifest['kind']!r}")
     onnx_file = manifest["precisions"].get(cfg.precision, {}).get("file")
+    pre, purifier_manifest = manifest["preprocess"], None
+    if cfg.purify:
+        purifier_manifest = read_manifest(cfg.purify)
+        if purifier_manifest["kind"] != "purifier":
+            raise ValueError(
+                f"{cfg.purify}: --purify needs a purifier artifact, this one is {purifier_manifest['kind']!r}"
+            )
+        if purifier_manifest["preprocess"]["size"] != pre["size"]:
+            raise ValueError(
+                f"{cfg.purify} works at {purifier_manifest['preprocess']['size']} px, the detector "
+                f"{artifact} at {pre['size']} px: export them at one size"
+            )
+        pre = {**pre, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}  # pixels in [0, 1] for the purifier
+        # the purifier runs at the same precision when it has it (it has no int8 variant), else fp32
+        p_precision = cfg.precision if cfg.precision in purifier_manifest["precisions"] else "fp32"
     meta = {
         "artifact": str(Path(artifact).resolve()),
         "artifact_file_sha256": manifest["files"].get(onnx_file) if onnx_file else None,
@@ -129,6 +146,7 @@ def run_inference(
         "precision": cfg.precision,
         "threshold": manifest["threshold"],
         "format": fmt,
+        "purifier_files": purifier_manifest["files"] if purifier_manifest else None,
     }
     if cfg.overwrite:
         for p in (out, skipped_path, meta_path):
@@ -137,7 +155,7 @@ def run_inference(
         old = json.loads(meta_path.read_text())
         diff = [
             k
-            for k in ("artifact_file_sha256", "source_sha256", "engine", "precision", "threshold")
+            for k in ("artifact_file_sha256", "source_sha256", "engine", "precision", "threshold", "purifier_files")
             if old.get(k) != meta[k]
         ]
         if diff:
@@ -159,15 +177,24 @@ def run_inference(
     threshold = float(manifest["threshold"])
     preds, skips = _Appender(out, COLUMNS, fmt), _Appender(skipped_path, ("path", "reason"), "csv")
     t0, n_rows, n_skip, n_gen, reasons = time.perf_counter(), 0, 0, 0, Counter()
+    mean = np.asarray(manifest["preprocess"]["mean"], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(manifest["preprocess"]["std"], np.float32).reshape(1, 3, 1, 1)
     try:
-        with (
-            open_engine(artifact, cfg.engine, cfg.precision, cfg.provider, manifest) as engine,
-            progress_bar("infer", len(todo), progress) as advance,
-        ):
-            for b in batches(todo, manifest["preprocess"], cfg.batch, cfg.workers):
+        with contextlib.ExitStack() as stack:
+            engine = stack.enter_context(open_engine(artifact, cfg.engine, cfg.precision, cfg.provider, manifest))
+            purifier = None
+            if cfg.purify:
+                purifier = stack.enter_context(
+                    open_engine(cfg.purify, cfg.engine, p_precision, cfg.provider, purifier_manifest)
+                )
+            advance = stack.enter_context(progress_bar("infer", len(todo), progress))
+            for b in batches(todo, pre, cfg.batch, cfg.workers):
                 rows = []
                 if len(b.paths):
-                    logits = engine.infer({"images": b.array})["logit"].astype(np.float64)
+                    x = b.array
+                    if purifier is not None:  # pixels -> purified pixels -> the detector's normalisation
+                        x = ((purifier.infer({"images": x})["purified"] - mean) / std).astype(np.float32)
+                    logits = engine.infer({"images": x})["logit"].astype(np.float64)
                     for p, z in zip(b.paths, logits, strict=True):
                         rows.append(
                             {

@@ -346,3 +346,58 @@ def purifier_markdown(r: dict) -> str:
         f"({r['pgd_steps']} steps): detector accuracy {100 * a['student_acc']:.1f}%.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def run_purify(
+    images: str | Path,
+    artifact: str | Path,
+    out_dir: str | Path,
+    engine: str = "onnxruntime",
+    precision: str = "fp32",
+    provider: str = "cpu",
+    batch: int = 16,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Purify every image under `images` into `out_dir` (same relative paths, .png); resumable (an output file
+    is written atomically, so one that exists is done); unreadable files go to out_dir/skipped.csv."""
+    from toolkit.artifact import read_manifest
+    from toolkit.data.loader import batches, discover_images
+    from toolkit.engines import open_engine
+    from toolkit.progress import progress_bar
+
+    m = read_manifest(artifact)
+    if m["kind"] != "purifier":
+        raise ValueError(f"{artifact}: 'toolkit purify' needs a purifier artifact, this one is {m['kind']!r}")
+    root, out = Path(images), Path(out_dir)
+    files, _ = discover_images(root)
+
+    def target(p: Path) -> Path:
+        return (out / p.relative_to(root)).with_suffix(".png")
+
+    todo = [p for p in files if not target(p).is_file()]
+    skipped, n, t = [], 0, time.perf_counter()
+    with (
+        open_engine(artifact, engine, precision, provider, m) as eng,
+        progress_bar("purify", len(todo), progress) as adv,
+    ):
+        for b in batches(todo, m["preprocess"], batch, workers):
+            if len(b.paths):
+                res = eng.infer({"images": b.array})["purified"]
+                for p, img in zip(b.paths, res, strict=True):
+                    dst = target(Path(p))
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    _save_png(torch.from_numpy(np.ascontiguousarray(img)), dst)
+                n += len(b.paths)
+            skipped += b.skipped
+            adv(len(b.paths) + len(b.skipped))
+    if skipped:
+        write_text(out / "skipped.csv", "path,reason\n" + "".join(f'"{s.path}","{s.reason}"\n' for s in skipped))
+    wall = time.perf_counter() - t
+    return {
+        "purified_now": n,
+        "already_done": len(files) - len(todo),
+        "skipped": len(skipped),
+        "out": str(out),
+        "images_per_s": n / wall if wall > 0 else None,
+    }
