@@ -11,36 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.environment import environment
+from benchmarks.harness import time_engine
 from toolkit.io import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def time_engine(engine, feed: dict, warmup: int, iters: int) -> dict:
-    for _ in range(warmup):
-        engine.infer(feed)
-    engine.synchronize()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        engine.infer(feed)
-        engine.synchronize()
-        times.append(time.perf_counter() - t)
-    ms = np.array(times) * 1e3
-    b = next(iter(feed.values())).shape[0]
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "throughput_ips": float(b / np.median(ms) * 1e3),
-        "iters": iters,
-    }
 
 
 def bench_artifact(artifact: Path, batches: list[int], warmup: int, iters: int) -> dict:

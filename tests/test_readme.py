@@ -40,7 +40,22 @@ def test_demo_command_runs_offline(tmp_path):
     orig = generalisation.run_generalisation
     generalisation.run_generalisation = lambda *a, **k: orig(*a, **{**k, "bench_cfg": small})
     try:
-        res = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path), "--epochs", "5"])
+        res = CliRunner().invoke(
+            app,
+            [
+                "demo",
+                "--workdir",
+                str(tmp_path),
+                "--epochs",
+                "5",
+                "--purifier-pairs",
+                "8",
+                "--purifier-steps",
+                "3",
+                "--purifier-eval",
+                "8",
+            ],
+        )
     finally:
         generalisation.run_generalisation = orig
     assert res.exit_code == 0, res.output
@@ -50,6 +65,7 @@ def test_demo_command_runs_offline(tmp_path):
     # on this 80-image, 5-epoch version the int8 gate may fail (a near-chance model): either way it is shown
     int8 = "int8 gate passed" in res.output
     assert int8 or "int8 not added: int8 gate failed" in res.output
+    assert "| student (1 step) |" in res.output and "purify + detect: 80 rows" in res.output
     assert ("onnxruntime/int8/cpu" in (tmp_path / "bench" / "bench.md").read_text()) == int8
     assert (tmp_path / "bench" / "bench.md").is_file() and (tmp_path / "bench" / "latency.png").is_file()
     assert (tmp_path / "preds.csv").read_text().count("\n") == 1 + 16 * 5  # header + 8 real + 8 fake x 5 families

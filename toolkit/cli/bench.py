@@ -33,7 +33,7 @@ def bench_command(
     Example: toolkit bench artifacts/causal --engine torch --engine onnxruntime --engine trt --batch 1 --batch 8
     """
     from benchmarks.harness import BenchConfig, run_bench
-    from benchmarks.report import rich_tables, write_reports
+    from benchmarks.report import write_reports
 
     cfg = BenchConfig(
         engines=tuple(engine),
@@ -60,6 +60,12 @@ def bench_command(
         report = run_bench(artifact, cfg, log=out.print, plan_builder=plan_builder)
         command = "toolkit " + " ".join(sys.argv[1:]) if sys.argv and "toolkit" in sys.argv[0] else None
         files = write_reports(report, out_dir or artifact / "bench", command)
+    print_report(report, files)
+
+
+def print_report(report: dict, files: list) -> None:
+    from benchmarks.report import rich_tables
+
     for t in rich_tables(report):
         out.print(t)
     for name, t in report["targets"].items():

@@ -13,19 +13,24 @@ def demo_command(
     workdir: Path = typer.Option(Path("demo_out"), help="where data, runs, artifacts and reports go"),
     clip: str = typer.Option("tiny-vit-64", help="CLIP preset (tiny by default, so it runs offline)"),
     epochs: int = typer.Option(80, min=1),
+    purifier_pairs: int = typer.Option(96, min=8, help="images attacked to train the purifier (x2 eps)"),
+    purifier_steps: int = typer.Option(120, min=1, help="optimiser steps of the teacher (student: 2/3)"),
+    purifier_eval: int = typer.Option(48, min=8, help="held-out images in the purifier table"),
 ) -> None:
     """Build the embedded benchmark; train CausalCLIP and the linear probe on one generator family and
     report both on the unseen families; export CausalCLIP to ONNX fp32 + fp16 with their parity gates;
     calibrate int8 with its accuracy gate; bench every engine and precision against PyTorch; run folder
-    inference on the test images.
+    inference on the test images; then attack the detector, train the supervised diffusion purifier,
+    distil it to one step, export it, purify + detect, and print the defence table.
 
     Example: toolkit demo --workdir demo_out
     """
     from benchmarks.harness import BenchConfig, run_bench
-    from benchmarks.report import rich_tables, write_reports
+    from benchmarks.report import write_reports
     from calibration.pipeline import calibrate_artifact
     from export.detector import export_detector
     from toolkit.artifact import GateFailed
+    from toolkit.cli.bench import print_report
     from toolkit.cli.calibrate import calibration_summary
     from toolkit.cli.export import export_summary
     from toolkit.engines import KINDS
@@ -59,12 +64,7 @@ def demo_command(
     with user_errors():
         report = run_bench(artifact, cfg, log=out.print)
         files = write_reports(report, workdir / "bench", command="toolkit demo")
-    for t in rich_tables(report):
-        out.print(t)
-    for name, t in report["targets"].items():
-        if t["status"] != "ok":
-            out.print(f"[yellow]{name} not run:[/] {t['reason']}")
-    out.print("bench report: " + ", ".join(str(f) for f in files))
+    print_report(report, files)
 
     out.rule("infer: the test images, resumable")
     with user_errors():
@@ -73,3 +73,27 @@ def demo_command(
         f"{s['predicted_now']} predicted ({s['generated_now']} generated), {s['skipped_now']} skipped, "
         f"{s['already_done']} already done; {s['rows_total']} rows in {s['predictions']}"
     )
+
+    out.rule("purifier: PGD pairs -> teacher -> one-step student (+ DiffPure baseline) -> table")
+    from benchmarks.purifier_eval import run as run_purifier_eval
+    from export.purifier import export_purifier
+    from toolkit.pipelines.purifier import purifier_markdown
+
+    steps = purifier_steps
+    with user_errors():
+        r = run_purifier_eval(
+            workdir, purifier_pairs, purifier_eval, 10, steps, max(1, 2 * steps // 3), steps, 25, log=out.print
+        )
+        p_art = workdir / "artifacts" / "purifier"
+        pm = export_purifier(workdir / "purifier" / "run", p_art, log=out.print)
+    out.print(export_summary(p_art, pm))
+    out.print(purifier_markdown(r))
+    with user_errors():
+        s = run_inference(
+            test,
+            artifact,
+            workdir / "preds_purified.csv",
+            InferConfig(overwrite=True, purify=str(p_art)),
+            log=out.print,
+        )
+    out.print(f"purify + detect: {s['rows_total']} rows in {s['predictions']} ({s['images_per_s']:.1f} images/s)")

@@ -132,21 +132,11 @@ def train_diffusion(real: torch.Tensor, cfg: GeneratorTrainConfig, advance: Call
     return unet.eval(), sched
 
 
-@torch.no_grad()
 def diffusion_reconstruct(unet, x: torch.Tensor, cfg: GeneratorTrainConfig, seed: int) -> torch.Tensor:
     """SDEdit: 1. noise x to t* = strength * T; 2. DDIM-denoise back to t = 0 in a few steps."""
-    from diffusers import DDIMScheduler
+    from toolkit.models.purifier import sdedit
 
-    sched = DDIMScheduler(num_train_timesteps=1000, prediction_type="sample")
-    sched.set_timesteps(int(round(cfg.diffusion_sample_steps / cfg.diffusion_strength)))
-    timesteps = sched.timesteps[sched.timesteps <= int(cfg.diffusion_strength * 1000)]
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(x.shape, generator=gen)
-    sample = sched.add_noise(x, noise, timesteps[:1].repeat(x.shape[0]))
-    for t in timesteps:
-        x0 = unet(sample, t).sample
-        sample = sched.step(x0, t, sample).prev_sample
-    return sample.clamp(-1, 1)
+    return sdedit(unet, x, int(cfg.diffusion_strength * 1000), cfg.diffusion_sample_steps, 1000, seed)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

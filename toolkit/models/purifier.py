@@ -61,19 +61,20 @@ def make_unet(cfg: PurifierConfig):
     )
 
 
-def _ddim(cfg: PurifierConfig):
-    from diffusers import DDIMScheduler
-
-    s = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type="sample", clip_sample=True)
-    s.set_timesteps(max(1, round(cfg.steps * cfg.num_train_timesteps / cfg.t_star)))
-    return s
+@torch.no_grad()
+def multistep_purify(unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0) -> torch.Tensor:
+    """x in [-1, 1] -> noise to t* -> `cfg.steps` DDIM steps (x0 prediction) back to 0 -> [-1, 1]."""
+    return sdedit(unet, x, cfg.t_star, cfg.steps, cfg.num_train_timesteps, seed)
 
 
 @torch.no_grad()
-def multistep_purify(unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0) -> torch.Tensor:
-    """x in [-1, 1] -> noise to t* -> DDIM (x0 prediction) back to 0 -> [-1, 1]."""
-    sched = _ddim(cfg)
-    timesteps = sched.timesteps[sched.timesteps <= cfg.t_star]
+def sdedit(unet, x: torch.Tensor, t_star: int, steps: int, num_train_timesteps: int = 1000, seed: int = 0):
+    """SDEdit with an x0-predicting UNet: noise x to t*, then DDIM back to t = 0 in about `steps` steps."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=num_train_timesteps, prediction_type="sample", clip_sample=True)
+    sched.set_timesteps(max(1, round(steps * num_train_timesteps / t_star)))
+    timesteps = sched.timesteps[sched.timesteps <= t_star]
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(x.shape, generator=gen)
     sample = sched.add_noise(x, noise, timesteps[:1].repeat(x.shape[0]))
@@ -113,26 +114,40 @@ def _batches(n: int, steps: int, batch: int, gen: torch.Generator):
         yield torch.randint(0, n, (min(batch, n),), generator=gen)
 
 
-def train_teacher(
-    adv: torch.Tensor, clean: torch.Tensor, cfg: PurifierConfig, tc: PurifierTrainConfig, advance=lambda **_: None
+def _train_x0(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    t_max: int,
+    steps: int,
+    cfg: PurifierConfig,
+    tc: PurifierTrainConfig,
+    seed: int,
+    advance,
 ):
-    """adv, clean (N,3,H,W) in [-1, 1] -> UNet predicting clean from the noised adversarial image at t <= t*."""
+    """A fresh UNet learning to predict `targets` from `inputs` noised (DDPM) to a timestep in [0, t_max]."""
     from diffusers import DDPMScheduler
 
     unet = make_unet(cfg)
     sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type="sample")
     opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr)
-    gen = torch.Generator().manual_seed(tc.seed)
+    gen = torch.Generator().manual_seed(seed)
     unet.train()
-    for idx in _batches(len(adv), tc.teacher_steps, tc.batch_size, gen):
-        t = torch.randint(0, cfg.t_star + 1, (len(idx),), generator=gen)
-        x_t = sched.add_noise(adv[idx], torch.randn(adv[idx].shape, generator=gen), t)
-        loss = nn.functional.mse_loss(unet(x_t, t).sample, clean[idx])
+    for idx in _batches(len(inputs), steps, tc.batch_size, gen):
+        t = torch.randint(0, t_max + 1, (len(idx),), generator=gen)
+        x_t = sched.add_noise(inputs[idx], torch.randn(inputs[idx].shape, generator=gen), t)
+        loss = nn.functional.mse_loss(unet(x_t, t).sample, targets[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         advance(loss=loss.item())
     return unet.eval()
+
+
+def train_teacher(
+    adv: torch.Tensor, clean: torch.Tensor, cfg: PurifierConfig, tc: PurifierTrainConfig, advance=lambda **_: None
+):
+    """adv, clean (N,3,H,W) in [-1, 1] -> UNet predicting clean from the noised adversarial image at t <= t*."""
+    return _train_x0(adv, clean, cfg.t_star, tc.teacher_steps, cfg, tc, tc.seed, advance)
 
 
 def train_student(
@@ -166,19 +181,4 @@ def train_student(
 
 def train_diffpure(clean: torch.Tensor, cfg: PurifierConfig, tc: PurifierTrainConfig, advance=lambda **_: None):
     """Unsupervised baseline: a DDPM x0-denoiser on clean images only (t over the whole range)."""
-    from diffusers import DDPMScheduler
-
-    unet = make_unet(cfg)
-    sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type="sample")
-    opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr)
-    gen = torch.Generator().manual_seed(tc.seed + 2)
-    unet.train()
-    for idx in _batches(len(clean), tc.diffpure_steps, tc.batch_size, gen):
-        t = torch.randint(0, cfg.num_train_timesteps, (len(idx),), generator=gen)
-        x_t = sched.add_noise(clean[idx], torch.randn(clean[idx].shape, generator=gen), t)
-        loss = nn.functional.mse_loss(unet(x_t, t).sample, clean[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        advance(loss=loss.item())
-    return unet.eval()
+    return _train_x0(clean, clean, cfg.num_train_timesteps - 1, tc.diffpure_steps, cfg, tc, tc.seed + 2, advance)
