@@ -28,6 +28,7 @@ def run(
     student_steps: int,
     diffpure_steps: int,
     ddim_steps: int,
+    clean_fraction: float = 0.25,
     progress: bool = True,
     log=print,
 ) -> dict:
@@ -45,7 +46,7 @@ def run(
     s = make_pairs(detector, bench / proto["train"], pairs, (4, 8), steps, "decision", n_pairs, progress=progress)
     size = read_json(detector / "config.json")["preprocess"]["size"]
     cfg = replace(PurifierConfig.tiny(size), steps=ddim_steps)
-    tc = PurifierTrainConfig(teacher_steps, student_steps, diffpure_steps)
+    tc = PurifierTrainConfig(teacher_steps, student_steps, diffpure_steps, clean_fraction=clean_fraction)
     log("training teacher, distilling student, training the DiffPure baseline ...")
     t = train_purifiers(pairs, workdir / "purifier" / "run", cfg, tc, progress=progress)
     log("evaluating on held-out images ...")
@@ -53,7 +54,12 @@ def run(
     r = evaluate_purifiers(
         workdir / "purifier" / "run", detector, held_out, (2, 4, 8, 16), (4, 8), steps, n_eval, progress=progress
     )
-    return {**r, "attack_success_rate_train": s["attack_success_rate"], "train_timings": t["timings"]}
+    return {
+        **r,
+        "attack_success_rate_train": s["attack_success_rate"],
+        "train_timings": t["timings"],
+        "train": t["train"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--student-steps", type=int, default=300)
     ap.add_argument("--diffpure-steps", type=int, default=400)
     ap.add_argument("--ddim-steps", type=int, default=25)
+    ap.add_argument("--clean-fraction", type=float, default=0.25)
     ap.add_argument("--out", type=Path, default=RESULTS / "purifier_eval")
     args = ap.parse_args(argv)
     command = "python -m benchmarks.purifier_eval " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         args.student_steps,
         args.diffpure_steps,
         args.ddim_steps,
+        args.clean_fraction,
     )
     env = environment()
     write_json(args.out.with_suffix(".json"), {"command": command.strip(), "environment": env, **r})
@@ -92,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
             f"diffusers {env['versions']['diffusers']}.  ",
             f"Detector: {r['detector_run']} (tiny CLIP preset, random weights). Held-out: {r['n']} images of "
             f"{r['images']}; PGD on the detector's decision, {r['pgd_steps']} steps; purifiers trained on eps 4 and 8 "
-            f"(attack success on the training pairs: {r['attack_success_rate_train']}).",
+            f"(attack success on the training pairs: {r['attack_success_rate_train']}); training: "
+            f"{r['train']['teacher_steps']} teacher / {r['train']['student_steps']} student / "
+            f"{r['train']['diffpure_steps']} DiffPure steps, clean fraction {r['train']['clean_fraction']}.",
             "",
             purifier_markdown(r),
         ]

@@ -80,6 +80,10 @@ def test_student_reduces_the_perturbation(purifier_run, pairs):
     before = ((adv[strong] - clean[strong]) ** 2).mean()
     after = ((out - clean[strong]) ** 2).mean()
     assert after < before, (float(after), float(before))
+    # trained with clean inputs too (clean_fraction): a clean image is changed less than the attack changed it
+    with torch.no_grad():
+        kept = OneStepPurifier(nets["student"])(clean[strong])
+    assert ((kept - clean[strong]) ** 2).mean() < before
 
 
 def test_exported_purifier_matches_pytorch(purifier_run, tmp_path):

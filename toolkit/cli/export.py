@@ -32,8 +32,9 @@ def export_command(
     from export.detector import export_detector
     from export.verify import Fp16Gate, Fp32Gate
     from toolkit.io import read_json
+    from toolkit.pipelines.purifier import PURIFIER_FORMAT
 
-    if read_json(run / "config.json").get("format", "").endswith("purifier@1"):  # the second model kind
+    if read_json(run / "config.json").get("format", "").startswith(PURIFIER_FORMAT.split("@")[0]):  # 2nd kind
         from export.purifier import export_purifier
 
         with user_errors():

@@ -64,6 +64,9 @@ def purifier(
     teacher_steps: int = typer.Option(400, min=1, help="teacher optimiser steps"),
     student_steps: int = typer.Option(300, min=1, help="distillation optimiser steps"),
     diffpure_steps: int = typer.Option(400, min=1, help="unsupervised DiffPure baseline optimiser steps"),
+    clean_fraction: float = typer.Option(
+        0.25, min=0.0, max=1.0, help="share of each batch fed the clean image (teaches clean images to pass through)"
+    ),
     seed: int = typer.Option(0),
 ) -> None:
     """Train the supervised diffusion purifier (teacher), distil it into a one-step student, and train the
@@ -82,7 +85,7 @@ def purifier(
         if preset not in presets:
             raise ValueError(f"preset must be one of {sorted(presets)}, got {preset!r}")
         cfg = replace(presets[preset], t_star=t_star, steps=ddim_steps, seed=seed)
-        tc = PurifierTrainConfig(teacher_steps, student_steps, diffpure_steps, seed=seed)
+        tc = PurifierTrainConfig(teacher_steps, student_steps, diffpure_steps, clean_fraction=clean_fraction, seed=seed)
         res = train_purifiers(pairs, out_dir, cfg, tc)
     t = res["timings"]
     out.print(

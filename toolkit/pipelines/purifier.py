@@ -17,7 +17,7 @@ import torch
 from toolkit.attacks import PGDConfig, PixelDetector, pgd, success
 from toolkit.io import write_json, write_text
 
-PURIFIER_FORMAT = "causal-deploy-toolkit/purifier@1"
+PURIFIER_FORMAT = "causal-deploy-toolkit/purifier@2"  # @2: skip (residual) x0 parametrisation
 
 
 def load_pixels(paths: list, size: int) -> torch.Tensor:
@@ -225,7 +225,7 @@ def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05) -
             Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
                 buf, "JPEG", quality=jpeg_quality
             )
-            out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255)
+            out.append(torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255)
         return torch.stack(out)
 
     def tv(x):
