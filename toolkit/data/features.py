@@ -135,7 +135,10 @@ def extract_features(
         flush()
 
     index = sorted(rows)
-    feats = np.stack([rows[i] for i in index]).astype(np.float32) if index else np.zeros((0, backbone.feature_dim), np.float32)
+    if index:
+        feats = np.stack([rows[i] for i in index]).astype(np.float32)
+    else:
+        feats = np.zeros((0, backbone.feature_dim), np.float32)
     return FeatureSet(feats, [Path(paths[i]) for i in index], index, skipped, hits)
 
 

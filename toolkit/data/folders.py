@@ -65,9 +65,7 @@ def find_labelled_images(root: str | Path) -> LabelledImages:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
     out = LabelledImages(root)
-    label_dirs = sorted(
-        p for p in [root, *root.rglob("*")] if p.is_dir() and p.name in LABEL_DIRS
-    )
+    label_dirs = sorted(p for p in [root, *root.rglob("*")] if p.is_dir() and p.name in LABEL_DIRS)
     for d in label_dirs:
         gen = _generator_name(root, d)
         label = LABEL_DIRS[d.name]

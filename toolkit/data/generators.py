@@ -136,7 +136,9 @@ def diffusion_reconstruct(unet, x: torch.Tensor, cfg: GeneratorTrainConfig, seed
     """SDEdit: 1. noise x to t* = strength * T; 2. DDIM-denoise back to t = 0 in a few steps."""
     from toolkit.models.purifier import sdedit
 
-    return sdedit(lambda s, t: unet(s, t).sample, x, int(cfg.diffusion_strength * 1000), cfg.diffusion_sample_steps, 1000, seed)
+    return sdedit(
+        lambda s, t: unet(s, t).sample, x, int(cfg.diffusion_strength * 1000), cfg.diffusion_sample_steps, 1000, seed
+    )
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -7,6 +7,7 @@ conversion in preprocessing, decompression bombs refused by a pixel limit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -62,10 +63,8 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", max_pixels: int = MA
         raise ImageDecodeError(path, f"decompression bomb refused ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(path, f"corrupt or truncated image ({e})") from None
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not lose an otherwise readable image
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not lose an otherwise readable image
-        pass
     return _to_8bit(img)
 
 

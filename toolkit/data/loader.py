@@ -57,8 +57,14 @@ def load_batch(paths: Sequence[str], cfg: dict, max_pixels: int = MAX_PIXELS) ->
     return Batch(array, ok, skipped)
 
 
-def batches(paths: Sequence[str | Path], cfg: dict, batch_size: int, workers: int = 2,
-            prefetch: int | None = None, max_pixels: int = MAX_PIXELS) -> Iterator[Batch]:
+def batches(
+    paths: Sequence[str | Path],
+    cfg: dict,
+    batch_size: int,
+    workers: int = 2,
+    prefetch: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> Iterator[Batch]:
     """Yield `Batch`es of `batch_size` paths in order; `workers` = 0 decodes in this process."""
     chunks = [[str(p) for p in paths[i : i + batch_size]] for i in range(0, len(paths), batch_size)]
     if workers <= 0:
