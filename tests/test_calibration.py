@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from calibration.pipeline import OverlapError, calibrate_artifact
-from calibration.quantize import QuantConfig, sensitive_nodes
+from calibration.quantize import OP_TYPES, QuantConfig, sensitive_nodes
 from toolkit.artifact import GateFailed, read_manifest
 from toolkit.cli import app
 from toolkit.engines import open_engine
@@ -64,6 +64,13 @@ def test_qdq_graph_with_zero_points_zero_runs_in_onnxruntime(calibrated):
         for n in model.graph.node
         if n.op_type == "DequantizeLinear" and n.input[1] in inits
     )
+    # Q/DQ sit on the inputs of weighted ops only (TensorRT's placement advice): no weighted op's output is
+    # re-quantized, which costs an int8 round trip and, in ONNX Runtime, a requantize + dequantize per GEMM
+    produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    requantized = [
+        n.name for n in model.graph.node if n.op_type == "QuantizeLinear" and produced_by.get(n.input[0]) in OP_TYPES
+    ]
+    assert requantized == []
     # the patch embedding and the head stay float: their inputs are not dequantized weights
     fp32 = onnx.load(str(art / "detector.fp32.onnx"))
     kept = set(sensitive_nodes(fp32, QuantConfig()))
