@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from export.graph_passes import reorder_erf_gelu
 from toolkit.engines.base import TensorSpec
 
 OPSET = 18
@@ -49,6 +50,7 @@ def export_onnx(
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         prog.save(str(Path(tmp) / "model.onnx"), external_data=True)  # never hits the 2 GiB protobuf limit
         model = onnx.load(str(Path(tmp) / "model.onnx"))  # external weights loaded into memory
+    reorder_erf_gelu(model)  # GELU in the operand order ONNX Runtime fuses (export/graph_passes.py)
     save_onnx(model, path, external_data_bytes)
     model = onnx.load(str(path), load_external_data=False)
     inputs = [_spec(v) for v in model.graph.input]

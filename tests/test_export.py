@@ -23,6 +23,24 @@ def test_artifact_is_checked_onnx_with_dynamic_batch(exported_artifact):
     assert m["verify_batches"][:2] == [1, 8] and g["stats"]["n"] == sum(m["verify_batches"])
 
 
+def test_gelu_is_written_in_the_order_onnxruntime_fuses(exported_artifact, tmp_path):
+    """torch exports x * (0.5 * (1 + erf(x/sqrt2))); the export moves the 0.5 last so ORT's GeluFusion fires."""
+    import onnxruntime as ort
+
+    from export.graph_passes import reorder_erf_gelu
+
+    path = exported_artifact / "detector.fp32.onnx"
+    model = onnx.load(str(path))
+    assert reorder_erf_gelu(model) == 0  # already rewritten at export: the pass found nothing left to do
+    n_erf = sum(n.op_type == "Erf" for n in model.graph.node)
+    assert n_erf > 0
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    optimized = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert "Erf" not in optimized and optimized.count("BiasGelu") + optimized.count("Gelu") == n_erf
+
+
 def test_fp16_variant_keeps_norms_softmax_and_head_in_fp32(exported_artifact):
     m = read_manifest(exported_artifact)
     g16 = m["gates"]["fp16"]
