@@ -27,7 +27,20 @@ from toolkit.io import write_json, write_text
 RESULTS = Path(__file__).parent / "results"
 
 
-def bench_artifact(artifact: Path, batches: list[int], rounds: int, warmup: int, iters: int, log=print) -> dict:
+def _timed(engine, feed: dict, warmup: int, iters: int, min_seconds: float) -> dict:
+    """time_engine with at least `iters` calls and at least `min_seconds` of timed calls (sub-ms models)."""
+    import time
+
+    engine.infer(feed)
+    t = time.perf_counter()
+    engine.infer(feed)
+    one = max(time.perf_counter() - t, 1e-6)
+    return time_engine(engine, feed, warmup, max(iters, int(min_seconds / one) + 1))
+
+
+def bench_artifact(
+    artifact: Path, batches: list[int], rounds: int, warmup: int, iters: int, min_seconds: float = 1.0, log=print
+) -> dict:
     from toolkit.artifact import read_manifest
     from toolkit.engines import open_engine
 
@@ -51,8 +64,8 @@ def bench_artifact(artifact: Path, batches: list[int], rounds: int, warmup: int,
             feed = {"images": np.random.default_rng(0).standard_normal((b, 3, s, s)).astype(np.float32)}
             per_round = []
             for r in range(rounds):
-                tf = time_engine(fp32, feed, warmup, iters)
-                ti = time_engine(int8, feed, warmup, iters)
+                tf = _timed(fp32, feed, warmup, iters, min_seconds)
+                ti = _timed(int8, feed, warmup, iters, min_seconds)
                 per_round.append({"fp32": tf, "int8": ti, "speedup_p50": tf["p50_ms"] / ti["p50_ms"]})
                 log(
                     f"{out['model']} batch {b} round {r + 1}/{rounds}: fp32 p50 {tf['p50_ms']:.2f} ms, "
@@ -70,14 +83,15 @@ def bench_artifact(artifact: Path, batches: list[int], rounds: int, warmup: int,
     return out
 
 
-def markdown(res: list[dict], env: dict, command: str, rounds: int, warmup: int, iters: int) -> str:
+def markdown(res: list[dict], env: dict, command: str, rounds: int, warmup: int, iters: int, min_s: float) -> str:
     lines = [
         "# INT8 against fp32, ONNX Runtime, interleaved rounds",
         "",
         f"Command: `{command}`  ",
         f"Machine: {env['cpus']} CPUs ({env['processor']}), onnxruntime {env['versions']['onnxruntime']}; "
         f"engine-only (input prepared before the clock); {rounds} rounds, each fp32 then int8 back to back, "
-        f"warm-up {warmup} and {iters} timed calls per engine per round. Speed-up = fp32 p50 / int8 p50 "
+        f"warm-up {warmup}, then at least {iters} timed calls and {min_s:g} s per engine per round. "
+        "Speed-up = fp32 p50 / int8 p50 "
         "per round; the table gives the median over rounds and its range.  ",
         "Accuracy: the int8 gate recorded in the manifest (int8 minus fp32, both in ONNX Runtime, on "
         "held-out labelled images disjoint from the calibration set).",
@@ -105,14 +119,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=10, help="at least this many timed calls per engine per round")
+    ap.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long (sub-ms models)")
     ap.add_argument("--out", type=Path, default=RESULTS / "int8_speedup")
     args = ap.parse_args(argv)
     command = ("python -m benchmarks.int8_speedup " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     env = environment()
-    res = [bench_artifact(a, args.batches, args.rounds, args.warmup, args.iters) for a in args.artifacts]
+    res = [
+        bench_artifact(a, args.batches, args.rounds, args.warmup, args.iters, args.min_seconds) for a in args.artifacts
+    ]
     write_json(args.out.with_suffix(".json"), {"command": command, "environment": env, "results": res})
-    md = markdown(res, env, command, args.rounds, args.warmup, args.iters)
+    md = markdown(res, env, command, args.rounds, args.warmup, args.iters, args.min_seconds)
     write_text(args.out.with_suffix(".md"), md)
     print(md)
 

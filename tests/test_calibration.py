@@ -146,3 +146,25 @@ def test_calibrate_cli(art, toy_data):
     )
     assert res.exit_code == 0, res.output
     assert "int8 gate passed" in res.output
+
+
+def test_int8_speedup_benchmark_reports_the_rounds_it_ran(calibrated, art, tmp_path):
+    """benchmarks/int8_speedup.py: the table's figures are the medians of the rounds in its JSON."""
+    import json
+
+    from benchmarks.int8_speedup import main
+
+    cal, _ = calibrated
+    out = tmp_path / "sp"
+    main([str(cal), "--batches", "1", "3", "--rounds", "3", "--iters", "2", "--min-seconds", "0", "--out", str(out)])
+    res = json.loads(out.with_suffix(".json").read_text())["results"][0]
+    md = out.with_suffix(".md").read_text()
+    for b in ("1", "3"):
+        v = res["batches"][b]
+        ratios = [r["fp32"]["p50_ms"] / r["int8"]["p50_ms"] for r in v["rounds"]]
+        assert len(ratios) == 3 and v["speedup_median"] == pytest.approx(float(np.median(ratios)))
+        assert v["speedup_min"] <= v["speedup_median"] <= v["speedup_max"]
+        assert f"| {b} | {v['fp32_p50_ms']:.2f} | {v['int8_p50_ms']:.2f} | **{v['speedup_median']:.2f}x** |" in md
+    assert "| passed |" in md
+    with pytest.raises(SystemExit, match="no int8 variant"):
+        main([str(art), "--rounds", "1", "--out", str(tmp_path / "none")])
