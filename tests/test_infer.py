@@ -92,6 +92,8 @@ def test_every_bad_file_kind_is_decoded_or_listed(exported_artifact, tmp_path):
         assert "too large" in reason or "decompression bomb" in reason
     assert s["predicted_now"] == 8 and s["skipped_now"] == 6 and s["other_files_ignored"] == 1
     assert sum(s["skipped_reasons_now"].values()) == 6
+    assert 0 < s["engine_open_s"] < s["wall_s"] and s["images_per_s_after_open"] > s["images_per_s"] > 0
+    assert s["images_per_s"] == pytest.approx(14 / s["wall_s"])
     for r in _rows(out):
         assert 0.0 <= float(r["p_generated"]) <= 1.0 and r["label"] in ("real", "generated")
 

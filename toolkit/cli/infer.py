@@ -41,6 +41,7 @@ def infer_command(
     out.print(
         f"{s['predicted_now']} predicted ({s['generated_now']} generated), {s['skipped_now']} skipped ({reasons}), "
         f"{s['already_done']} already done, {s['other_files_ignored']} non-image files ignored; "
-        f"{s['images_per_s']:.1f} images/s on {s['engine']} {s['precision']}\n"
+        f"{s['images_per_s']:.1f} images/s on {s['engine']} {s['precision']} "
+        f"({s['images_per_s_after_open'] or 0:.1f} after opening the engine in {s['engine_open_s']:.1f} s)\n"
         f"predictions: {s['predictions']} ({s['rows_total']} rows); skipped: {s['skipped']}"
     )
