@@ -69,6 +69,7 @@ def export_model(
         kind.output_names,
         1024,
         external_data_bytes,
+        log=log,
     )
     variants = {"fp32": {"file": files["fp32"], "opset": OPSET}}
     if "fp16" in precisions:

@@ -29,6 +29,7 @@ def export_onnx(
     output_names: list[str],
     max_batch: int = 1024,
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
+    log=lambda msg: None,
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Export with a dynamic batch on dim 0; full onnx.checker + shape inference; -> (inputs, outputs) specs."""
     import onnx
@@ -50,7 +51,9 @@ def export_onnx(
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         prog.save(str(Path(tmp) / "model.onnx"), external_data=True)  # never hits the 2 GiB protobuf limit
         model = onnx.load(str(Path(tmp) / "model.onnx"))  # external weights loaded into memory
-    reorder_erf_gelu(model)  # GELU in the operand order ONNX Runtime fuses (export/graph_passes.py)
+    n_gelu = reorder_erf_gelu(model)  # GELU in the operand order ONNX Runtime fuses (export/graph_passes.py)
+    if n_gelu:
+        log(f"graph pass: {n_gelu} GELU(s) written in the order ONNX Runtime fuses")
     save_onnx(model, path, external_data_bytes)
     model = onnx.load(str(path), load_external_data=False)
     inputs = [_spec(v) for v in model.graph.input]
