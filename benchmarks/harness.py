@@ -43,14 +43,18 @@ class BenchConfig:
     notes: list[str] = field(default_factory=list)
 
 
-def time_engine(engine, feed: dict, warmup: int, iterations: int, duration_s: float | None = None) -> dict:
-    """Per-iteration wall time of infer + synchronize; -> p50/p90/p99/mean (ms) and throughput (images/s)."""
+def time_engine(
+    engine, feed: dict, warmup: int, iterations: int, duration_s: float | None = None, min_iterations: int = 5
+) -> dict:
+    """Per-iteration wall time of infer + synchronize; -> p50/p90/p99/mean (ms) and throughput (images/s).
+
+    `iterations` calls, or with `duration_s` calls for that long and at least `min_iterations` of them."""
     for _ in range(warmup):
         engine.infer(feed)
     engine.synchronize()
     times = []
     end = time.perf_counter() + duration_s if duration_s else None
-    while (len(times) < iterations) if end is None else (time.perf_counter() < end or len(times) < 5):
+    while (len(times) < iterations) if end is None else (time.perf_counter() < end or len(times) < min_iterations):
         t = time.perf_counter()
         engine.infer(feed)
         engine.synchronize()

@@ -27,17 +27,6 @@ from toolkit.io import write_json, write_text
 RESULTS = Path(__file__).parent / "results"
 
 
-def _timed(engine, feed: dict, warmup: int, iters: int, min_seconds: float) -> dict:
-    """time_engine with at least `iters` calls and at least `min_seconds` of timed calls (sub-ms models)."""
-    import time
-
-    engine.infer(feed)
-    t = time.perf_counter()
-    engine.infer(feed)
-    one = max(time.perf_counter() - t, 1e-6)
-    return time_engine(engine, feed, warmup, max(iters, int(min_seconds / one) + 1))
-
-
 def bench_artifact(
     artifact: Path, batches: list[int], rounds: int, warmup: int, iters: int, min_seconds: float = 1.0, log=print
 ) -> dict:
@@ -64,8 +53,9 @@ def bench_artifact(
             feed = {"images": np.random.default_rng(0).standard_normal((b, 3, s, s)).astype(np.float32)}
             per_round = []
             for r in range(rounds):
-                tf = _timed(fp32, feed, warmup, iters, min_seconds)
-                ti = _timed(int8, feed, warmup, iters, min_seconds)
+                # at least `iters` calls and at least `min_seconds` (sub-ms models) per engine
+                tf = time_engine(fp32, feed, warmup, iters, min_seconds or None, min_iterations=iters)
+                ti = time_engine(int8, feed, warmup, iters, min_seconds or None, min_iterations=iters)
                 per_round.append({"fp32": tf, "int8": ti, "speedup_p50": tf["p50_ms"] / ti["p50_ms"]})
                 log(
                     f"{out['model']} batch {b} round {r + 1}/{rounds}: fp32 p50 {tf['p50_ms']:.2f} ms, "

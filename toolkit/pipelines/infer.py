@@ -215,7 +215,7 @@ def run_inference(
         preds.close()
         skips.close()
     wall = time.perf_counter() - t0
-    steady = wall - (t_ready - t0)
+    open_s = t_ready - t0
     total_rows = len(_done_paths(out, fmt))
     summary = {
         "images_found": len(all_images),
@@ -230,8 +230,8 @@ def run_inference(
         "wall_s": wall,
         "images_per_s": (n_rows + n_skip) / wall if wall > 0 else None,
         # the same without opening the engines: what a long run converges to
-        "engine_open_s": t_ready - t0,
-        "images_per_s_after_open": (n_rows + n_skip) / steady if steady > 0 else None,
+        "engine_open_s": open_s,
+        "images_per_s_after_open": (n_rows + n_skip) / (wall - open_s) if wall > open_s else None,
         "predictions": str(out),
         "skipped": str(skipped_path),
         **{k: meta[k] for k in ("engine", "precision")},
