@@ -23,27 +23,20 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def bench_artifact(artifact: Path, batches: list[int], warmup: int, iters: int) -> dict:
-    from toolkit.artifact import read_manifest
-    from toolkit.engines.base import TensorSpec
-    from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from toolkit.engines.torch_engine import TorchEngine
-    from toolkit.models.detector import load_deployed_detector
+    from toolkit.artifact import Artifact
+    from toolkit.engines import open_engine
 
-    m = read_manifest(artifact)
-    model, _ = load_deployed_detector(m["source_run"])
-    name = m["model_config"]["backbone_identity"]
-    s = m["preprocess"]["size"]
-    inputs = [TensorSpec.from_dict(d) for d in m["inputs"]]
-    outputs = [TensorSpec.from_dict(d) for d in m["outputs"]]
-    out = {"model": name, "artifact": str(artifact), "input_size": s, "batches": {}}
-    with TorchEngine(model, inputs, outputs) as te, OnnxRuntimeEngine(artifact / m["precisions"]["fp32"]["file"]) as oe:
+    art = Artifact.open(artifact)
+    s = art.preprocess["size"]
+    out = {"model": art.model_name, "artifact": str(artifact), "input_size": s, "batches": {}}
+    with open_engine(art, "torch") as te, open_engine(art, "onnxruntime", "fp32") as oe:
         for b in batches:
             feed = {"images": np.random.default_rng(0).standard_normal((b, 3, s, s)).astype(np.float32)}
             rt = time_engine(te, feed, warmup, iters)
             ro = time_engine(oe, feed, warmup, iters)
             out["batches"][b] = {"torch": rt, "onnxruntime": ro, "speedup_p50": rt["p50_ms"] / ro["p50_ms"]}
             print(
-                f"{name} batch {b}: torch p50 {rt['p50_ms']:.2f} ms, onnxruntime p50 {ro['p50_ms']:.2f} ms, "
+                f"{art.model_name} batch {b}: torch p50 {rt['p50_ms']:.2f} ms, onnxruntime p50 {ro['p50_ms']:.2f} ms, "
                 f"ratio {out['batches'][b]['speedup_p50']:.2f}x",
                 flush=True,
             )

@@ -39,6 +39,7 @@ class BenchConfig:
     e2e_n: int = 256
     workers: int = 2
     build_plans: bool = False  # trt: build a missing/stale plan instead of reporting it
+    no_reference: bool = False  # run without the PyTorch reference (parity against onnxruntime fp32 instead)
     seed: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -71,27 +72,36 @@ def time_engine(
     }
 
 
-def targets(manifest: dict, cfg: BenchConfig) -> list[tuple[str, str]]:
-    precisions = cfg.precisions or tuple(manifest["precisions"])
-    missing = [p for p in precisions if p not in manifest["precisions"]]
+def targets(art, cfg: BenchConfig) -> list[tuple[str, str]]:
+    precisions = cfg.precisions or tuple(art.precisions)
+    missing = [p for p in precisions if p not in art.precisions]
     if missing:
-        raise ValueError(f"the artifact has no {missing} variant (it has {sorted(manifest['precisions'])})")
-    out = [REFERENCE]
+        raise ValueError(f"the artifact has no {missing} variant (it has {sorted(art.precisions)})")
+    ref = reference_target(cfg)
+    out = [ref]
     for e in cfg.engines:
         if e == "torch":
             continue  # the reference; it runs fp32 only
-        out += [(e, p) for p in precisions]
+        out += [(e, p) for p in precisions if (e, p) != ref]
     return out
 
 
-def _parity_inputs(manifest: dict, cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """-> (inputs, labels or None, description)."""
+def reference_target(cfg: BenchConfig) -> tuple[str, str]:
+    return ("onnxruntime", "fp32") if cfg.no_reference else REFERENCE
+
+
+def _parity_inputs(art, cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """-> (inputs, labels or None, description). Noise is uniform pixels through the artifact's normalisation,
+    so it lies in every kind's input domain."""
     from toolkit.data.loader import discover_images, load_batch
 
-    size = manifest["preprocess"]["size"]
+    pre = art.preprocess
+    size = pre["size"]
     if not cfg.parity_images:
-        x = np.random.default_rng(cfg.seed).standard_normal((cfg.parity_n, 3, size, size)).astype(np.float32)
-        return x, None, f"{cfg.parity_n} seeded noise inputs"
+        u = np.random.default_rng(cfg.seed).uniform(0, 1, (cfg.parity_n, 3, size, size)).astype(np.float32)
+        mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
+        return ((u - mean) / std).astype(np.float32), None, f"{cfg.parity_n} seeded noise images"
     root = Path(cfg.parity_images)
     labels = None
     try:
@@ -102,7 +112,7 @@ def _parity_inputs(manifest: dict, cfg: BenchConfig) -> tuple[np.ndarray, np.nda
         paths, labels = [ds.paths[i] for i in sorted(idx)], np.array([ds.labels[i] for i in sorted(idx)])
     except ValueError:  # not a labelled layout: parity only
         paths = discover_images(root)[0][: cfg.parity_n]
-    b = load_batch([str(p) for p in paths], manifest["preprocess"])
+    b = load_batch([str(p) for p in paths], pre)
     if labels is not None:
         keep = {p: i for i, p in enumerate(map(str, paths))}
         labels = labels[[keep[p] for p in b.paths]]
@@ -112,7 +122,7 @@ def _parity_inputs(manifest: dict, cfg: BenchConfig) -> tuple[np.ndarray, np.nda
     return b.array, labels, f"{len(b.paths)} {kind} images from {root}"
 
 
-def _open(artifact: Path, manifest: dict, engine: str, precision: str, cfg: BenchConfig):
+def _open(art, engine: str, precision: str, cfg: BenchConfig):
     from toolkit.engines import open_engine
 
     if engine == "trt" and cfg.build_plans:
@@ -120,10 +130,10 @@ def _open(artifact: Path, manifest: dict, engine: str, precision: str, cfg: Benc
 
         if unavailable_reason() is None:
             try:
-                find_plan(artifact, manifest, precision, machine())
+                find_plan(art, precision, machine())
             except PlanError:
                 raise _NeedPlans from None
-    return open_engine(artifact, engine, precision, cfg.provider, manifest)
+    return open_engine(art, engine, precision, cfg.provider)
 
 
 class _NeedPlans(Exception):
@@ -133,42 +143,53 @@ class _NeedPlans(Exception):
 def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, plan_builder=None) -> dict:
     """-> the report dict (environment, targets, parity, latency, end-to-end, notes)."""
     from benchmarks.environment import environment
-    from toolkit.artifact import read_manifest
-    from toolkit.evaluation import binary_metrics, parity_stats
+    from toolkit import kinds
+    from toolkit.artifact import Artifact
+    from toolkit.compare import Comparator
 
     cfg = cfg or BenchConfig()
-    artifact = Path(artifact)
-    m = read_manifest(artifact)
-    threshold = float(m["threshold"])
-    x, labels, parity_desc = _parity_inputs(m, cfg)
-    size = m["preprocess"]["size"]
+    art = Artifact.open(artifact)
+    kind = kinds.for_artifact(art)
+    if not cfg.no_reference:
+        art.reference_run(kind.weights_file)  # a missing reference fails here, loudly, not as an empty parity table
+    x, labels, parity_desc = _parity_inputs(art, cfg)
+    detects = kind.capabilities.detects
+    size = art.preprocess["size"]
     e2e_paths = []
     if cfg.e2e_images:
         from toolkit.data.loader import discover_images
 
         e2e_paths = discover_images(cfg.e2e_images)[0][: cfg.e2e_n]
+    ref_target = reference_target(cfg)
     report = {
-        "artifact": str(artifact),
-        "model": m["model_config"]["backbone_identity"] if "model_config" in m else m["kind"],
-        "kind": m["kind"],
+        "reference_target": _name(*ref_target, cfg),
+        "artifact": str(art.dir),
+        "model": art.model_name,
+        "kind": art.kind,
+        "detects": detects,
+        "parity_columns": [list(c) for c in kind.parity_columns],
+        "reference": "/".join(ref_target),
         "environment": environment(),
         "config": asdict(cfg),
         "parity_inputs": parity_desc,
         "targets": {},
     }
-    ref_out = None
-    for engine_kind, precision in targets(m, cfg):
-        name = f"{engine_kind}/{precision}" + (f"/{cfg.provider}" if engine_kind == "onnxruntime" else "")
+    chunk = max(cfg.batches)
+    comparator = Comparator(kind, [x[i : i + chunk] for i in range(0, len(x), chunk)], art.threshold, labels)
+    for engine_kind, precision in targets(art, cfg):
+        name = _name(engine_kind, precision, cfg)
         log(f"{name}: parity on {parity_desc}, latency at batch {list(cfg.batches)} ...")
         try:
             try:
-                eng = _open(artifact, m, engine_kind, precision, cfg)
+                eng = _open(art, engine_kind, precision, cfg)
             except _NeedPlans:
                 if plan_builder is None:
                     raise
-                plan_builder(artifact, (min(cfg.batches), max(cfg.batches), max(cfg.batches)), precision)
-                eng = _open(artifact, m, engine_kind, precision, cfg)
+                plan_builder(art.dir, (min(cfg.batches), max(cfg.batches), max(cfg.batches)), precision)
+                eng = _open(art, engine_kind, precision, cfg)
         except (RuntimeError, ValueError, FileNotFoundError) as e:
+            if (engine_kind, precision) == ref_target:
+                raise
             report["targets"][name] = {
                 "engine": engine_kind,
                 "precision": precision,
@@ -179,19 +200,21 @@ def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, p
             continue
         entry = {"engine": engine_kind, "precision": precision, "status": "ok", "latency": {}}
         with eng:
-            chunk = max(cfg.batches)
-            outs = [eng.infer({"images": x[i : i + chunk]}) for i in range(0, len(x), chunk)]
-            got = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-            if (engine_kind, precision) == REFERENCE:
-                ref_out = got
-            entry["parity"] = parity_stats(ref_out, got, threshold) if ref_out is not None else None
-            if labels is not None and len(set(labels.tolist())) == 2:
-                entry["accuracy"] = binary_metrics(labels, got["logit"], threshold)
+            got = comparator.outputs(eng)
+            if (engine_kind, precision) == ref_target:
+                comparator.reference = got
+            stats = dict(comparator.compare(got)["stats"])
+            if "metrics" in stats:
+                entry["accuracy"] = stats.pop("metrics")
+                stats.pop("reference_metrics")
+            entry["parity"] = stats
             for b in cfg.batches:
-                feed = {"images": np.random.default_rng(cfg.seed).standard_normal((b, 3, size, size), np.float32)}
-                entry["latency"][str(b)] = time_engine(eng, feed, cfg.warmup, cfg.iterations, cfg.duration_s)
-            if e2e_paths:
-                entry["e2e"] = {str(b): _e2e(eng, e2e_paths, m, b, cfg.workers) for b in cfg.batches}
+                u = np.random.default_rng(cfg.seed).standard_normal((b, 3, size, size), np.float32)
+                entry["latency"][str(b)] = time_engine(
+                    eng, {kind.input_name: u}, cfg.warmup, cfg.iterations, cfg.duration_s
+                )
+        if e2e_paths:
+            entry["e2e"] = {str(b): _e2e(art, kind, engine_kind, precision, cfg, e2e_paths, b) for b in cfg.batches}
         report["targets"][name] = entry
     _ratios(report)
     on_gpu = [
@@ -203,30 +226,37 @@ def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, p
     return report
 
 
-def _e2e(engine, paths: list[Path], manifest: dict, batch: int, workers: int) -> dict:
-    """Files -> predictions through the same loader as `toolkit infer`; throughput over the folder."""
-    from toolkit.data.loader import batches
+def _name(engine: str, precision: str, cfg: BenchConfig) -> str:
+    return f"{engine}/{precision}" + (f"/{cfg.provider}" if engine == "onnxruntime" else "")
 
-    n = 0
-    t = time.perf_counter()
-    for b in batches(paths, manifest["preprocess"], batch, workers):
-        if len(b.paths):
-            engine.infer({"images": b.array})
+
+def _e2e(art, kind, engine: str, precision: str, cfg: BenchConfig, paths: list[Path], batch: int) -> dict:
+    """Files -> predictions through the prediction path and loader of `toolkit infer`; throughput over the folder."""
+    from toolkit.data.loader import batches
+    from toolkit.predict import EngineChoice, PredictionPath
+
+    choice = EngineChoice(engine, precision, cfg.provider)
+    kw = {"detector": art} if kind.capabilities.detects else {"purifier": art}
+    with PredictionPath(choice=choice, **kw) as path:
+        n = 0
+        t = time.perf_counter()
+        for b in batches(paths, path.preprocess, batch, cfg.workers):
+            path.predict(b)
             n += len(b.paths)
-    engine.synchronize()
-    wall = time.perf_counter() - t
-    return {"images": n, "wall_s": wall, "throughput_ips": n / wall, "workers": workers}
+        path.synchronize()
+        wall = time.perf_counter() - t
+    return {"images": n, "wall_s": wall, "throughput_ips": n / wall, "workers": cfg.workers}
 
 
 def _ratios(report: dict) -> None:
-    """Speed-up against torch/fp32 per batch (p50), e2e/engine-only throughput, accuracy deltas vs torch."""
-    ref = report["targets"].get("torch/fp32")
+    """Speed-up against the reference per batch (p50), e2e/engine-only throughput, accuracy deltas vs it."""
+    ref = report["targets"].get(report["reference_target"])
     for t in report["targets"].values():
         if t["status"] != "ok":
             continue
         for b, lat in t["latency"].items():
             if ref and ref["status"] == "ok":
-                lat["speedup_vs_torch_p50"] = ref["latency"][b]["p50_ms"] / lat["p50_ms"]
+                lat["speedup_vs_reference_p50"] = ref["latency"][b]["p50_ms"] / lat["p50_ms"]
             if "e2e" in t:
                 t["e2e"][b]["fraction_of_engine_only"] = t["e2e"][b]["throughput_ips"] / lat["throughput_ips"]
         if "accuracy" in t and ref and "accuracy" in ref:

@@ -30,24 +30,25 @@ RESULTS = Path(__file__).parent / "results"
 def bench_artifact(
     artifact: Path, batches: list[int], rounds: int, warmup: int, iters: int, min_seconds: float = 1.0, log=print
 ) -> dict:
-    from toolkit.artifact import read_manifest
+    from toolkit.artifact import Artifact
     from toolkit.engines import open_engine
 
-    m = read_manifest(artifact)
+    art = Artifact.open(artifact)
+    m = art.manifest
     if "int8" not in m["precisions"]:
         raise SystemExit(f"{artifact}: no int8 variant in the manifest; run 'toolkit calibrate {artifact}' first")
     s = m["preprocess"]["size"]
     gate = m["gates"]["int8"]
     out = {
-        "model": m["model_config"]["backbone_identity"],
+        "model": art.model_name,
         "artifact": str(artifact),
         "input_size": s,
         "int8_gate": gate,
         "batches": {},
     }
     with (
-        open_engine(artifact, "onnxruntime", "fp32", manifest=m) as fp32,
-        open_engine(artifact, "onnxruntime", "int8", manifest=m) as int8,
+        open_engine(art, "onnxruntime", "fp32") as fp32,
+        open_engine(art, "onnxruntime", "int8") as int8,
     ):
         for b in batches:
             feed = {"images": np.random.default_rng(0).standard_normal((b, 3, s, s)).astype(np.float32)}

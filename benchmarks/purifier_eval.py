@@ -35,7 +35,9 @@ def run(
     from dataclasses import replace
 
     from toolkit.models.purifier import PurifierConfig, PurifierTrainConfig
-    from toolkit.pipelines.purifier import evaluate_purifiers, make_pairs, train_purifiers
+    from toolkit.pipelines.attack import make_pairs
+    from toolkit.pipelines.defences import evaluate_purifiers
+    from toolkit.pipelines.purifier_training import train_purifiers
 
     bench = workdir / "data" / "embedded"
     proto = read_json(bench / "benchmark.json")["protocol"]
@@ -63,7 +65,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from toolkit.pipelines.purifier import purifier_markdown
+    from toolkit.pipelines.defences import purifier_markdown
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("demo_out"))

@@ -29,7 +29,7 @@ def latency_rows(report: dict) -> list[list[str]]:
                     f"{lat['p90_ms']:.3f}",
                     f"{lat['p99_ms']:.3f}",
                     f"{lat['throughput_ips']:.1f}",
-                    f"{lat.get('speedup_vs_torch_p50', float('nan')):.2f}x",
+                    f"{lat.get('speedup_vs_reference_p50', float('nan')):.2f}x",
                     f"{e2e['throughput_ips']:.1f}" if e2e else "-",
                     f"{100 * e2e['fraction_of_engine_only']:.0f}%" if e2e else "-",
                 ]
@@ -37,23 +37,23 @@ def latency_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-LATENCY_HEAD = ["target", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs torch (p50)", "e2e img/s", "e2e/engine"]
-PARITY_HEAD = [
-    "target",
-    "max |Δlogit|",
-    "max |Δfeature|",
-    "cos logits",
-    "min cos feature",
-    "agreement",
-    "AUC",
-    "ΔAUC",
-    "ΔAP",
-    "Δacc",
-]
+LATENCY_HEAD = ["target", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs ref (p50)", "e2e img/s", "e2e/engine"]
+ACCURACY_HEAD = ["AUC", "ΔAUC", "ΔAP", "Δacc"]
 
 
 def _pts(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:+.2f}"
+
+
+def parity_head(report: dict) -> list[str]:
+    head = ["target"] + [title for _, title in report["parity_columns"]]
+    return head + (ACCURACY_HEAD if report.get("detects") else [])
+
+
+def _cell(key: str, v) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.2f}%" if key == "decision_agreement" else f"{v:.6g}"
 
 
 def parity_rows(report: dict) -> list[list[str]]:
@@ -62,20 +62,15 @@ def parity_rows(report: dict) -> list[list[str]]:
         p, acc, d = t.get("parity"), t.get("accuracy") or {}, t.get("accuracy_delta") or {}
         if p is None:
             continue
-        rows.append(
-            [
-                name,
-                f"{p['max_abs_logit']:.3g}",
-                f"{p['max_abs_feature']:.3g}",
-                f"{p['cosine_logits']:.6f}",
-                f"{p['min_cosine_feature']:.6f}",
-                f"{100 * p['decision_agreement']:.2f}%",
+        row = [name] + [_cell(k, p.get(k)) for k, _ in report["parity_columns"]]
+        if report.get("detects"):
+            row += [
                 "-" if acc.get("auc") is None else f"{100 * acc['auc']:.2f}",
                 _pts(d.get("auc")),
                 _pts(d.get("ap")),
                 _pts(d.get("acc")),
             ]
-        )
+        rows.append(row)
     return rows
 
 
@@ -102,7 +97,7 @@ def markdown(report: dict, command: str | None = None) -> str:
             else "do not exist (every engine here ran on the CPU)."
         )
         + "  ",
-        f"Parity: against torch/fp32 on {report['parity_inputs']}.",
+        f"Parity: against {report['reference']} on {report['parity_inputs']}.",
         "",
         "## Latency",
         "",
@@ -110,7 +105,7 @@ def markdown(report: dict, command: str | None = None) -> str:
         "",
         "## Parity",
         "",
-        _md_table(PARITY_HEAD, parity_rows(report)),
+        _md_table(parity_head(report), parity_rows(report)),
     ]
     skipped = {n: t for n, t in report["targets"].items() if t["status"] != "ok"}
     if skipped:
@@ -158,18 +153,20 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         written.append(_save(fig, out_dir / fname))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     names = [n for n, t in ok.items() if t.get("parity")]
-    diffs = [max(ok[n]["parity"]["max_abs_logit"], 1e-12) for n in names]
-    a1.bar(names, diffs)
-    a1.set_yscale("log")
-    a1.set_ylabel("max |logit - torch/fp32| (floor 1e-12)")
-    a2.bar(names, [100 * ok[n]["parity"]["decision_agreement"] for n in names])
-    a2.set_ylabel("decision agreement with torch/fp32 (%)")
-    a2.set_ylim(90, 100.5)
-    for a in (a1, a2):
+    for a, (key, title) in zip(axes, report["parity_columns"][:1] + report["parity_columns"][-1:], strict=True):
+        vals = [ok[n]["parity"].get(key) or 0.0 for n in names]
+        if key == "decision_agreement":
+            a.bar(names, [100 * v for v in vals])
+            a.set_ylim(90, 100.5)
+            a.set_ylabel(f"decision agreement with {report['reference']} (%)")
+        else:
+            a.bar(names, [max(abs(v), 1e-12) for v in vals])
+            a.set_yscale("log")
+            a.set_ylabel(f"{title} vs {report['reference']} (floor 1e-12)")
         a.tick_params(axis="x", rotation=30, labelsize=7)
-    fig.suptitle(f"{report['model']}: parity against PyTorch fp32")
+    fig.suptitle(f"{report['model']}: parity against {report['reference']}")
     fig.tight_layout()
     written.append(_save(fig, out_dir / "parity.png"))
     return written
@@ -198,7 +195,7 @@ def rich_tables(report: dict) -> list:
     out = []
     for title, head, rows in (
         ("latency", LATENCY_HEAD, latency_rows(report)),
-        ("parity vs torch/fp32", PARITY_HEAD, parity_rows(report)),
+        (f"parity vs {report['reference']}", parity_head(report), parity_rows(report)),
     ):
         t = Table(title=f"{report['model']}: {title}")
         for h in head:

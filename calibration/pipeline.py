@@ -12,17 +12,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from calibration.quantize import QuantConfig, quantize
+from toolkit.compare import Int8Gate
+
+__all__ = ["Int8Gate", "OverlapError", "calibrate_artifact", "check_overlap", "report_markdown"]
 
 
-@dataclass
-class Int8Gate:
-    max_auc_drop_points: float = 0.5  # AUC(fp32) - AUC(int8), in percentage points
+REPORTS = ("int8_report.json", "int8_report.md")
 
 
 class OverlapError(ValueError):
@@ -50,14 +50,6 @@ def _sample(paths: list, n: int | None, seed: int) -> list:
     return [paths[i] for i in idx]
 
 
-def _run(engine_path: Path, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-    from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
-
-    with OnnxRuntimeEngine(engine_path) as e:
-        outs = [e.infer({"images": x}) for x in arrays]
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-
 def calibrate_artifact(
     artifact: str | Path,
     images: str | Path,
@@ -73,16 +65,15 @@ def calibrate_artifact(
     log=print,
 ) -> dict:
     """-> the report dict (also written to <artifact>/int8_report.{json,md}); raises GateFailed when it fails."""
-    from toolkit.artifact import GateFailed, read_manifest, write_manifest
+    from toolkit import kinds
+    from toolkit.artifact import Artifact
     from toolkit.data.folders import find_labelled_images
-    from toolkit.data.loader import batches, discover_images
-    from toolkit.evaluation import binary_metrics, parity_stats
-    from toolkit.io import write_json, write_text
-    from toolkit.progress import progress_bar
+    from toolkit.data.loader import discover_images
 
     cfg, gate = cfg or QuantConfig(), gate or Int8Gate()
-    d = Path(artifact)
-    m = read_manifest(d)
+    art = Artifact.open(artifact)
+    kind = kinds.for_artifact(art)
+    kind.require("int8", "int8 calibration")
     calib_paths = _sample(discover_images(images)[0], calib_n, seed)
     if not calib_paths:
         raise ValueError(f"{images}: no images to calibrate on")
@@ -92,15 +83,41 @@ def calibrate_artifact(
     idx = _sample(list(range(len(ds.paths))), eval_n, seed)
     eval_paths, eval_labels = [ds.paths[i] for i in idx], np.array([ds.labels[i] for i in idx])
     check_overlap(calib_paths, eval_paths)
+    if "int8" in art.precisions:  # recalibrating: the old variant goes first, so a failure cannot leave a stale one
+        old = art.precisions["int8"]["file"]
+        (art.dir / old).unlink()
+        art = art.update(
+            precisions={k: v for k, v in art.precisions.items() if k != "int8"},
+            gates={k: v for k, v in art.gates.items() if k != "int8"},
+            drop_files=(old,),
+        )
+    try:  # an int8 file never outlives a failed or interrupted calibration (the artifact would refuse it)
+        return _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, batch,
+                          workers, progress, log)  # fmt: skip
+    except BaseException:
+        if "int8" not in Artifact.open(art.dir, verify_files=False).precisions:
+            (art.dir / f"{art.kind}.int8.onnx").unlink(missing_ok=True)
+        raise
 
-    fp32 = d / m["precisions"]["fp32"]["file"]
-    int8 = d / f"{m['kind']}.int8.onnx"
-    pre = m["preprocess"]
+
+def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, batch, workers,
+               progress, log) -> dict:  # fmt: skip
+    from toolkit.artifact import GateFailed
+    from toolkit.compare import Comparator
+    from toolkit.data.loader import batches
+    from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from toolkit.io import write_json, write_text
+    from toolkit.progress import progress_bar
+
+    d = art.dir
+    fp32 = art.onnx_path("fp32")
+    int8 = d / f"{art.kind}.int8.onnx"
+    pre = art.preprocess
     log(f"calibrating ({cfg.method}) on {len(calib_paths)} images from {images} ...")
     with progress_bar("calibrate", len(calib_paths), progress) as advance:
         stream = (b.array for b in batches(calib_paths, pre, batch, workers) if len(b.paths))
         n_batches = -(-len(calib_paths) // batch)
-        summary = quantize(fp32, int8, stream, n_batches, m["inputs"][0]["name"], cfg, advance)
+        summary = quantize(fp32, int8, stream, n_batches, kind.input_name, cfg, advance)
 
     log(f"evaluating int8 against fp32 on {len(eval_paths)} held-out images from {eval_images} ...")
     arrays, kept = [], []
@@ -110,11 +127,13 @@ def calibrate_artifact(
             kept += b.paths
     keep = {p: i for i, p in enumerate(map(str, eval_paths))}
     labels = eval_labels[[keep[p] for p in kept]]
-    threshold = float(m["threshold"])
-    ref, got = _run(fp32, arrays), _run(int8, arrays)
-    acc32, acc8 = binary_metrics(labels, ref["logit"], threshold), binary_metrics(labels, got["logit"], threshold)
-    drop = 100 * (acc32["auc"] - acc8["auc"])
-    passed = drop <= gate.max_auc_drop_points
+    comparator = Comparator(kind, arrays, art.threshold, labels)
+    with OnnxRuntimeEngine(fp32) as ref:
+        comparator.set_reference(ref)
+    with OnnxRuntimeEngine(int8) as eng:
+        res = comparator.compare(eng, gate, "onnxruntime-cpu")
+    stats = dict(res["stats"])
+    acc32, acc8 = stats.pop("reference_metrics"), stats.pop("metrics")
     report = {
         "artifact": str(d),
         "calibration_images": str(images),
@@ -124,31 +143,35 @@ def calibrate_artifact(
         "quantization": summary,
         "fp32": acc32,
         "int8": acc8,
-        "auc_drop_points": drop,
-        "ap_drop_points": 100 * (acc32["ap"] - acc8["ap"]),
-        "acc_drop_points": 100 * (acc32["acc"] - acc8["acc"]),
-        "parity": parity_stats(ref, got, threshold),
-        "gate": asdict(gate),
-        "passed": passed,
+        "auc_drop_points": stats["auc_drop_points"],
+        "ap_drop_points": stats["ap_drop_points"],
+        "acc_drop_points": stats["acc_drop_points"],
+        "parity": stats,
+        "gate": res["gate"],
+        "passed": res["passed"],
     }
     write_json(d / "int8_report.json", report)
     write_text(d / "int8_report.md", report_markdown(report))
-    if not passed:
+    if not res["passed"]:
         int8.unlink(missing_ok=True)
+        art.update(extra_files=REPORTS)  # the reports are listed (the artifact stays valid), nothing else changes
         raise GateFailed(
             f"int8 gate failed for {d}: AUC {100 * acc8['auc']:.2f} vs fp32 {100 * acc32['auc']:.2f} "
-            f"(drop {drop:.2f} points > {gate.max_auc_drop_points}); int8 file removed; "
+            f"(drop {stats['auc_drop_points']:.2f} points > {gate.max_auc_drop_points}); int8 file removed; "
             f"report in {d / 'int8_report.md'}"
         )
-    m["precisions"]["int8"] = {"file": int8.name, **summary}
-    m["gates"]["int8"] = {
-        "passed": True,
-        "gate": asdict(gate),
-        "stats": {**report["parity"], "auc_drop_points": drop},
-        "engine": "onnxruntime-cpu",
-        "report": "int8_report.json",
+    precisions = {**art.precisions, "int8": {"file": int8.name, **summary}}
+    gates = {
+        **art.gates,
+        "int8": {
+            "passed": True,
+            "gate": res["gate"],
+            "stats": stats,
+            "engine": "onnxruntime-cpu",
+            "report": "int8_report.json",
+        },
     }
-    write_manifest(d, {k: v for k, v in m.items() if k not in ("format", "files")})
+    art.update(precisions=precisions, gates=gates, extra_files=REPORTS)
     return report
 
 

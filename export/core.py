@@ -1,72 +1,112 @@
-"""The export core: module -> fp32 ONNX -> precision variants -> gates -> manifest, for any model kind.
+"""The export core: run -> fp32 ONNX -> precision variants -> gates -> artifact, for any model kind.
 
-A model kind (export/detector.py, the purifier later) describes itself with an `ExportKind`: the torch
-module, tensor names, how to compare outputs, its gates, which parts stay fp32, and its own manifest
-fields. Nothing here knows what a detector is.
+The run's kind (toolkit/kinds/) supplies an `ExportSpec`: the torch module, an example, verification
+feeds, its gates, which parts stay fp32 and its own manifest fields. Nothing here knows what a
+detector or a purifier is; the one comparator (toolkit/compare.py) judges every precision.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import os
+import shutil
+import tempfile
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_onnx
 from export.precision import write_fp16
-from export.verify import GATES, check
 from toolkit.artifact import GateFailed
 
 PRECISIONS = ("fp32", "fp16")
 
 
-@dataclass
-class ExportKind:
-    name: str  # manifest "kind" and the file stem: <name>.<precision>.onnx
-    module: torch.nn.Module
-    example: torch.Tensor  # batch >= 2 (see export_onnx)
-    input_name: str
-    output_names: list[str]
-    compare: Callable[[dict, dict], dict]  # (reference outputs, engine outputs) -> stats the gates read
-    verify_feeds: list[np.ndarray]  # input batches run through every engine (include a batch of 1)
-    manifest: dict  # kind-specific fields (model config, preprocessing, threshold, ...)
-    fp16_keep_ops: tuple[str, ...] = ("LayerNormalization", "Softmax")
-    fp16_tail_after: str | None = None  # op type whose last node and everything after stays fp32
-    gates: dict = field(default_factory=dict)  # precision -> gate; defaults from export.verify.GATES
-
-
-def export_model(
-    kind: ExportKind,
+def export_run(
+    run_dir: str | Path,
     out_dir: str | Path,
     precisions: tuple[str, ...] = PRECISIONS,
+    gate_overrides: dict[tuple[str, str], float] | None = None,
+    verify_images: str | Path | None = None,
+    verify_n: int | None = None,
+    seed: int = 0,
     log=print,
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
-) -> dict:
-    """Write <out_dir>/<kind>.<precision>.onnx for each precision, gate each against PyTorch, then the manifest.
+):
+    """Export the run's deployed model; -> the written, verified `Artifact`.
 
-    Raises GateFailed with the numbers (and writes no manifest) when any gate fails.
+    Raises GateFailed with the numbers (and writes no manifest) when any gate fails; KindError for a
+    precision or gate bound that the run's kind does not have.
     """
-    from toolkit.artifact import read_manifest, tool_versions, write_manifest
+    from toolkit import kinds
+
+    run_dir = Path(run_dir)
+    kind = kinds.for_run(run_dir)
+    _check_out_dir(Path(out_dir))
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if "int8" in unknown:
+        kind.require("int8", "--precision int8")
+    if unknown:
+        raise ValueError(f"unknown precision(s) {unknown}; export writes {PRECISIONS} (int8: toolkit calibrate)")
+    gates = kind.gates(gate_overrides)
+    extra = {} if verify_n is None else {"verify_n": verify_n}
+    spec = kind.export_spec(run_dir, Path(verify_images) if verify_images else None, seed=seed, **extra)
+    return export_model(kind, spec, run_dir, out_dir, precisions, gates, log, external_data_bytes)
+
+
+def export_model(kind, spec, run_dir: Path, out_dir, precisions, gates: dict, log=print,
+                 external_data_bytes: int = EXTERNAL_DATA_BYTES):  # fmt: skip
+    from toolkit.artifact import Artifact
+
+    final = Path(out_dir)
+    _check_out_dir(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # everything is written into a staging directory and swapped in at the end: a failed gate or a crash
+    # leaves an existing artifact at `out_dir` as it was
+    out_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    try:
+        _write_variants(kind, spec, run_dir, out_dir, precisions, gates, log, external_data_bytes)
+        _swap_in(out_dir, final)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return Artifact.open(final)
+
+
+def _check_out_dir(out: Path) -> None:
+    from toolkit.artifact import MANIFEST
+
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise ValueError(f"{out} exists and is not an artifact directory: choose another --out")
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace `final` by `staging`, carrying over the plan cache and bench reports of an older artifact."""
+    from toolkit.artifact import UNLISTED_DIRS
+
+    if final.exists():
+        for sub in UNLISTED_DIRS:
+            if (final / sub).is_dir():
+                os.replace(final / sub, staging / sub)
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+def _write_variants(kind, spec, run_dir: Path, out_dir: Path, precisions, gates, log, external_data_bytes) -> None:
+    from toolkit.artifact import Artifact, tool_versions
+    from toolkit.compare import Comparator
     from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
     from toolkit.engines.torch_engine import TorchEngine
+    from toolkit.io import sha256_file
 
-    unknown = set(precisions) - set(PRECISIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown precision(s) {sorted(unknown)}; export writes {PRECISIONS} (int8: toolkit calibrate)"
-        )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {p: f"{kind.name}.{p}.onnx" for p in ("fp32", *precisions)}
     log(f"exporting {kind.name} to ONNX (opset {OPSET}, dynamic batch) ...")
     inputs, outputs = export_onnx(
-        kind.module,
-        kind.example,
+        spec.module,
+        spec.example,
         out_dir / files["fp32"],
         kind.input_name,
-        kind.output_names,
+        list(kind.output_names),
         1024,
         external_data_bytes,
         log=log,
@@ -77,9 +117,9 @@ def export_model(
         summary = write_fp16(
             out_dir / files["fp32"],
             out_dir / files["fp16"],
-            kind.fp16_keep_ops,
+            spec.fp16_keep_ops,
             (),
-            kind.fp16_tail_after,
+            spec.fp16_tail_after,
             external_data_bytes,
         )
         variants["fp16"] = {"file": files["fp16"], "opset": OPSET, **summary}
@@ -87,33 +127,31 @@ def export_model(
     for v in variants.values():  # weights beside the graph (large models): hashed in the manifest too
         if (out_dir / (v["file"] + ".data")).is_file():
             v["data_file"] = v["file"] + ".data"
-    with TorchEngine(kind.module, inputs, outputs) as ref:
-        refs = [ref.infer({kind.input_name: x}) for x in kind.verify_feeds]
-    gates = {}
+    comparator = Comparator(kind, spec.verify_feeds, spec.threshold)
+    with TorchEngine(spec.module, inputs, outputs) as ref:
+        comparator.set_reference(ref)
+    results = {}
     for precision in variants:
-        gate = kind.gates.get(precision) or GATES[precision]()
-        log(f"verifying {precision} against PyTorch on {sum(len(x) for x in kind.verify_feeds)} inputs ...")
+        log(f"verifying {precision} against PyTorch on {sum(len(x) for x in spec.verify_feeds)} inputs ...")
         with OnnxRuntimeEngine(out_dir / files[precision]) as engine:
-            got = [engine.infer({kind.input_name: x}) for x in kind.verify_feeds]
-        stats = kind.compare(_cat(refs), _cat(got))
-        ok, fails = check(stats, gate)
-        gates[precision] = {"passed": ok, "gate": asdict(gate), "stats": stats, "engine": "onnxruntime-cpu"}
-        if not ok:
-            raise GateFailed(f"{precision} export gate failed for {out_dir / files[precision]}: " + "; ".join(fails))
+            res = comparator.compare(engine, gates[precision], "onnxruntime-cpu")
+        results[precision] = {k: res[k] for k in ("passed", "gate", "stats", "engine")}
+        if not res["passed"]:
+            raise GateFailed(
+                f"{precision} export gate failed for {out_dir / files[precision]}: " + "; ".join(res["failures"])
+            )
 
-    manifest = {
+    body = {
         "kind": kind.name,
-        **kind.manifest,
+        **spec.manifest,
+        # resolved: the reference must be found from any working directory (bench, infer --engine torch)
+        "source_run": str(run_dir.resolve()),
+        "source_sha256": sha256_file(run_dir / kind.weights_file),
         "inputs": [s.to_dict() for s in inputs],
         "outputs": [s.to_dict() for s in outputs],
         "precisions": variants,
-        "gates": gates,
-        "verify_batches": [len(x) for x in kind.verify_feeds],
+        "gates": results,
+        "verify_batches": [len(x) for x in spec.verify_feeds],
         "tool_versions": tool_versions(),
     }
-    write_manifest(out_dir, manifest)
-    return read_manifest(out_dir)
-
-
-def _cat(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+    Artifact.write(out_dir, body)

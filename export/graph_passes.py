@@ -1,7 +1,8 @@
-"""Semantics-preserving rewrites of the exported ONNX graph, run once on the fp32 export.
+"""Semantics-preserving rewrites of the exported ONNX graph.
 
-Every variant (fp16, int8) is derived from the rewritten graph, so all precisions and engines see the
-same structure. Each pass returns how many places it changed; the export log prints it.
+`reorder_erf_gelu` runs once on the fp32 export, so every variant (fp16, int8) is derived from the same
+structure; `sink_transpose_below_matmul` runs on the fp16 variant (an onnxruntime crash, see its docstring).
+Each pass returns how many places it changed; the export log and the manifest record it.
 """
 
 from __future__ import annotations
@@ -70,3 +71,54 @@ def reorder_erf_gelu(model) -> int:
         mul_x.input[:] = [half.output[0], half_c[0]]
         count += 1
     return count
+
+
+def sink_transpose_below_matmul(model) -> int:
+    """Rewrite `MatMul(Transpose(x), W)` as `Transpose(MatMul(x, W))` when the transpose keeps the last axis.
+
+    Why: onnxruntime's CPU session creation crashes (SIGSEGV, x86, 1.31 and 1.32, default options) on an
+    fp16 graph with a Transpose(perm=[1, 0, 2]) feeding a MatMul with a constant fp16 weight: open_clip's
+    ViT-B/16 writes exactly that (the LND permute before the first attention projection). The crash is in
+    the layout pass (disabling `NchwcTransformer` avoids it); the smallest graph that shows it is in
+    export/ort_repro/fp16_transpose_matmul.py. MatMul contracts the last axis only, so permuting the
+    leading axes before or after it gives the same numbers, bit for bit; the rewritten graph opens in
+    any default onnxruntime session (and Triton's onnxruntime backend). Run on the fp16 variant.
+    """
+    from onnx import helper
+
+    inits = {t.name for t in model.graph.initializer}
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    uses: dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    graph_outputs = {o.name for o in model.graph.output}
+    rewrites = {}  # id(MatMul) -> its Transpose
+    for n in nodes:
+        t = producer.get(n.input[0]) if n.op_type == "MatMul" and n.input[1] in inits else None
+        perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), None) if t is not None else None
+        if (
+            t is not None
+            and t.op_type == "Transpose"
+            and perm
+            and perm[-1] == len(perm) - 1
+            and uses.get(t.output[0]) == 1
+            and t.output[0] not in graph_outputs
+        ):
+            rewrites[id(n)] = (t, perm)
+    dropped = {id(t) for t, _ in rewrites.values()}
+    out = []
+    for n in nodes:
+        if id(n) in dropped:
+            continue
+        if id(n) in rewrites:
+            t, perm = rewrites[id(n)]
+            inner = n.output[0] + "__before_transpose"
+            out.append(helper.make_node("MatMul", [t.input[0], n.input[1]], [inner], name=n.name))
+            out.append(helper.make_node("Transpose", [inner], [n.output[0]], perm=perm, name=f"{t.name}__sunk"))
+        else:
+            out.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(out)
+    return len(rewrites)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.graph_passes import sink_transpose_below_matmul
 from export.onnx_export import EXTERNAL_DATA_BYTES, save_onnx
 
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT / FLOAT16
@@ -132,6 +133,7 @@ def write_fp16(
     model = onnx.load(str(src))
     keep_nodes = list(keep_nodes) + (tail_after_last(model, tail_after) if tail_after else [])
     m16 = convert_to_fp16(model, keep_ops, keep_nodes)
+    sunk = sink_transpose_below_matmul(m16)  # a default onnxruntime CPU session crashes otherwise (graph_passes.py)
     files = save_onnx(m16, dst, external_data_bytes)
     kept = {n.name for n in model.graph.node if n.op_type in set(keep_ops) | ALWAYS_FP32} | set(keep_nodes)
     return {
@@ -140,6 +142,7 @@ def write_fp16(
         "nodes_fp32": len(kept),
         "nodes_fp16": len(model.graph.node) - len(kept),
         "external_data": len(files) > 1,
+        "transposes_sunk_below_matmul": sunk,
         "casts_added": sum(n.op_type == "Cast" for n in m16.graph.node)
         - sum(n.op_type == "Cast" for n in model.graph.node),
     }

@@ -68,7 +68,7 @@ def build_artifact_plans(
     log=print,
 ) -> dict[str, Path]:
     """Build (or reuse, when the key matches) one plan per precision of the artifact; -> precision -> plan path."""
-    from toolkit.artifact import read_manifest
+    from toolkit.artifact import Artifact
     from toolkit.io import sha256_file, write_json
 
     reason = unavailable_reason()
@@ -77,15 +77,15 @@ def build_artifact_plans(
     lo, mid, hi = batches
     if not 1 <= lo <= mid <= hi:
         raise ValueError(f"TensorRT profile batches must satisfy 1 <= min <= opt <= max, got {batches}")
-    d = Path(artifact_dir)
-    m = read_manifest(d)
+    art = Artifact.open(artifact_dir)
+    d = art.dir
     here = machine()
-    profile = batch_profile(m["inputs"], batches)
+    profile = batch_profile(art.manifest["inputs"], batches)
     (d / PLANS).mkdir(exist_ok=True)
     built = {}
-    for precision in precisions or tuple(m["precisions"]):
-        onnx_file = m["precisions"][precision]["file"]
-        key = plan_key(m["files"][onnx_file], here, profile)
+    for precision in precisions or tuple(art.precisions):
+        onnx_file = art.require(precision)["file"]
+        key = plan_key(art.files[onnx_file], here, profile)
         plan, meta = plan_paths(d, precision, key)
         if plan.is_file() and meta.is_file():
             log(f"{precision}: cached plan {plan.name} matches this machine")

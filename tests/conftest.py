@@ -64,8 +64,8 @@ def trained_run(toy_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported_artifact(trained_run, tmp_path_factory) -> Path:
     """One exported detector artifact shared by the whole session."""
-    from export.detector import export_detector
+    from export.core import export_run
 
     out = tmp_path_factory.mktemp("artifact") / "detector"
-    export_detector(trained_run, out)
+    export_run(trained_run, out, log=lambda *_: None)
     return out

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from calibration.pipeline import OverlapError, calibrate_artifact
 from calibration.quantize import OP_TYPES, QuantConfig, sensitive_nodes
-from toolkit.artifact import GateFailed, read_manifest
+from toolkit.artifact import Artifact, GateFailed
 from toolkit.cli import app
 from toolkit.engines import open_engine
 
@@ -49,7 +49,7 @@ def calibrated(exported_artifact, toy_data, tmp_path_factory):
 
 def test_qdq_graph_with_zero_points_zero_runs_in_onnxruntime(calibrated):
     art, report = calibrated
-    m = read_manifest(art)  # hashes verified, int8 included
+    m = Artifact.open(art).manifest  # hashes verified, int8 included
     assert m["precisions"]["int8"]["file"] == "detector.int8.onnx" and "detector.int8.onnx" in m["files"]
     assert m["gates"]["int8"]["passed"] and report["passed"]
     model = onnx.load(str(art / "detector.int8.onnx"))
@@ -98,11 +98,13 @@ def test_gate_passes_on_good_and_fails_on_a_constant_calibration_set(
         Image.new("RGB", (48, 48), (128, 128, 128)).save(const / f"{i}.png")
     art = tmp_path / "fresh"
     shutil.copytree(exported_artifact, art)
-    before = (art / "manifest.json").read_text()
+    before = Artifact.open(art).manifest
     with pytest.raises(GateFailed, match=r"int8 gate failed .* \(drop [\d.]+ points > 0\.5"):
         calibrate_artifact(art, const, subtle, QuantConfig(keep_patch_embedding=False), workers=0, progress=False)
     assert not (art / "detector.int8.onnx").exists()
-    assert (art / "manifest.json").read_text() == before
+    after = Artifact.open(art).manifest  # still a valid artifact: only the report files were added to its list
+    assert {k: v for k, v in after.items() if k != "files"} == {k: v for k, v in before.items() if k != "files"}
+    assert set(after["files"]) - set(before["files"]) == {"int8_report.json", "int8_report.md"}
     assert "Gate FAILED" in (art / "int8_report.md").read_text()
 
 
@@ -127,7 +129,7 @@ def test_histogram_methods(art, toy_data, method):
     r = calibrate_artifact(
         art, toy_data / "gan_a", toy_data / "gan_b", QuantConfig(method=method), calib_n=16, workers=0, progress=False
     )
-    assert r["quantization"]["method"] == method and read_manifest(art)["precisions"]["int8"]
+    assert r["quantization"]["method"] == method and Artifact.open(art).manifest["precisions"]["int8"]
 
 
 def test_calibrate_cli(art, toy_data):

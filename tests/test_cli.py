@@ -40,7 +40,7 @@ def test_errors_are_one_clear_line(tmp_path):
 
 
 def test_checkpoint_is_safetensors_and_tampered_config_refused(toy_data, tmp_path):
-    from toolkit.checkpoint import load_detector
+    from toolkit.kinds.detector import load_run as load_detector
 
     run = tmp_path / "run"
     args = ["train", "detector", str(toy_data / "gan_b"), "--out", str(run), "--clip", "tiny-vit-32"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from toolkit.artifact import read_manifest
+from toolkit.artifact import Artifact
 from toolkit.engines import KINDS, open_engine
 
 VARIANTS = [(k, p) for k in KINDS for p in (("fp32",) if k == "torch" else ("fp32", "fp16"))]
@@ -26,7 +26,7 @@ def engine(request, exported_artifact):
 
 @pytest.mark.parametrize("batch", [1, 8])
 def test_contract_shapes_and_dtypes(engine, exported_artifact, batch):
-    size = read_manifest(exported_artifact)["preprocess"]["size"]
+    size = Artifact.open(exported_artifact).manifest["preprocess"]["size"]
     assert [s.name for s in engine.inputs] == ["images"]
     assert [s.name for s in engine.outputs] == ["logit", "feature"]
     with engine as e:

@@ -6,14 +6,13 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from export.detector import GateFailed, export_detector
-from export.verify import Fp16Gate, Fp32Gate
-from toolkit.artifact import ArtifactError, read_manifest
+from export.core import export_run
+from toolkit.artifact import Artifact, ArtifactError, GateFailed
 from toolkit.cli import app
 
 
 def test_artifact_is_checked_onnx_with_dynamic_batch(exported_artifact):
-    m = read_manifest(exported_artifact)
+    m = Artifact.open(exported_artifact).manifest
     model = onnx.load(str(exported_artifact / "detector.fp32.onnx"))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version >= 17
@@ -42,7 +41,7 @@ def test_gelu_is_written_in_the_order_onnxruntime_fuses(exported_artifact, tmp_p
 
 
 def test_fp16_variant_keeps_norms_softmax_and_head_in_fp32(exported_artifact):
-    m = read_manifest(exported_artifact)
+    m = Artifact.open(exported_artifact).manifest
     g16 = m["gates"]["fp16"]
     assert g16["passed"] and g16["stats"]["min_cosine_feature"] >= 0.999
     model = onnx.load(str(exported_artifact / "detector.fp16.onnx"))
@@ -68,17 +67,17 @@ def test_fp16_variant_keeps_norms_softmax_and_head_in_fp32(exported_artifact):
 
 def test_fp16_gate_failure_names_the_numbers(trained_run, tmp_path):
     with pytest.raises(GateFailed, match=r"fp16 export gate failed .* min_cosine_feature [\d.]+ \(gate >= 1\.1\)"):
-        export_detector(trained_run, tmp_path / "a", gates={"fp16": Fp16Gate(min_cosine_feature=1.1)})
+        export_run(trained_run, tmp_path / "a", gate_overrides={("fp16", "min_cosine_feature"): 1.1})
     assert not (tmp_path / "a" / "manifest.json").exists()
 
 
 def test_onnx_matches_torch_at_large_batch(exported_artifact):
     from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
     from toolkit.engines.torch_engine import TorchEngine
-    from toolkit.models.detector import load_deployed_detector
+    from toolkit.kinds.detector import load_deployed
 
-    m = read_manifest(exported_artifact)
-    model, _ = load_deployed_detector(m["source_run"])
+    m = Artifact.open(exported_artifact).manifest
+    model, _ = load_deployed(m["source_run"])
     x = np.random.default_rng(1).standard_normal((64, 3, 32, 32)).astype(np.float32)
     with OnnxRuntimeEngine(exported_artifact / "detector.fp32.onnx") as o:
         got = o.infer({"images": x})
@@ -94,15 +93,15 @@ def test_tampered_file_is_refused(exported_artifact, tmp_path):
     data[-1] ^= 0xFF
     (art / "detector.fp32.onnx").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="does not match the sha256"):
-        read_manifest(art)
+        Artifact.open(art)
     (art / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="run 'toolkit export' first"):
-        read_manifest(art)
+        Artifact.open(art)
 
 
 def test_failed_gate_fails_the_export_with_numbers(trained_run, tmp_path):
     with pytest.raises(GateFailed, match=r"fp32 export gate failed .* max_abs_logit .* \(gate <= -1\)"):
-        export_detector(trained_run, tmp_path / "a", ("fp32",), gates={"fp32": Fp32Gate(max_abs_logit=-1.0)})
+        export_run(trained_run, tmp_path / "a", ("fp32",), gate_overrides={("fp32", "max_abs_logit"): -1.0})
     assert not (tmp_path / "a" / "manifest.json").exists()
 
 
@@ -117,7 +116,7 @@ def test_external_data_weights_are_written_hashed_and_run(trained_run, tmp_path)
     from toolkit.engines import open_engine
 
     art = tmp_path / "ext"
-    m = export_detector(trained_run, art, external_data_bytes=0)  # force weights out of the graph files
+    m = export_run(trained_run, art, external_data_bytes=0).manifest  # force weights out of the graph files
     for p in ("fp32", "fp16"):
         v = m["precisions"][p]
         assert v["data_file"] == v["file"] + ".data" and v["data_file"] in m["files"]
@@ -129,4 +128,4 @@ def test_external_data_weights_are_written_hashed_and_run(trained_run, tmp_path)
     data = art / m["precisions"]["fp32"]["data_file"]
     data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ArtifactError, match="does not match the sha256"):
-        read_manifest(art)
+        Artifact.open(art)

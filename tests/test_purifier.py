@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from toolkit.attacks import PGDConfig, attack_loss, pgd
-from toolkit.pipelines.purifier import load_pixels, make_pairs, pixel_detector, read_pairs, train_purifiers
+from toolkit.pipelines.attack import load_pixels, make_pairs, pixel_detector, read_pairs
+from toolkit.pipelines.purifier_training import train_purifiers
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,8 @@ def purifier_run(pairs, tmp_path_factory):
 
 
 def test_student_reduces_the_perturbation(purifier_run, pairs):
+    from toolkit.kinds.purifier import load_run as load_purifiers
     from toolkit.models.purifier import OneStepPurifier
-    from toolkit.pipelines.purifier import load_purifiers
 
     nets, _ = load_purifiers(purifier_run)
     adv, clean, meta = read_pairs(pairs)
@@ -87,10 +88,10 @@ def test_student_reduces_the_perturbation(purifier_run, pairs):
 
 
 def test_exported_purifier_matches_pytorch(purifier_run, tmp_path):
-    from export.purifier import export_purifier
+    from export.core import export_run
     from toolkit.engines import open_engine
 
-    m = export_purifier(purifier_run, tmp_path / "p", log=lambda *_: None)
+    m = export_run(purifier_run, tmp_path / "p", log=lambda *_: None).manifest
     assert m["kind"] == "purifier" and m["gates"]["fp32"]["passed"] and m["gates"]["fp16"]["passed"]
     assert m["gates"]["fp32"]["stats"]["max_abs_pixel"] <= 1e-4 and m["gates"]["fp16"]["stats"]["min_psnr_db"] >= 40
     x = np.random.default_rng(3).uniform(0, 1, (5, 3, 32, 32)).astype(np.float32)
@@ -101,13 +102,13 @@ def test_exported_purifier_matches_pytorch(purifier_run, tmp_path):
 def test_purify_then_detect_on_any_engine(purifier_run, exported_artifact, toy_data, tmp_path):
     from typer.testing import CliRunner
 
-    from export.purifier import export_purifier
+    from export.core import export_run
     from toolkit.cli import app
     from toolkit.pipelines.infer import InferConfig, run_inference
-    from toolkit.pipelines.purifier import run_purify
+    from toolkit.pipelines.purify import run_purify
 
     art = tmp_path / "purifier"
-    export_purifier(purifier_run, art, log=lambda *_: None)
+    export_run(purifier_run, art, log=lambda *_: None)
     s = run_purify(toy_data / "gan_b", art, tmp_path / "out", workers=0, progress=False)
     assert s["purified_now"] == 24 and len(list((tmp_path / "out").rglob("*.png"))) == 24
     assert run_purify(toy_data / "gan_b", art, tmp_path / "out", workers=0, progress=False)["already_done"] == 24

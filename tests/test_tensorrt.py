@@ -8,7 +8,7 @@ from typing import ClassVar
 import pytest
 from typer.testing import CliRunner
 
-from toolkit.artifact import read_manifest
+from toolkit.artifact import Artifact
 from toolkit.cli import app
 from toolkit.engines import open_engine
 from toolkit.engines.trt_engine import PlanError, batch_profile, find_plan, plan_key, plan_paths, unavailable_reason
@@ -49,41 +49,41 @@ def test_plan_key_covers_onnx_gpu_trt_and_profile():
 
 
 def test_find_plan_matches_refuses_and_explains(art):
-    m = read_manifest(art)
+    m = Artifact.open(art).manifest
     with pytest.raises(PlanError, match="no TensorRT plan for fp32; build one with 'toolkit export"):
-        find_plan(art, m, "fp32", H100)
+        find_plan(Artifact.open(art), "fp32", H100)
     plan = _fake_plan(art, m, "fp32", H100, (1, 8, 32))
-    assert find_plan(art, m, "fp32", H100) == plan
-    assert find_plan(art, m, "fp32", H100, (1, 8, 32)) == plan
+    assert find_plan(Artifact.open(art), "fp32", H100) == plan
+    assert find_plan(Artifact.open(art), "fp32", H100, (1, 8, 32)) == plan
     with pytest.raises(PlanError, match=r"compute_capability 9\.0 \(here 8\.6\)"):
-        find_plan(art, m, "fp32", {**H100, "compute_capability": "8.6"})
+        find_plan(Artifact.open(art), "fp32", {**H100, "compute_capability": "8.6"})
     with pytest.raises(PlanError, match=r"tensorrt 10\.13\.0 \(here 11\.0\.0\)"):
-        find_plan(art, m, "fp32", {**H100, "tensorrt": "11.0.0"})
+        find_plan(Artifact.open(art), "fp32", {**H100, "tensorrt": "11.0.0"})
     with pytest.raises(PlanError, match="profile"):
-        find_plan(art, m, "fp32", H100, (1, 8, 64))
+        find_plan(Artifact.open(art), "fp32", H100, (1, 8, 64))
     with pytest.raises(PlanError, match="no TensorRT plan for fp16"):
-        find_plan(art, m, "fp16", H100)
+        find_plan(Artifact.open(art), "fp16", H100)
     plan.write_bytes(b"tampered")
     with pytest.raises(PlanError, match="does not match the sha256"):
-        find_plan(art, m, "fp32", H100)
+        find_plan(Artifact.open(art), "fp32", H100)
 
 
 def test_stale_onnx_hash_is_refused(art):
-    m = read_manifest(art)
+    m = Artifact.open(art).manifest
     _fake_plan(art, m, "fp32", H100, (1, 8, 32))
-    m["files"][m["precisions"]["fp32"]["file"]] = "0" * 64  # as if the ONNX had been re-exported
+    files = {**m["files"], m["precisions"]["fp32"]["file"]: "0" * 64}  # as if the ONNX had been re-exported
     with pytest.raises(PlanError, match="onnx_sha256"):
-        find_plan(art, m, "fp32", H100)
+        find_plan(Artifact(art, {**m, "files": files}), "fp32", H100)
 
 
 @pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT and CUDA are present here")
 def test_trt_engine_says_what_is_missing(art):
     with pytest.raises(RuntimeError, match=r"trt engine unavailable: (TensorRT is not installed|no CUDA device)"):
         open_engine(art, "trt")
-    res = CliRunner().invoke(app, ["export", read_manifest(art)["source_run"], "--out", str(art), "--trt"])
+    res = CliRunner().invoke(app, ["export", Artifact.open(art).manifest["source_run"], "--out", str(art), "--trt"])
     assert res.exit_code == 2
     assert "cannot build TensorRT plans" in res.output
-    assert read_manifest(art)["gates"]["fp32"]["passed"]  # the ONNX export before it is kept
+    assert Artifact.open(art).manifest["gates"]["fp32"]["passed"]  # the ONNX export before it is kept
 
 
 class _Recorder:

@@ -13,22 +13,6 @@ from toolkit.data.folders import top_generator
 METRICS = ("acc_real", "acc_fake", "acc", "ap", "auc")
 
 
-def parity_stats(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold: float) -> dict:
-    """A detector's outputs (`logit`, `feature`) against a reference's, on the same inputs."""
-    lr, lg = ref["logit"].astype(np.float64), got["logit"].astype(np.float64)
-    fr, fg = ref["feature"].astype(np.float64), got["feature"].astype(np.float64)
-    cos = (fr * fg).sum(1) / (np.linalg.norm(fr, axis=1) * np.linalg.norm(fg, axis=1) + 1e-12)
-    return {
-        "max_abs_logit": float(np.abs(lr - lg).max()),
-        "max_abs_feature": float(np.abs(fr - fg).max()),
-        "cosine_logits": float(lr @ lg / (np.linalg.norm(lr) * np.linalg.norm(lg) + 1e-12)),
-        "min_cosine_feature": float(cos.min()),
-        "mean_cosine_feature": float(cos.mean()),
-        "decision_agreement": float(((lr > threshold) == (lg > threshold)).mean()),
-        "n": len(lr),
-    }
-
-
 def binary_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float) -> dict:
     """labels (N,) in {0, 1}, logits (N,); prediction = logit > threshold. AP/AUC None for one class."""
     from sklearn.metrics import average_precision_score, roc_auc_score

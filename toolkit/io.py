@@ -66,3 +66,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A file name safe to print anywhere: bytes that are not UTF-8 (surrogate-escaped by Python) shown as \\xNN."""
+    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

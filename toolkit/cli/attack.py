@@ -23,7 +23,7 @@ def attack_command(
 
     Example: toolkit attack data/embedded/train/ae_transposed --run runs/causal --eps 4 --eps 8 --out pairs
     """
-    from toolkit.pipelines.purifier import make_pairs
+    from toolkit.pipelines.attack import make_pairs
 
     with user_errors():
         s = make_pairs(run, images, out_dir, tuple(eps), steps, target, n)

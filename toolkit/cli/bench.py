@@ -25,6 +25,9 @@ def bench_command(
     e2e_n: int = typer.Option(256, min=1, help="images for the end-to-end figure"),
     workers: int = typer.Option(2, min=0, help="decode workers for end-to-end"),
     build_plans: bool = typer.Option(False, help="trt: build a missing or stale plan instead of skipping"),
+    no_reference: bool = typer.Option(
+        False, help="run without the PyTorch reference (source run gone): parity against onnxruntime fp32"
+    ),
     out_dir: Path | None = typer.Option(None, "--out", help="report directory (default: ARTIFACT/bench)"),
 ) -> None:
     """Compare engines and precisions in one run: parity (max |diff|, cosine, agreement, AUC/AP/acc deltas)
@@ -32,8 +35,8 @@ def bench_command(
 
     Example: toolkit bench artifacts/causal --engine torch --engine onnxruntime --engine trt --batch 1 --batch 8
     """
-    from benchmarks.harness import BenchConfig, run_bench
-    from benchmarks.report import write_reports
+    from benchmarks.harness import BenchConfig
+    from toolkit.cli.workflows import bench_artifact
 
     cfg = BenchConfig(
         engines=tuple(engine),
@@ -49,17 +52,12 @@ def bench_command(
         e2e_n=e2e_n,
         workers=workers,
         build_plans=build_plans,
+        no_reference=no_reference,
     )
 
-    def plan_builder(art: Path, batches: tuple[int, int, int], prec: str) -> None:
-        from export.tensorrt import build_artifact_plans
-
-        build_artifact_plans(art, batches, precisions=(prec,), log=out.print)
-
     with user_errors():
-        report = run_bench(artifact, cfg, log=out.print, plan_builder=plan_builder)
         command = "toolkit " + " ".join(sys.argv[1:]) if sys.argv and "toolkit" in sys.argv[0] else None
-        files = write_reports(report, out_dir or artifact / "bench", command)
+        report, files = bench_artifact(artifact, cfg, out_dir or artifact / "bench", command, log=out.print)
     print_report(report, files)
 
 

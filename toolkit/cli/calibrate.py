@@ -32,19 +32,26 @@ def calibrate_command(
     """
     from calibration.pipeline import Int8Gate, calibrate_artifact
     from calibration.quantize import QuantConfig
+    from toolkit.cli.workflows import calibration_summary
 
     with user_errors():
-        cfg = QuantConfig(method, percentile, True, not quantize_patch_embedding, not quantize_head, list(exclude))
+        cfg = QuantConfig(
+            method=method,
+            percentile=percentile,
+            per_channel=True,
+            keep_patch_embedding=not quantize_patch_embedding,
+            keep_head=not quantize_head,
+            exclude_nodes=list(exclude),
+        )
         r = calibrate_artifact(
-            artifact, images, eval_images, cfg, Int8Gate(max_auc_drop), calib_n, eval_n, workers=workers, log=out.print
+            artifact,
+            images,
+            eval_images,
+            cfg,
+            Int8Gate(max_auc_drop_points=max_auc_drop),
+            calib_n=calib_n,
+            eval_n=eval_n,
+            workers=workers,
+            log=out.print,
         )
     out.print(calibration_summary(r))
-
-
-def calibration_summary(r: dict) -> str:
-    return (
-        f"int8 gate passed: AUC {100 * r['int8']['auc']:.2f} vs fp32 {100 * r['fp32']['auc']:.2f} "
-        f"(drop {r['auc_drop_points']:+.2f} points, gate <= {r['gate']['max_auc_drop_points']}), "
-        f"decision agreement {100 * r['parity']['decision_agreement']:.1f}%, "
-        f"min feature cosine {r['parity']['min_cosine_feature']:.4f}; report: {Path(r['artifact']) / 'int8_report.md'}"
-    )

@@ -29,10 +29,10 @@ def eval_command(
     write_json(stem.with_suffix(".json"), rep)
     write_text(stem.with_suffix(".md"), markdown_table({run.name: rep}))
     if rep["skipped"]:
-        from toolkit.data.features import write_skipped
         from toolkit.data.images import Skipped
+        from toolkit.outputs import write_skipped_csv
 
-        csv = write_skipped([Skipped(**s) for s in rep["skipped"]], stem.with_name(stem.name + ".skipped.csv"))
+        csv = write_skipped_csv(stem.with_name(stem.name + ".skipped.csv"), [Skipped(**s) for s in rep["skipped"]])
         out.print(f"[yellow]{len(rep['skipped'])} unreadable image(s) skipped: see {csv}")
     out.print(rich_table({run.name: rep}))
     out.print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")

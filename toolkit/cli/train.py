@@ -77,7 +77,8 @@ def purifier(
     from dataclasses import replace
 
     from toolkit.models.purifier import PurifierConfig, PurifierTrainConfig
-    from toolkit.pipelines.purifier import read_pairs, train_purifiers
+    from toolkit.pipelines.attack import read_pairs
+    from toolkit.pipelines.purifier_training import train_purifiers
 
     with user_errors():
         size = read_pairs(pairs)[0].shape[-1]

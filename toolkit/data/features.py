@@ -140,18 +140,3 @@ def extract_features(
     else:
         feats = np.zeros((0, backbone.feature_dim), np.float32)
     return FeatureSet(feats, [Path(paths[i]) for i in index], index, skipped, hits)
-
-
-def write_skipped(skipped: list[Skipped], path: Path) -> Path:
-    """CSV of unreadable files and why, written atomically."""
-    import csv
-    import io
-
-    from toolkit.io import write_text
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "reason"])
-    for s in skipped:
-        w.writerow([s.path, s.reason])
-    return write_text(path, buf.getvalue())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # Default cap on decoded pixels (PIL's own default warns at ~89 MP and errors at twice that).
 MAX_PIXELS = 64 * 1024 * 1024
+# Default cap on a file's size, checked before reading it (a 64 MP PNG of noise is ~200 MB; JPEGs far less).
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 class ImageDecodeError(Exception):
@@ -81,10 +85,36 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    path = Path(path)
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES) -> Image.Image:
+    return decode_image(read_file(path, max_bytes), path, max_pixels)
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}  # fmt: skip
+
+
+def read_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; anything else (FIFO, device, socket, too big) is an
+    ImageDecodeError. Opened non-blocking and checked with fstat, so a FIFO or a device swapped in between
+    listing and reading never blocks or streams (a symlink to /dev/zero named x.png is refused, not read)."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise ImageDecodeError(path, f"cannot read file ({e.strerror or e})") from None
-    return decode_image(data, path, max_pixels)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            raise ImageDecodeError(path, f"not a regular file ({what})")
+        if st.st_size > max_bytes:
+            raise ImageDecodeError(path, f"file too large: {st.st_size} bytes exceeds the limit of {max_bytes}")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:  # grew while being read
+            raise ImageDecodeError(path, f"file too large: more than {max_bytes} bytes")
+        return data
+    except OSError as e:
+        raise ImageDecodeError(path, f"cannot read file ({e.strerror or e})") from None
+    finally:
+        os.close(fd)

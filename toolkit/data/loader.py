@@ -1,9 +1,11 @@
-"""Image files -> preprocessed batches, decoded in parallel worker processes so an engine is not starved.
+"""Image files (or encoded bytes) -> preprocessed batches; files are decoded in worker processes so an engine
+is not starved.
 
-Used by `toolkit infer` and the end-to-end figures of `toolkit bench`. Batches come back in input
-order; at most `prefetch` batches are in flight, so memory stays bounded on any folder size. A file
-that cannot be decoded becomes a `Skipped` with its reason (toolkit/data/images.py) and never stops
-the run.
+Used by the prediction path (toolkit/predict.py) under every runner, calibration and bench. Batches come
+back in input order; at most `prefetch` batches are in flight, so memory stays bounded on any folder size.
+An item that cannot be decoded becomes a `Skipped` with its reason (toolkit/data/images.py) and never
+stops the run. Workers die with the process that started them (a killed `infer` leaves no orphans) and
+leave Ctrl-C to it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.data.images import MAX_PIXELS, ImageDecodeError, Skipped, is_image_file, load_image
+from toolkit.data.images import MAX_PIXELS, ImageDecodeError, Skipped, decode_image, is_image_file, load_image
 from toolkit.preprocess import PreprocessConfig, preprocess
 
 
@@ -41,20 +43,64 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[Path]]:
     return images, other
 
 
-def load_batch(paths: Sequence[str], cfg: dict, max_pixels: int = MAX_PIXELS) -> Batch:
-    """Decode + preprocess; runs inside worker processes (arguments and result are picklable)."""
+def _prepare(items, cfg: dict, decode) -> Batch:
     pc = PreprocessConfig.from_dict(cfg)
     arrays, ok, skipped = [], [], []
-    for p in paths:
+    for key, src in items:
         try:
-            arrays.append(preprocess(load_image(p, max_pixels), pc))
-            ok.append(str(p))
+            arrays.append(preprocess(decode(src), pc))
+            ok.append(key)
         except ImageDecodeError as e:
-            skipped.append(Skipped(str(p), e.reason))
+            skipped.append(Skipped(key, e.reason))
         except Exception as e:  # anything PIL throws late (e.g. during resize of a broken file)
-            skipped.append(Skipped(str(p), f"cannot decode ({type(e).__name__}: {e})"))
+            skipped.append(Skipped(key, f"cannot decode ({type(e).__name__}: {e})"))
     array = np.stack(arrays) if arrays else np.zeros((0, 3, pc.size, pc.size), np.float32)
     return Batch(array, ok, skipped)
+
+
+def load_batch(paths: Sequence[str], cfg: dict, max_pixels: int = MAX_PIXELS) -> Batch:
+    """Files -> decode + preprocess; runs inside worker processes (arguments and result are picklable)."""
+    return _prepare([(str(p), p) for p in paths], cfg, lambda p: load_image(p, max_pixels))
+
+
+def decode_batch(items: Sequence[tuple[str, bytes]], cfg: dict, max_pixels: int = MAX_PIXELS) -> Batch:
+    """(name, encoded bytes) items -> decode + preprocess, the same policy as files (servers receive bytes)."""
+    return _prepare(list(items), cfg, lambda b: _decode_bytes(b, max_pixels))
+
+
+def _decode_bytes(data, max_pixels: int):
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageDecodeError("<bytes>", f"expected encoded image bytes, got {type(data).__name__}")
+    return decode_image(bytes(data), "<bytes>", max_pixels)
+
+
+def _worker_init() -> None:
+    """In each decode worker: die with the parent (Linux: PR_SET_PDEATHSIG; everywhere: a watchdog thread
+    that notices the parent is gone), and ignore SIGINT: Ctrl-C is the parent's to handle, so a worker
+    never prints a KeyboardInterrupt traceback."""
+    import signal
+    import threading
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watchdog() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+    threading.Thread(target=watchdog, daemon=True, name="parent-watchdog").start()
 
 
 def batches(
@@ -76,8 +122,9 @@ def batches(
 
     prefetch = prefetch or 2 * workers
     # spawn, not fork: the parent may hold onnxruntime / torch thread pools that fork does not copy safely
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        pending: deque = deque()
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    pending: deque = deque()
+    try:
         it = iter(chunks)
         for c in it:
             pending.append(pool.submit(load_batch, c, cfg, max_pixels))
@@ -89,3 +136,5 @@ def batches(
             if nxt is not None:
                 pending.append(pool.submit(load_batch, nxt, cfg, max_pixels))
             yield fut.result()
+    finally:  # also on Ctrl-C or an early stop: drop what is queued, wait only for what is running
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -32,26 +32,15 @@ class OnnxRuntimeEngine(Engine):
         if threads:
             opts.intra_op_num_threads = threads
         chain = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
-        # onnxruntime 1.31's NCHWc layout pass segfaults on fp16 Transpose->MatMul graphs on x86 CPUs
-        # (found bisecting our fp16 ViT export); fp16 graphs run without it.
-        disabled = ["NchwcTransformer"] if _has_fp16(self.path) else []
-        self.session = ort.InferenceSession(str(self.path), opts, providers=chain, disabled_optimizers=disabled)
+        # default session options: our files must open in any consumer's default session (Triton's too), so a
+        # graph that onnxruntime mishandles is fixed in export (export/graph_passes.py), not worked around here
+        self.session = ort.InferenceSession(str(self.path), opts, providers=chain)
         spec = lambda v: TensorSpec(v.name, tuple(v.shape), _ORT_DTYPES[v.type])  # noqa: E731
         super().__init__([spec(v) for v in self.session.get_inputs()], [spec(v) for v in self.session.get_outputs()])
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]
         return dict(zip(names, self.session.run(names, feed), strict=True))
-
-
-def _has_fp16(path: Path) -> bool:
-    import onnx
-
-    g = onnx.load(str(path), load_external_data=False).graph
-    return any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer) or any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
-        for n in g.node
-    )
 
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}

@@ -82,26 +82,25 @@ def plan_paths(artifact_dir: str | Path, precision: str, key: dict) -> tuple[Pat
 
 
 def find_plan(
-    artifact_dir: str | Path,
-    manifest: dict,
+    artifact,
     precision: str,
     machine_info: dict,
     batches: tuple[int, int, int] | None = None,
 ) -> Path:
-    """The cached plan for `precision` that matches this machine (and `batches`, if given), or PlanError."""
+    """The cached plan of an `Artifact` for `precision` matching this machine (and `batches`, if given)."""
     from toolkit.io import read_json, sha256_file
 
-    if precision not in manifest["precisions"]:
-        raise PlanError(f"{artifact_dir}: no {precision} ONNX in the manifest ({sorted(manifest['precisions'])})")
-    onnx_sha = manifest["files"][manifest["precisions"][precision]["file"]]
+    artifact_dir = artifact.dir
+    if precision not in artifact.precisions:
+        raise PlanError(f"{artifact_dir}: no {precision} ONNX in the manifest ({sorted(artifact.precisions)})")
+    onnx_sha = artifact.onnx_sha256(precision)
+    inputs = artifact.manifest["inputs"]
     candidates = sorted((Path(artifact_dir) / PLANS).glob(f"{precision}.*.json"))
     mismatches = []
     for meta_path in candidates:
         meta = read_json(meta_path)
         key = meta["key"]
-        want = plan_key(
-            onnx_sha, machine_info, key["profile"] if batches is None else batch_profile(manifest["inputs"], batches)
-        )
+        want = plan_key(onnx_sha, machine_info, key["profile"] if batches is None else batch_profile(inputs, batches))
         if key == want:
             plan = meta_path.with_suffix(".plan")
             if not plan.is_file() or sha256_file(plan) != meta["sha256"]:

@@ -176,3 +176,13 @@ class LinearProbe(nn.Module):
     def loss(self, f: torch.Tensor, y: torch.Tensor, tau: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
         bce = F.binary_cross_entropy_with_logits(self(f), y.float())
         return bce, {"bce": bce.item(), "loss": bce.item()}
+
+
+METHODS = ("causal", "probe")
+
+
+def build_head(method: str, cfg: CausalCLIPConfig) -> CausalCLIP | LinearProbe:
+    """The trainable head of a detector run: CausalCLIP (mask + head) or the UnivFD linear probe."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return CausalCLIP(cfg) if method == "causal" else LinearProbe(cfg.feature_dim)

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from toolkit.data.features import default_cache_dir, extract_features, write_skipped
+from toolkit.data.features import default_cache_dir, extract_features
 from toolkit.data.folders import LabelledImages, describe, find_labelled_images
 from toolkit.data.images import Skipped
 from toolkit.models.backbone import BackboneConfig, ClipBackbone, load_backbone
 from toolkit.models.causal_clip import CausalCLIPConfig
+from toolkit.outputs import write_skipped_csv
 from toolkit.training.detector import TrainConfig, choose_threshold, predict_logits, train_head
 
 console = Console(stderr=True)
@@ -80,8 +81,8 @@ def train_detector(
     backbone: ClipBackbone | None = None,
 ) -> dict:
     """Train on `train_dir`, fix the threshold on `val_dir` (or a held-out part), save to `out_dir`."""
-    from toolkit.checkpoint import save_detector
     from toolkit.evaluation import binary_metrics
+    from toolkit.kinds.detector import save_run as save_detector
 
     train_cfg = train_cfg or TrainConfig()
     backbone = backbone or load_backbone(backbone_cfg or BackboneConfig())
@@ -126,7 +127,7 @@ def train_detector(
         metrics["mask_keep_fraction"] = head.keep_fraction()
     out_dir = save_detector(out_dir, head, config, metrics)
     if tr.skipped or va.skipped:
-        write_skipped(tr.skipped + va.skipped, Path(out_dir) / "skipped.csv")
+        write_skipped_csv(Path(out_dir) / "skipped.csv", tr.skipped + va.skipped)
     return {"run_dir": str(out_dir), "threshold": threshold, **metrics}
 
 
@@ -139,8 +140,9 @@ def evaluate_detector(
     backbone: ClipBackbone | None = None,
 ) -> dict:
     """Per-generator report of a trained run on a labelled folder, at the run's fixed threshold."""
-    from toolkit.checkpoint import check_backbone, load_detector
     from toolkit.evaluation import per_generator_report
+    from toolkit.kinds.detector import check_backbone
+    from toolkit.kinds.detector import load_run as load_detector
 
     head, config = load_detector(run_dir)
     if backbone is None:

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from toolkit.models.causal_clip import CausalCLIP, CausalCLIPConfig, LinearProbe, anneal_tau
+from toolkit.models.causal_clip import METHODS, CausalCLIP, CausalCLIPConfig, LinearProbe, anneal_tau, build_head
 
-METHODS = ("causal", "probe")
+__all__ = ["METHODS", "TrainConfig", "build_head", "choose_threshold", "predict_logits", "train_head"]
 
 
 @dataclass
@@ -37,10 +37,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-def build_head(method: str, causal_cfg: CausalCLIPConfig) -> CausalCLIP | LinearProbe:
-    return CausalCLIP(causal_cfg) if method == "causal" else LinearProbe(causal_cfg.feature_dim)
 
 
 def train_head(

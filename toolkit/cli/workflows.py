@@ -1,0 +1,169 @@
+"""Flows that wire the side packages together (DESIGN.md: only toolkit/cli/ may): export + int8 + TensorRT,
+bench with plan building. Each CLI command stays a thin parser over one function here or in the library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ExportOptions:
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    gate_overrides: dict = field(default_factory=dict)  # (precision, bound) -> value
+    verify_images: Path | None = None
+    calib_images: Path | None = None  # int8
+    eval_images: Path | None = None  # int8
+    trt_batches: tuple[int, int, int] | None = None  # build TensorRT plans for this (min, opt, max) profile
+    workspace_mib: int = 4096
+
+
+def export_all(run: Path, out_dir: Path, opts: ExportOptions, log=print):
+    """Export (gated) -> [int8 calibration with its gate] -> [TensorRT plans]; -> the final Artifact.
+
+    Everything the run's kind cannot do is refused before any work starts."""
+    from export.core import export_run
+    from toolkit import kinds
+
+    kind = kinds.for_run(run)
+    int8 = "int8" in opts.precisions
+    if int8:
+        kind.require("int8", "--precision int8")
+        if not (opts.calib_images and opts.eval_images):
+            raise ValueError("--precision int8 needs --calib-images and --eval-images")
+    if opts.trt_batches:
+        kind.require("trt", "--trt")
+    kind.gates(opts.gate_overrides)  # refuse a gate bound this kind does not have, before exporting
+    floats = tuple(p for p in opts.precisions if p != "int8")
+    art = export_run(run, out_dir, floats, opts.gate_overrides, opts.verify_images, log=log)
+    log(export_summary(art))
+    if int8:  # the same path as 'toolkit calibrate', default settings
+        from calibration.pipeline import calibrate_artifact
+
+        log(calibration_summary(calibrate_artifact(out_dir, opts.calib_images, opts.eval_images, log=log)))
+    if opts.trt_batches:  # after the ONNX export, so a machine without TensorRT still keeps the gated ONNX files
+        from export.tensorrt import build_artifact_plans
+
+        plans = build_artifact_plans(out_dir, opts.trt_batches, opts.workspace_mib, log=log)
+        log("TensorRT plans: " + ", ".join(f"{p} -> {path}" for p, path in plans.items()))
+    from toolkit.artifact import Artifact
+
+    return Artifact.open(out_dir)
+
+
+def bench_artifact(artifact: Path, cfg, out_dir: Path, command: str | None, log=print) -> tuple[dict, list]:
+    """`toolkit bench`: run the harness (building TensorRT plans when asked) and write its reports."""
+    from benchmarks.harness import run_bench
+    from benchmarks.report import write_reports
+
+    def plan_builder(art: Path, batches: tuple[int, int, int], prec: str) -> None:
+        from export.tensorrt import build_artifact_plans
+
+        build_artifact_plans(art, batches, precisions=(prec,), log=log)
+
+    report = run_bench(artifact, cfg, log=log, plan_builder=plan_builder)
+    return report, write_reports(report, out_dir, command)
+
+
+_SHOWN = (
+    "max_abs_logit",
+    "min_cosine_feature",
+    "decision_agreement",
+    "max_abs_pixel",
+    "min_psnr_db",
+    "auc_drop_points",
+)
+
+
+def export_summary(art) -> str:
+    lines = [f"wrote {art.dir}: {', '.join(art.files)} + manifest.json"]
+    for precision, g in art.gates.items():
+        s = g["stats"]
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in s.items() if k in _SHOWN)
+        lines.append(f"  {precision} gate {'passed' if g['passed'] else 'FAILED'}: {shown} (n={s['n']})")
+    return "\n".join(lines)
+
+
+def calibration_summary(r: dict) -> str:
+    return (
+        f"int8 gate passed: AUC {100 * r['int8']['auc']:.2f} vs fp32 {100 * r['fp32']['auc']:.2f} "
+        f"(drop {r['auc_drop_points']:+.2f} points, gate <= {r['gate']['max_auc_drop_points']}), "
+        f"decision agreement {100 * r['parity']['decision_agreement']:.1f}%, "
+        f"min feature cosine {r['parity']['min_cosine_feature']:.4f}; report: {Path(r['artifact']) / 'int8_report.md'}"
+    )
+
+
+def demo(
+    workdir: Path, clip: str, epochs: int, purifier_pairs: int, purifier_steps: int, purifier_eval: int, out
+) -> None:
+    """The whole chain of `toolkit demo` (see its --help); `out` is the rich console it prints to."""
+    from benchmarks.harness import BenchConfig, run_bench
+    from benchmarks.report import write_reports
+    from calibration.pipeline import calibrate_artifact
+    from export.core import export_run
+    from toolkit.artifact import GateFailed
+    from toolkit.cli.bench import print_report
+    from toolkit.cli.common import user_errors
+    from toolkit.engines import KINDS
+    from toolkit.evaluation import rich_table
+    from toolkit.pipelines.generalisation import run_generalisation
+    from toolkit.pipelines.infer import InferConfig, run_inference
+
+    with user_errors():
+        res = run_generalisation(workdir, clip=clip, epochs=epochs)
+    out.print(rich_table(res["reports"], title="CausalCLIP vs linear probe, embedded benchmark (%)"))
+    out.print(f"report: {res['markdown']} and {res['json']}")
+
+    bench = Path(res["benchmark"])
+    train, val, test = (bench / res["protocol"][k] for k in ("train", "threshold", "test"))
+    artifact = workdir / "artifacts" / "causal"
+    with user_errors():
+        m = export_run(workdir / "runs" / "causal", artifact, verify_images=val, log=out.print)
+    out.print(export_summary(m))
+
+    out.rule("calibrate: int8 Q/DQ on the training split, gated on the test split")
+    with user_errors():
+        try:  # a failed int8 gate is a result, not a crash: the demo goes on with fp32 + fp16
+            out.print(calibration_summary(calibrate_artifact(artifact, train, test, log=out.print)))
+        except GateFailed as e:
+            out.print(f"[yellow]int8 not added: {e}[/]")
+
+    out.rule("bench: every engine against PyTorch fp32")
+    cfg = BenchConfig(
+        engines=KINDS, batches=(1, 8), parity_images=str(test), parity_n=512, e2e_images=str(test), e2e_n=512
+    )
+    with user_errors():
+        report = run_bench(artifact, cfg, log=out.print)
+        files = write_reports(report, workdir / "bench", command="toolkit demo")
+    print_report(report, files)
+
+    out.rule("infer: the test images, resumable")
+    with user_errors():
+        s = run_inference(test, artifact, workdir / "preds.csv", InferConfig(overwrite=True), log=out.print)
+    out.print(
+        f"{s['predicted_now']} predicted ({s['generated_now']} generated), {s['skipped_now']} skipped, "
+        f"{s['already_done']} already done; {s['rows_total']} rows in {s['predictions']}"
+    )
+
+    out.rule("purifier: PGD pairs -> teacher -> one-step student (+ DiffPure baseline) -> table")
+    from benchmarks.purifier_eval import run as run_purifier_eval
+    from toolkit.pipelines.defences import purifier_markdown
+
+    steps = purifier_steps
+    with user_errors():
+        r = run_purifier_eval(
+            workdir, purifier_pairs, purifier_eval, 10, steps, max(1, 2 * steps // 3), steps, 25, log=out.print
+        )
+        p_art = workdir / "artifacts" / "purifier"
+        pm = export_run(workdir / "purifier" / "run", p_art, log=out.print)
+    out.print(export_summary(pm))
+    out.print(purifier_markdown(r))
+    with user_errors():
+        s = run_inference(
+            test,
+            artifact,
+            workdir / "preds_purified.csv",
+            InferConfig(overwrite=True, purify=str(p_art)),
+            log=out.print,
+        )
+    out.print(f"purify + detect: {s['rows_total']} rows in {s['predictions']} ({s['images_per_s']:.1f} images/s)")

@@ -1,0 +1,260 @@
+"""The output contract every runner keeps: one row per readable input, unreadable inputs listed with a reason,
+resumable after any kill, and one writer at a time.
+
+- An exclusive lock (`<out>.lock`, flock) refuses a second run on the same output at once; the kernel
+  drops it when the holder dies, so a killed run never blocks the next one.
+- `<out>.meta.json` records what produced the rows (artifact hashes, engine, precision, threshold, the
+  input root) and how many bytes of each file are committed. Rows are appended one batch at a time and
+  fsync'ed, then the committed sizes are advanced; a restart cuts both files back to them, so a kill at any
+  byte (also inside a quoted CSV field holding a newline) leaves no partial row.
+- Rows are keyed by the input's path relative to the root; the same root spelled differently resumes,
+  another root is refused. Any name the OS can hold is written losslessly: JSON lines escape bytes that
+  are not UTF-8 as `\\udcXX` (json.loads returns the same str, `os.fsencode` the original bytes); CSV
+  writes the name's own bytes (Python's surrogateescape: the file is the names as `ls` prints them, so a
+  CSV reader needs `encoding_errors="surrogateescape"` for such names; use .jsonl for strict UTF-8).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.data.images import Skipped
+from toolkit.io import display_path, read_json, write_json
+
+META_VERSION = "causal-deploy-toolkit/predictions@2"
+
+
+class ResumeError(ValueError):
+    pass
+
+
+class OutputLocked(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    predictions: Path
+    skipped: Path
+    meta: Path
+    summary: Path
+    lock: Path
+    fmt: str  # csv | jsonl
+
+    @classmethod
+    def for_file(cls, out: str | os.PathLike) -> OutputPaths:
+        out = Path(out)
+        fmt = {".csv": "csv", ".jsonl": "jsonl"}.get(out.suffix.lower())
+        if fmt is None:
+            raise ValueError(f"{out}: predictions file must end in .csv or .jsonl")
+        if out.is_dir():
+            raise ValueError(f"{out} is a directory: --out names the predictions file (.csv or .jsonl)")
+        stem = out.with_name(out.stem)
+        return cls(
+            out,
+            Path(f"{stem}.skipped.csv"),
+            Path(f"{stem}.meta.json"),
+            Path(f"{stem}.summary.json"),
+            Path(f"{stem}.lock"),
+            fmt,
+        )
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k in ("identity", "detector", "purifier"):
+            out.update(_flat(v, "" if k == "identity" else f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _encode_rows(rows: list[dict], columns: tuple[str, ...], fmt: str) -> bytes:
+    buf = io.StringIO()
+    if fmt == "csv":
+        csv.DictWriter(buf, fieldnames=columns, lineterminator="\n").writerows(rows)
+    else:
+        buf.writelines(json.dumps({c: r[c] for c in columns}, ensure_ascii=True) + "\n" for r in rows)
+    return buf.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _read_keys(path: Path, fmt: str, size: int) -> list[str]:
+    if size == 0 or not path.is_file():
+        return []
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        text = f.read()
+    if fmt == "jsonl":
+        return [json.loads(line)["path"] for line in text.splitlines() if line.strip()]
+    return [row["path"] for row in csv.DictReader(io.StringIO(text, newline=""))]
+
+
+class exclusive_lock:
+    """flock on `path` (created if needed), refused at once when another process holds it."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what, self.fd = path, what, None
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise OutputLocked(
+                    f"{self.what} is being written by another run (pid {holder}, lock {self.path}); "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            # the holder before us may have unlinked the lock file while we waited: lock the current one
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still holding it (see the inode check above)
+            os.close(self.fd)
+            self.fd = None
+
+
+class PredictionLog:
+    """The rows and skipped files of one output, resumable; use as a context manager (takes the lock)."""
+
+    SKIPPED_COLUMNS = ("path", "reason")
+
+    def __init__(self, out: str | os.PathLike, columns: tuple[str, ...], identity: dict, root: str, overwrite=False):
+        self.paths = OutputPaths.for_file(out)
+        self.columns, self.identity, self.root, self.overwrite = list(columns), identity, root, overwrite
+        self._lock = exclusive_lock(self.paths.lock, str(self.paths.predictions))
+        self.done: set[str] = set()
+        self.n_rows = self.n_skipped = 0
+
+    def __enter__(self) -> PredictionLog:
+        self._lock.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self._lock.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in (getattr(self, "_preds", None), getattr(self, "_skips", None)):
+            if f is not None:
+                f.close()
+        self._lock.__exit__()
+
+    def _open(self) -> None:
+        p = self.paths
+        if self.overwrite:
+            for f in (p.predictions, p.skipped, p.meta, p.summary):
+                f.unlink(missing_ok=True)
+        committed = {"predictions": 0, "skipped": 0}
+        if p.meta.is_file():
+            old = read_json(p.meta)
+            if not isinstance(old, dict) or old.get("format") != META_VERSION:
+                raise ResumeError(f"{p.meta} was written by another version of the toolkit; use --overwrite")
+            diff = [k for k in ("identity", "root", "columns") if old.get(k) != getattr(self, k)]
+            if diff:
+                raise ResumeError(self._mismatch(old, diff))
+            committed = old["committed"]
+        elif any(f.is_file() and f.stat().st_size > 0 for f in (p.predictions, p.skipped)):
+            raise ResumeError(
+                f"{p.predictions} exists but has no {p.meta.name}: not written by 'toolkit infer'; use --overwrite"
+            )
+        for f, key in ((p.predictions, "predictions"), (p.skipped, "skipped")):
+            size = f.stat().st_size if f.is_file() else 0
+            if size < committed[key]:
+                raise ResumeError(f"{f} is shorter than {p.meta.name} records: it was changed; use --overwrite")
+            if size > committed[key]:  # a batch that was being written when the run stopped
+                with open(f, "r+b") as fh:
+                    fh.truncate(committed[key])
+        self._preds = open(p.predictions, "ab")  # noqa: SIM115 - closed in __exit__
+        self._skips = open(p.skipped, "ab")  # noqa: SIM115
+        if committed["predictions"] == 0 and p.fmt == "csv":
+            self._write(self._preds, (",".join(self.columns) + "\n").encode())
+        if committed["skipped"] == 0:
+            self._write(self._skips, (",".join(self.SKIPPED_COLUMNS) + "\n").encode())
+        self._commit()
+        rows = _read_keys(p.predictions, p.fmt, self._preds.tell())
+        skipped = _read_keys(p.skipped, "csv", self._skips.tell())
+        self.n_rows, self.n_skipped = len(rows), len(skipped)
+        self.done = set(rows) | set(skipped)
+
+    def _mismatch(self, old: dict, diff: list[str]) -> str:
+        p = self.paths.predictions
+        if diff == ["root"]:
+            return (
+                f"{p} holds predictions for {display_path(old['root'])}, not {display_path(self.root)}; "
+                "use another --out, or --overwrite to start again"
+            )
+        was, now = _flat({k: old.get(k) for k in diff}), _flat({k: getattr(self, k) for k in diff})
+        changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+        return (
+            f"{p} was written with a different {', '.join(changed)} "
+            f"(was {', '.join(f'{k}={was.get(k)}' for k in changed)}); use another --out, or --overwrite to start again"
+        )
+
+    @staticmethod
+    def _write(f, data: bytes) -> None:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+    def _commit(self) -> None:
+        write_json(
+            self.paths.meta,
+            {
+                "format": META_VERSION,
+                "identity": self.identity,
+                "root": self.root,
+                "columns": self.columns,
+                "committed": {"predictions": self._preds.tell(), "skipped": self._skips.tell()},
+            },
+        )
+
+    def append(self, rows: list[dict], skipped: list[Skipped]) -> None:
+        """One batch: rows and skipped inputs (key + reason), each file fsync'ed, then committed."""
+        if not rows and not skipped:
+            return
+        if rows:
+            self._write(self._preds, _encode_rows(rows, self.columns, self.paths.fmt))
+        if skipped:
+            recs = [{"path": x.path, "reason": x.reason} for x in skipped]
+            self._write(self._skips, _encode_rows(recs, self.SKIPPED_COLUMNS, "csv"))
+        self._commit()
+        self.n_rows += len(rows)
+        self.n_skipped += len(skipped)
+        self.done.update(r["path"] for r in rows)
+        self.done.update(x.path for x in skipped)
+
+    def summary_path(self) -> Path:
+        return self.paths.summary
+
+
+def write_skipped_csv(path: str | os.PathLike, skipped: list[Skipped]) -> Path:
+    """The one way a skipped list is written outside a PredictionLog (training, eval, purify): csv module, atomic."""
+    from toolkit.io import atomic_path
+
+    recs = [{"path": x.path, "reason": x.reason} for x in skipped]
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"path,reason\n" + _encode_rows(recs, PredictionLog.SKIPPED_COLUMNS, "csv"))
+    return Path(path)

@@ -1,0 +1,163 @@
+"""The one prediction path under every runner: files or encoded bytes -> decode -> preprocess -> [purifier] -> detector.
+
+`toolkit infer`, `toolkit purify`, bench's end-to-end column (and the Triton and Ray runners) build a
+`PredictionPath` and call it; none of them decodes, preprocesses, picks engines or knows a model kind
+itself. Decoding follows the policy of toolkit/data/images.py and runs wherever the runner wants it
+(`toolkit.data.loader` worker processes for files, in process for bytes), producing the same `Batch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from toolkit.data.loader import Batch, decode_batch, load_batch
+
+__all__ = ["Batch", "EngineChoice", "PredictionPath", "decode_batch", "load_batch"]
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    engine: str = "onnxruntime"  # torch | onnxruntime | trt
+    precision: str = "fp32"
+    provider: str = "cpu"  # onnxruntime execution provider
+
+
+def _open(artifact):
+    from toolkit.artifact import Artifact
+
+    return artifact if isinstance(artifact, Artifact) or artifact is None else Artifact.open(artifact)
+
+
+class PredictionPath:
+    """detector and/or purifier artifacts + one engine choice; use as a context manager to open the engines."""
+
+    def __init__(self, detector=None, purifier=None, choice: EngineChoice | None = None):
+        from toolkit import kinds
+
+        self.choice = choice or EngineChoice()
+        self.detector, self.purifier = _open(detector), _open(purifier)
+        if self.detector is None and self.purifier is None:
+            raise ValueError("a prediction path needs a detector or a purifier artifact")
+        if self.detector is not None:
+            kinds.for_artifact(self.detector).require("detects", f"{self.detector.dir}: predicting p(generated)")
+            self.detector.require(self.choice.precision)
+        if self.purifier is not None:
+            kinds.for_artifact(self.purifier).require("purifies", f"{self.purifier.dir}: purifying")
+            if self.detector is not None and self.purifier.preprocess["size"] != self.detector.preprocess["size"]:
+                raise ValueError(
+                    f"{self.purifier.dir} works at {self.purifier.preprocess['size']} px, the detector "
+                    f"{self.detector.dir} at {self.detector.preprocess['size']} px: export them at one size"
+                )
+        self._stack: contextlib.ExitStack | None = None
+        self._engines: dict = {}
+
+    # ---- what runners need to know -----------------------------------------------------------------
+    @property
+    def purifier_precision(self) -> str:
+        """The purifier runs at the path's precision when it has it (it has no int8), else fp32."""
+        p = self.choice.precision
+        return p if self.purifier is not None and p in self.purifier.precisions else "fp32"
+
+    @property
+    def preprocess(self) -> dict:
+        """What decoding produces: the purifier's [0, 1] pixels when it runs first, else the detector's input."""
+        return (self.purifier or self.detector).preprocess
+
+    @property
+    def threshold(self) -> float | None:
+        return self.detector.threshold if self.detector is not None else None
+
+    def identity(self) -> dict:
+        """Everything the outputs depend on (resume and servers compare it): artifact hashes, engine, threshold."""
+        out = {**asdict(self.choice)}
+        if self.detector is not None:
+            out["detector"] = {
+                "files": {
+                    self.detector.require(self.choice.precision)["file"]: self.detector.onnx_sha256(
+                        self.choice.precision
+                    )
+                },
+                "source_sha256": self.detector.manifest.get("source_sha256"),
+                "threshold": self.detector.threshold,
+            }
+        if self.purifier is not None:
+            p = self.purifier_precision
+            out["purifier"] = {
+                "files": {self.purifier.require(p)["file"]: self.purifier.onnx_sha256(p)},
+                "source_sha256": self.purifier.manifest.get("source_sha256"),
+            }
+        return out
+
+    # ---- engines --------------------------------------------------------------------------------------
+    def __enter__(self) -> PredictionPath:
+        from toolkit.engines import open_engine
+
+        stack = contextlib.ExitStack()
+        try:
+            c = self.choice
+            if self.purifier is not None:
+                eng = open_engine(self.purifier, c.engine, self.purifier_precision, c.provider)
+                self._engines["purifier"] = stack.enter_context(eng)
+            if self.detector is not None:
+                eng = open_engine(self.detector, c.engine, c.precision, c.provider)
+                self._engines["detector"] = stack.enter_context(eng)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._engines.clear()
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def synchronize(self) -> None:
+        for e in self._engines.values():
+            e.synchronize()
+
+    # ---- running --------------------------------------------------------------------------------------
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Preprocessed batch (N,3,S,S) -> {purified?, logit, p_generated, is_generated}."""
+        if not self._engines:
+            raise RuntimeError("PredictionPath.run outside its 'with' block (engines not open)")
+        out: dict[str, np.ndarray] = {}
+        if self.purifier is not None:
+            x = self._engines["purifier"].infer({"images": x})["purified"]
+            out["purified"] = x
+        if self.detector is not None:
+            if self.purifier is not None:  # purified pixels in [0, 1] -> the detector's normalisation
+                pre = self.detector.preprocess
+                mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
+                std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
+                x = ((x - mean) / std).astype(np.float32)
+            logit = self._engines["detector"].infer({"images": x})["logit"].astype(np.float32)
+            out["logit"] = logit
+            out["p_generated"] = sigmoid(logit)
+            out["is_generated"] = logit > self.detector.threshold
+        return out
+
+    def predict(self, batch: Batch) -> dict[str, np.ndarray]:
+        """A decoded `Batch` -> outputs for its readable items (in `batch.paths` order); empty batches allowed."""
+        if not len(batch.paths):
+            return {}
+        return self.run(batch.array)
+
+    def predict_files(self, paths: list) -> tuple[Batch, dict[str, np.ndarray]]:
+        batch = load_batch([str(p) for p in paths], self.preprocess)
+        return batch, self.predict(batch)
+
+    def predict_bytes(self, items: list[tuple[str, bytes]]) -> tuple[Batch, dict[str, np.ndarray]]:
+        """(name, encoded bytes) items -> the decoded batch (bad items in `skipped`) and outputs."""
+        batch = decode_batch(items, self.preprocess)
+        return batch, self.predict(batch)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
