@@ -69,3 +69,41 @@ def exported_artifact(trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifact") / "detector"
     export_run(trained_run, out, log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def pairs(trained_run, toy_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs")
+    from toolkit.pipelines.attack import make_pairs
+
+    make_pairs(trained_run, toy_data / "gan_a", out, eps_list=(8, 16), steps=5, n=32, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def purifier_run(pairs, tmp_path_factory):
+    from toolkit.models.purifier import PurifierConfig, PurifierTrainConfig
+    from toolkit.pipelines.attack import read_pairs
+    from toolkit.pipelines.purifier_training import train_purifiers
+
+    out = tmp_path_factory.mktemp("purifier") / "run"
+    adv, _, _ = read_pairs(pairs)
+    cfg = PurifierConfig.tiny(adv.shape[-1])
+    train_purifiers(
+        pairs,
+        out,
+        cfg,
+        PurifierTrainConfig(teacher_steps=150, student_steps=150, diffpure_steps=20, batch_size=16, lr=3e-3),
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def purifier_artifact(purifier_run, tmp_path_factory) -> Path:
+    """One exported purifier artifact shared by the session."""
+    from export.core import export_run
+
+    out = tmp_path_factory.mktemp("purifier_artifact") / "purifier"
+    export_run(purifier_run, out, log=lambda *_: None)
+    return out

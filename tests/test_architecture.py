@@ -40,3 +40,70 @@ def test_help_does_not_load_heavy_runtimes():
     code = f"import sys; from toolkit.cli import app; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """toolkit module -> the toolkit modules it imports anywhere in its body (lazy imports inside functions too:
+    a cycle through a function-level import is still a design cycle)."""
+    mods = {}
+    for f in (ROOT / "toolkit").rglob("*.py"):
+        rel = f.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        mods[name] = f
+    graph: dict[str, set[str]] = {}
+    for name, f in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            deps |= {t for t in targets if t in mods and t != name}
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_cycles_in_the_core():
+    graph = _module_imports()
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_core_does_not_import_up_into_flows():
+    """The core (artifact, kinds, engines, prediction path, data, models, ...) never imports the flows built on
+    it (pipelines, training) or the CLI; training never imports pipelines."""
+    up = ("toolkit.pipelines", "toolkit.training", "toolkit.cli")
+    for name, deps in _module_imports().items():
+        if name.startswith(up) or name == "toolkit":
+            continue
+        bad = {d for d in deps if d.startswith(up)}
+        assert not bad, f"{name} imports {bad}"
+    for name, deps in _module_imports().items():
+        if name.startswith("toolkit.training"):
+            assert not {d for d in deps if d.startswith("toolkit.pipelines")}, name

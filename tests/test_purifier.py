@@ -8,21 +8,13 @@ import pytest
 import torch
 
 from toolkit.attacks import PGDConfig, attack_loss, pgd
-from toolkit.pipelines.attack import load_pixels, make_pairs, pixel_detector, read_pairs
-from toolkit.pipelines.purifier_training import train_purifiers
+from toolkit.pipelines.attack import load_pixels, pixel_detector, read_pairs
 
 
 @pytest.fixture(scope="module")
 def detector(trained_run):
     model, config = pixel_detector(trained_run)
     return model.requires_grad_(False), config
-
-
-@pytest.fixture(scope="module")
-def pairs(trained_run, toy_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pairs")
-    make_pairs(trained_run, toy_data / "gan_a", out, eps_list=(8, 16), steps=5, n=32, progress=False)
-    return out
 
 
 @pytest.mark.parametrize("target", ["decision", "embedding"])
@@ -50,23 +42,6 @@ def test_pairs_are_lossless_with_metadata(pairs, detector):
         assert (a - c).abs().max() <= m["eps"] / 255 + 1e-6
     s = json.loads((pairs / "summary.json").read_text())
     assert set(s["attack_success_rate"]) == {"8", "16"} and all(0 <= r <= 1 for r in s["attack_success_rate"].values())
-
-
-@pytest.fixture(scope="module")
-def purifier_run(pairs, tmp_path_factory):
-    from toolkit.models.purifier import PurifierConfig, PurifierTrainConfig
-
-    out = tmp_path_factory.mktemp("purifier") / "run"
-    adv, _, _ = read_pairs(pairs)
-    cfg = PurifierConfig.tiny(adv.shape[-1])
-    train_purifiers(
-        pairs,
-        out,
-        cfg,
-        PurifierTrainConfig(teacher_steps=150, student_steps=150, diffpure_steps=20, batch_size=16, lr=3e-3),
-        progress=False,
-    )
-    return out
 
 
 def test_student_reduces_the_perturbation(purifier_run, pairs):

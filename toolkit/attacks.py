@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +33,14 @@ class PGDConfig:
             raise ValueError(f"attack target must be one of {TARGETS}, got {self.target!r}")
         if self.eps < 0 or self.steps < 1:
             raise ValueError(f"need eps >= 0 and steps >= 1, got eps={self.eps}, steps={self.steps}")
+        if self.eps != int(self.eps):
+            # attacked images live on the 8-bit grid (written as PNG, evaluated as written); an 8-bit image within
+            # eps of the 8-bit clean image differs from it by whole steps, so eps 0.5 would allow no change at all
+            # and eps 2.5 the same as 2: refuse rather than silently attack with a smaller budget
+            raise ValueError(
+                f"eps must be a whole number of 8-bit steps (in /255), got {self.eps}: attacked images are stored "
+                f"on the 8-bit grid, where eps {self.eps} allows the same images as eps {int(self.eps)}"
+            )
 
     @property
     def alpha(self) -> float:
@@ -92,7 +99,7 @@ def quantise_in_ball(x_clean: torch.Tensor, x_adv: torch.Tensor, eps: float) -> 
     """Round to 8 bits, staying within eps (in /255) of the 8-bit clean image and inside [0, 255]."""
     c = torch.round(x_clean * 255)
     a = torch.round(x_adv * 255)
-    lo, hi = (c - int(np.floor(eps))).clamp(0, 255), (c + int(np.floor(eps))).clamp(0, 255)
+    lo, hi = (c - int(eps)).clamp(0, 255), (c + int(eps)).clamp(0, 255)  # eps is whole (PGDConfig refuses others)
     return torch.minimum(torch.maximum(a, lo), hi) / 255.0
 
 

@@ -13,7 +13,7 @@ def attack_command(
     images: Path = typer.Argument(..., help="labelled folder (0_real/1_fake or nature/ai)"),
     run: Path = typer.Option(..., help="detector run directory (the model under attack)"),
     out_dir: Path = typer.Option(Path("pairs"), "--out", help="paired dataset directory to write"),
-    eps: list[float] = typer.Option([4.0, 8.0], help="L-inf budgets in /255 (repeatable)"),
+    eps: list[float] = typer.Option([4.0, 8.0], help="L-inf budgets in /255, whole 8-bit steps (repeatable)"),
     steps: int = typer.Option(10, min=1, help="PGD steps"),
     target: str = typer.Option("decision", help="decision (flip the detector) or embedding (move CLIP's embedding)"),
     n: int = typer.Option(256, min=1, help="images attacked (a seeded sample)"),

@@ -58,15 +58,6 @@ def bench_command(
     with user_errors():
         command = "toolkit " + " ".join(sys.argv[1:]) if sys.argv and "toolkit" in sys.argv[0] else None
         report, files = bench_artifact(artifact, cfg, out_dir or artifact / "bench", command, log=out.print)
+    from toolkit.cli.summaries import print_report
+
     print_report(report, files)
-
-
-def print_report(report: dict, files: list) -> None:
-    from benchmarks.report import rich_tables
-
-    for t in rich_tables(report):
-        out.print(t)
-    for name, t in report["targets"].items():
-        if t["status"] != "ok":
-            out.print(f"[yellow]{name} not run:[/] {t['reason']}")
-    out.print("wrote " + ", ".join(str(f) for f in files))

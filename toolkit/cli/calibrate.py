@@ -32,7 +32,7 @@ def calibrate_command(
     """
     from calibration.pipeline import Int8Gate, calibrate_artifact
     from calibration.quantize import QuantConfig
-    from toolkit.cli.workflows import calibration_summary
+    from toolkit.cli.summaries import calibration_summary
 
     with user_errors():
         cfg = QuantConfig(

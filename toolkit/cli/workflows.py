@@ -36,6 +36,8 @@ def export_all(run: Path, out_dir: Path, opts: ExportOptions, log=print):
     kind.gates(opts.gate_overrides)  # refuse a gate bound this kind does not have, before exporting
     floats = tuple(p for p in opts.precisions if p != "int8")
     art = export_run(run, out_dir, floats, opts.gate_overrides, opts.verify_images, log=log)
+    from toolkit.cli.summaries import calibration_summary, export_summary
+
     log(export_summary(art))
     if int8:  # the same path as 'toolkit calibrate', default settings
         from calibration.pipeline import calibrate_artifact
@@ -65,34 +67,6 @@ def bench_artifact(artifact: Path, cfg, out_dir: Path, command: str | None, log=
     return report, write_reports(report, out_dir, command)
 
 
-_SHOWN = (
-    "max_abs_logit",
-    "min_cosine_feature",
-    "decision_agreement",
-    "max_abs_pixel",
-    "min_psnr_db",
-    "auc_drop_points",
-)
-
-
-def export_summary(art) -> str:
-    lines = [f"wrote {art.dir}: {', '.join(art.files)} + manifest.json"]
-    for precision, g in art.gates.items():
-        s = g["stats"]
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in s.items() if k in _SHOWN)
-        lines.append(f"  {precision} gate {'passed' if g['passed'] else 'FAILED'}: {shown} (n={s['n']})")
-    return "\n".join(lines)
-
-
-def calibration_summary(r: dict) -> str:
-    return (
-        f"int8 gate passed: AUC {100 * r['int8']['auc']:.2f} vs fp32 {100 * r['fp32']['auc']:.2f} "
-        f"(drop {r['auc_drop_points']:+.2f} points, gate <= {r['gate']['max_auc_drop_points']}), "
-        f"decision agreement {100 * r['parity']['decision_agreement']:.1f}%, "
-        f"min feature cosine {r['parity']['min_cosine_feature']:.4f}; report: {Path(r['artifact']) / 'int8_report.md'}"
-    )
-
-
 def demo(
     workdir: Path, clip: str, epochs: int, purifier_pairs: int, purifier_steps: int, purifier_eval: int, out
 ) -> None:
@@ -102,8 +76,8 @@ def demo(
     from calibration.pipeline import calibrate_artifact
     from export.core import export_run
     from toolkit.artifact import GateFailed
-    from toolkit.cli.bench import print_report
     from toolkit.cli.common import user_errors
+    from toolkit.cli.summaries import calibration_summary, export_summary, print_report
     from toolkit.engines import KINDS
     from toolkit.evaluation import rich_table
     from toolkit.pipelines.generalisation import run_generalisation

@@ -10,6 +10,7 @@ leave Ctrl-C to it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -74,7 +75,22 @@ def _decode_bytes(data, max_pixels: int):
     return decode_image(bytes(data), "<bytes>", max_pixels)
 
 
-def _worker_init() -> None:
+@contextlib.contextmanager
+def _sigint_ignored():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _worker_init(parent: int) -> None:
     """In each decode worker: die with the parent (Linux: PR_SET_PDEATHSIG; everywhere: a watchdog thread
     that notices the parent is gone), and ignore SIGINT: Ctrl-C is the parent's to handle, so a worker
     never prints a KeyboardInterrupt traceback."""
@@ -83,7 +99,6 @@ def _worker_init() -> None:
     import time
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
     try:
         import ctypes
 
@@ -98,7 +113,7 @@ def _worker_init() -> None:
                 os._exit(1)
             time.sleep(0.5)
 
-    if os.getppid() != parent:  # the parent died before the death signal was armed
+    if os.getppid() != parent:  # the parent died while this worker was starting, before the signal was armed
         os._exit(1)
     threading.Thread(target=watchdog, daemon=True, name="parent-watchdog").start()
 
@@ -122,14 +137,19 @@ def batches(
 
     prefetch = prefetch or 2 * workers
     # spawn, not fork: the parent may hold onnxruntime / torch thread pools that fork does not copy safely
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(os.getpid(),)
+    )
     pending: deque = deque()
     try:
         it = iter(chunks)
-        for c in it:
-            pending.append(pool.submit(load_batch, c, cfg, max_pixels))
-            if len(pending) >= prefetch:
-                break
+        # workers are started by the first submit; they inherit an ignored SIGINT, so a Ctrl-C while they are
+        # still importing (before _worker_init runs) cannot print a KeyboardInterrupt traceback from them
+        with _sigint_ignored():
+            for c in it:
+                pending.append(pool.submit(load_batch, c, cfg, max_pixels))
+                if len(pending) >= prefetch:
+                    break
         while pending:
             fut = pending.popleft()
             nxt = next(it, None)

@@ -61,6 +61,7 @@ def make_pairs(
     from toolkit.data.folders import find_labelled_images
     from toolkit.progress import progress_bar
 
+    cfgs = {eps: PGDConfig(eps=eps, steps=steps, target=target, seed=seed) for eps in eps_list}  # refused up front
     model, config = pixel_detector(run_dir)
     model.requires_grad_(False)
     size, threshold = config["preprocess"]["size"], float(config["threshold"])
@@ -73,7 +74,7 @@ def make_pairs(
     lines, rates, k = [], {}, 0
     with progress_bar("attack", len(paths) * len(eps_list), progress) as advance:
         for eps in eps_list:
-            cfg = PGDConfig(eps=eps, steps=steps, target=target, seed=seed)
+            cfg = cfgs[eps]
             ok = 0
             for i in range(0, len(paths), batch):
                 x, y = load_pixels(paths[i : i + batch], size), labels[i : i + batch]
