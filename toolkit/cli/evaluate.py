@@ -19,20 +19,12 @@ def eval_command(
 
     Example: toolkit eval runs/causal data/embedded/test
     """
-    from toolkit.evaluation import markdown_table, rich_table
-    from toolkit.io import write_json, write_text
-    from toolkit.pipelines.detector import evaluate_detector
+    from toolkit.evaluation import rich_table
+    from toolkit.pipelines.detector import evaluate_to_files
 
     with user_errors():
-        rep = evaluate_detector(run, data, cache_dir=cache_dir)
-    stem = report or run / "eval"
-    write_json(stem.with_suffix(".json"), rep)
-    write_text(stem.with_suffix(".md"), markdown_table({run.name: rep}))
-    if rep["skipped"]:
-        from toolkit.data.images import Skipped
-        from toolkit.outputs import write_skipped_csv
-
-        csv = write_skipped_csv(stem.with_name(stem.name + ".skipped.csv"), [Skipped(**s) for s in rep["skipped"]])
-        out.print(f"[yellow]{len(rep['skipped'])} unreadable image(s) skipped: see {csv}")
+        rep, files = evaluate_to_files(run, data, report, cache_dir=cache_dir)
+    if "skipped" in files:
+        out.print(f"[yellow]{len(rep['skipped'])} unreadable image(s) skipped: see {files['skipped']}")
     out.print(rich_table({run.name: rep}))
-    out.print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+    out.print(f"wrote {files['json']} and {files['md']}")

@@ -74,20 +74,18 @@ def purifier(
 
     Example: toolkit train purifier pairs/ --out runs/purifier --teacher-steps 400
     """
-    from dataclasses import replace
-
-    from toolkit.models.purifier import PurifierConfig, PurifierTrainConfig
-    from toolkit.pipelines.attack import read_pairs
+    from toolkit.models.purifier import PurifierTrainConfig
     from toolkit.pipelines.purifier_training import train_purifiers
 
     with user_errors():
-        size = read_pairs(pairs)[0].shape[-1]
-        presets = {"tiny": PurifierConfig.tiny(size), "base": PurifierConfig(sample_size=size)}
-        if preset not in presets:
-            raise ValueError(f"preset must be one of {sorted(presets)}, got {preset!r}")
-        cfg = replace(presets[preset], t_star=t_star, steps=ddim_steps, seed=seed)
-        tc = PurifierTrainConfig(teacher_steps, student_steps, diffpure_steps, clean_fraction=clean_fraction, seed=seed)
-        res = train_purifiers(pairs, out_dir, cfg, tc)
+        tc = PurifierTrainConfig(
+            teacher_steps=teacher_steps,
+            student_steps=student_steps,
+            diffpure_steps=diffpure_steps,
+            clean_fraction=clean_fraction,
+            seed=seed,
+        )
+        res = train_purifiers(pairs, out_dir, tc=tc, preset=preset, t_star=t_star, steps=ddim_steps, seed=seed)
     t = res["timings"]
     out.print(
         f"wrote {out_dir}: teacher {t['teacher_s']:.0f} s, student {t['student_s']:.0f} s, "

@@ -157,3 +157,22 @@ def evaluate_detector(
     report["test"] = str(test_dir)
     report["skipped"] = [s.__dict__ for s in enc.skipped]
     return report
+
+
+def evaluate_to_files(
+    run_dir: str | Path, test_dir: str | Path, stem: str | Path | None = None, cache_dir: Path | None = None
+) -> tuple[dict, dict[str, Path]]:
+    """`toolkit eval`: the per-generator report written as <stem>.json / .md (+ .skipped.csv); -> (report, files)."""
+    from toolkit.evaluation import markdown_table
+    from toolkit.io import write_json, write_text
+
+    rep = evaluate_detector(run_dir, test_dir, cache_dir=cache_dir)
+    stem = Path(stem) if stem else Path(run_dir) / "eval"
+    files = {
+        "json": write_json(stem.with_suffix(".json"), rep),
+        "md": write_text(stem.with_suffix(".md"), markdown_table({Path(run_dir).name: rep})),
+    }
+    if rep["skipped"]:
+        skipped = [Skipped(**s) for s in rep["skipped"]]
+        files["skipped"] = write_skipped_csv(stem.with_name(stem.name + ".skipped.csv"), skipped)
+    return rep, files

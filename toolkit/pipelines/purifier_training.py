@@ -7,9 +7,24 @@ from pathlib import Path
 
 from toolkit.pipelines.attack import read_pairs
 
+PRESETS = ("tiny", "base")
 
-def train_purifiers(pairs_dir: str | Path, out_dir: str | Path, cfg=None, tc=None, progress: bool = True) -> dict:
-    """Teacher on the pairs, student distilled from it, DiffPure baseline on the clean halves; safetensors + config."""
+
+def train_purifiers(
+    pairs_dir: str | Path,
+    out_dir: str | Path,
+    cfg=None,
+    tc=None,
+    progress: bool = True,
+    preset: str = "tiny",
+    **overrides,
+) -> dict:
+    """Teacher on the pairs, student distilled from it, DiffPure baseline on the clean halves; safetensors + config.
+
+    Without `cfg`, the UNet is the `preset` (tiny: CPU, tests and demo; base: wider) at the pairs' size, with
+    `overrides` (PurifierConfig fields, e.g. t_star, steps, seed) applied."""
+    from dataclasses import replace
+
     from toolkit.kinds.purifier import save_run
     from toolkit.models.purifier import (
         PurifierConfig,
@@ -20,8 +35,13 @@ def train_purifiers(pairs_dir: str | Path, out_dir: str | Path, cfg=None, tc=Non
     )
     from toolkit.progress import progress_bar
 
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     adv, clean, meta = read_pairs(pairs_dir)
-    cfg = cfg or PurifierConfig.tiny(adv.shape[-1])
+    size = adv.shape[-1]
+    if cfg is None:
+        cfg = PurifierConfig.tiny(size) if preset == "tiny" else PurifierConfig(sample_size=size)
+        cfg = replace(cfg, **overrides)
     if cfg.sample_size != adv.shape[-1]:
         raise ValueError(f"{pairs_dir}: pairs are {adv.shape[-1]} px, the purifier config says {cfg.sample_size}")
     tc = tc or PurifierTrainConfig()
