@@ -32,6 +32,18 @@ def write_forensynths(root: Path, generators: dict[str, int], seed: int = 0) -> 
     return root
 
 
+def interrupting(batches, at: int):
+    """A stand-in for toolkit.data.loader.batches that raises KeyboardInterrupt before batch `at` (Ctrl-C)."""
+
+    def interrupted(*a, **k):
+        for i, b in enumerate(batches(*a, **k)):
+            if i == at:
+                raise KeyboardInterrupt
+            yield b
+
+    return interrupted
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> Path:
     return write_forensynths(tmp_path_factory.mktemp("toy"), {"gan_a": 24, "gan_b": 12})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import interrupting
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -118,14 +119,8 @@ def test_d3_same_folder_spelled_differently_resumes_another_folder_is_refused(ex
     _images(tmp_path / "imgs", 12)
     real = loader.batches
 
-    def interrupted(*a, **k):
-        for i, b in enumerate(real(*a, **k)):
-            if i == 2:
-                raise KeyboardInterrupt
-            yield b
-
     out = tmp_path / "p.csv"
-    monkeypatch.setattr(loader, "batches", interrupted)
+    monkeypatch.setattr(loader, "batches", interrupting(real, 2))
     with pytest.raises(KeyboardInterrupt):
         run_inference(tmp_path / "imgs", exported_artifact, out, InferConfig(batch=4, workers=0), progress=False)
     monkeypatch.setattr(loader, "batches", real)

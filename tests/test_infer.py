@@ -107,18 +107,14 @@ def test_decoding_policy_for_rotated_cmyk_and_16bit(tmp_path):
 
 
 def test_resume_after_interruption_and_torn_line(exported_artifact, tmp_path, monkeypatch):
+    from conftest import interrupting
+
     import toolkit.data.loader as loader
 
     bad_file_matrix(tmp_path / "imgs")
     real_batches = loader.batches
 
-    def interrupted(*a, **k):
-        for i, b in enumerate(real_batches(*a, **k)):
-            if i == 2:
-                raise KeyboardInterrupt
-            yield b
-
-    monkeypatch.setattr(loader, "batches", interrupted)
+    monkeypatch.setattr(loader, "batches", interrupting(real_batches, 2))
     out = tmp_path / "p.csv"
     with pytest.raises(KeyboardInterrupt):
         run_inference(tmp_path / "imgs", exported_artifact, out, InferConfig(batch=4, workers=0), progress=False)
