@@ -258,3 +258,137 @@ def write_skipped_csv(path: str | os.PathLike, skipped: list[Skipped]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(b"path,reason\n" + _encode_rows(recs, PredictionLog.SKIPPED_COLUMNS, "csv"))
     return Path(path)
+
+
+class PartitionedLog:
+    """The same contract for very large runs: `--out DIR/` holds Parquet parts and `_manifest.json`.
+    Columns: those of the CSV (`path` printable) and `path_bytes`, the file name's exact bytes.
+
+    Rows (and skipped inputs) are buffered and written as `part-NNNNNN.parquet` (`skipped-NNNNNN.parquet`)
+    files, each written atomically; a part counts only once `_manifest.json` lists it (rewritten atomically
+    after the part), so a killed driver leaves at most unlisted parts, which the next run deletes. Resume reads
+    the keys of the listed parts. Needs pyarrow (the `ray` extra)."""
+
+    MANIFEST = "_manifest.json"
+
+    def __init__(self, out: str | os.PathLike, columns, identity: dict, root: str, overwrite=False,
+                 flush_rows: int = 50_000):  # fmt: skip
+        self.dir = Path(out)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ValueError(f"{out} is a file: a partitioned output is a directory (or use .csv / .jsonl)")
+        self.columns, self.identity, self.root, self.overwrite = list(columns), identity, root, overwrite
+        self.flush_rows = flush_rows
+        self._lock = exclusive_lock(self.dir / ".lock", str(self.dir))
+        self.done: set[str] = set()
+        self.n_rows = self.n_skipped = 0
+        self._rows: list[dict] = []
+        self._skips: list[Skipped] = []
+
+    @property
+    def paths(self):
+        return self
+
+    @property
+    def predictions(self) -> Path:
+        return self.dir
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "_summary.json"
+
+    @property
+    def skipped(self) -> Path:
+        return self.dir
+
+    def __enter__(self) -> PartitionedLog:
+        import pyarrow.parquet as pq
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock.__enter__()
+        try:
+            m = self.dir / self.MANIFEST
+            if self.overwrite:
+                for f in self.dir.glob("*.parquet"):
+                    f.unlink()
+                m.unlink(missing_ok=True)
+            self.state = {"format": META_VERSION, "identity": self.identity, "root": self.root,
+                          "columns": self.columns, "parts": [], "skipped_parts": []}  # fmt: skip
+            if m.is_file():
+                old = read_json(m)
+                diff = [k for k in ("identity", "root", "columns") if old.get(k) != self.state[k]]
+                if old.get("format") != META_VERSION or diff:
+                    raise ResumeError(
+                        f"{self.dir} holds predictions written with another {', '.join(diff) or 'toolkit version'}; "
+                        "use another --out, or --overwrite to start again"
+                    )
+                self.state = old
+            elif any(self.dir.glob("*.parquet")):
+                raise ResumeError(f"{self.dir} holds Parquet files but no {self.MANIFEST}; use --overwrite")
+            listed = set(self.state["parts"]) | set(self.state["skipped_parts"])
+            for f in self.dir.glob("*.parquet"):  # written by a run killed before it committed them
+                if f.name not in listed:
+                    f.unlink()
+            for name in self.state["parts"] + self.state["skipped_parts"]:
+                raw = pq.read_table(self.dir / name, columns=["path_bytes"]).column("path_bytes").to_pylist()
+                self.done.update(os.fsdecode(b) for b in raw)
+                if name.startswith("part-"):
+                    self.n_rows += len(raw)
+                else:
+                    self.n_skipped += len(raw)
+            write_json(m, self.state)
+        except BaseException:
+            self._lock.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None or issubclass(exc[0], KeyboardInterrupt):
+                self.flush()  # what was predicted before Ctrl-C is kept
+        finally:
+            self._lock.__exit__()
+
+    def append(self, rows: list[dict], skipped: list[Skipped]) -> None:
+        self._rows += rows
+        self._skips += skipped
+        self.done.update(r["path"] for r in rows)
+        self.done.update(x.path for x in skipped)
+        if len(self._rows) + len(self._skips) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from toolkit.io import atomic_path
+
+        def write(kind: str, records: list[dict], columns: list[str]) -> str:
+            name = f"{kind}-{len(self.state['parts']) + len(self.state['skipped_parts']):06d}.parquet"
+            # Parquet strings are UTF-8: `path` is the printable name, `path_bytes` the exact one (any bytes)
+            cols = {c: pa.array([display_path(r[c]) if c == "path" else r[c] for r in records], pa.string())
+                    for c in columns}  # fmt: skip
+            cols["path_bytes"] = pa.array([os.fsencode(r["path"]) for r in records], pa.binary())
+            table = pa.table(cols)
+            with atomic_path(self.dir / name) as tmp:
+                pq.write_table(table, tmp)
+            return name
+
+        if self._rows:
+            self.state["parts"].append(write("part", self._rows, self.columns))
+            self.n_rows += len(self._rows)
+        if self._skips:
+            recs = [{"path": x.path, "reason": x.reason} for x in self._skips]
+            self.state["skipped_parts"].append(write("skipped", recs, list(PredictionLog.SKIPPED_COLUMNS)))
+            self.n_skipped += len(self._skips)
+        if self._rows or self._skips:
+            write_json(self.dir / self.MANIFEST, self.state)  # the commit point
+        self._rows, self._skips = [], []
+
+
+def open_log(out: str | os.PathLike, columns, identity: dict, root: str, overwrite: bool = False):
+    """A `PredictionLog` for a .csv / .jsonl file, a `PartitionedLog` for a directory (no such suffix)."""
+    if Path(out).suffix.lower() in (".csv", ".jsonl"):
+        return PredictionLog(out, columns, identity, root, overwrite)
+    if Path(out).suffix:
+        raise ValueError(f"{out}: predictions go to a .csv or .jsonl file, or a directory of Parquet parts")
+    return PartitionedLog(out, columns, identity, root, overwrite)

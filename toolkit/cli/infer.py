@@ -1,4 +1,4 @@
-"""`toolkit infer`: image folder -> predictions (CSV / JSON lines); batched, resumable, bad files listed not fatal."""
+"""`toolkit infer`: images -> predictions (CSV / JSON lines / Parquet parts), locally or on Ray; resumable."""
 
 from __future__ import annotations
 
@@ -10,16 +10,22 @@ from toolkit.cli.common import err, out, user_errors
 
 
 def infer_command(
-    images: Path = typer.Argument(..., help="folder of images (searched recursively)"),
+    images: Path = typer.Argument(..., help="folder of images (searched recursively), or a .txt / .parquet file list"),
     artifact: Path = typer.Option(..., help="artifact directory from 'toolkit export'"),
     engine: str = typer.Option("onnxruntime", help="torch | onnxruntime | trt"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (what the artifact holds)"),
     provider: str = typer.Option("cpu", help="onnxruntime provider: cpu | cuda | tensorrt"),
-    out_file: Path = typer.Option(Path("preds.csv"), "--out", help="predictions file: .csv or .jsonl"),
+    out_file: Path = typer.Option(
+        Path("preds.csv"), "--out", help="predictions file (.csv, .jsonl) or, with --ray, a directory of Parquet parts"
+    ),
     batch: int = typer.Option(32, min=1, help="images per engine call"),
     workers: int = typer.Option(2, min=0, help="decode worker processes (0: decode in this process)"),
     overwrite: bool = typer.Option(False, help="start again instead of resuming an existing --out"),
     purify: Path | None = typer.Option(None, help="purifier artifact run before the detector (same engine)"),
+    ray: str | None = typer.Option(None, help="run on Ray Data: local (a cluster here), auto, or ray://HOST:PORT"),
+    actors: int = typer.Option(2, min=1, help="--ray: actor pool size (one engine each)"),
+    cpus_per_actor: float = typer.Option(1.0, min=0.0, help="--ray: CPUs reserved per actor"),
+    gpus_per_actor: float = typer.Option(0.0, min=0.0, help="--ray: GPUs per actor (with trt or onnxruntime-cuda)"),
 ) -> None:
     """Predict p(generated) for every image under a folder.
 
@@ -28,7 +34,12 @@ def infer_command(
     by the path relative to the folder; any file name is written losslessly (.jsonl escapes bytes that are
     not UTF-8, .csv keeps them as they are). A second run on the same --out is refused while one runs.
 
+    With --ray, the same contract on a Ray cluster: actors read the files (the driver ships paths), one
+    engine per actor; a killed actor is restarted and its batch retried. A file list as SOURCE spares the
+    driver walking a huge folder; --out DIR (no suffix) writes Parquet parts for very large runs.
+
     Example: toolkit infer photos/ --artifact artifacts/causal --engine onnxruntime --out preds.csv
+    Example: toolkit infer files.txt --artifact artifacts/causal --ray auto --actors 8 --out preds/
     """
     from toolkit.io import display_path
     from toolkit.pipelines.infer import InferConfig, run_inference
@@ -44,7 +55,14 @@ def infer_command(
     )
     try:
         with user_errors():
-            s = run_inference(images, artifact, out_file, cfg, log=out.print, warn=lambda m: err.print(m, markup=False))
+            warn = lambda m: err.print(m, markup=False)  # noqa: E731
+            if ray:
+                from toolkit.pipelines.ray_infer import RayConfig, run_ray_inference
+
+                rc = RayConfig(address=ray, actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
+                s = run_ray_inference(images, artifact, out_file, cfg, rc, log=out.print, warn=warn)
+            else:
+                s = run_inference(images, artifact, out_file, cfg, log=out.print, warn=warn)
     except KeyboardInterrupt:
         out.print(
             f"\ninterrupted: the rows written so far are in {display_path(out_file)}; run the same command to resume"

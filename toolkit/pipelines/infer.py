@@ -8,7 +8,6 @@ then take the lock and touch the output (a run that cannot start writes nothing)
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from toolkit.data.images import Skipped
 from toolkit.outputs import OutputPaths, PredictionLog, ResumeError
+from toolkit.sources import open_source
 
 COLUMNS = ("path", "logit", "p_generated", "label")
 
@@ -41,10 +41,6 @@ def detection_rows(keys: list[str], outputs: dict) -> list[dict]:
     ]
 
 
-def relative_key(path: str, root: str) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
-
-
 def run_inference(
     images: str | Path,
     artifact: str | Path,
@@ -54,20 +50,19 @@ def run_inference(
     log=print,
     warn=None,
 ) -> dict:
-    """Predict every image under `images`; resumable; -> summary dict (also written as <out>.summary.json)."""
-    from toolkit.data.loader import batches, discover_images
-    from toolkit.io import display_path, write_json
+    """Predict every image under `images` (a folder, or a .txt / .parquet file list); resumable;
+    -> summary dict (also written as <out>.summary.json)."""
+    from toolkit.data.loader import batches
+    from toolkit.io import write_json
     from toolkit.predict import EngineChoice, PredictionPath
     from toolkit.progress import progress_bar
 
     cfg = cfg or InferConfig()
     warn = warn or log
     paths = OutputPaths.for_file(out)  # a bad --out is refused before anything is opened
-    root = Path(images)
-    all_images, ignored = discover_images(root)
-    root_key = str(root.resolve())
-    if not all_images:
-        warn(f"warning: {display_path(root)} has no image files ({len(ignored)} other files ignored)")
+    src = open_source(images)
+    warn_if_empty(src, images, warn)
+    root_key = src.root
     path = PredictionPath(artifact, cfg.purify, EngineChoice(cfg.engine, cfg.precision, cfg.provider))
     t0 = time.perf_counter()
     n_rows = n_skip = n_gen = 0
@@ -76,10 +71,9 @@ def run_inference(
         t_ready = time.perf_counter()
         with PredictionLog(paths.predictions, COLUMNS, path.identity(), root_key, cfg.overwrite) as plog:
             done_before = len(plog.done)
-            keyed = [(str(p), relative_key(str(p), str(root))) for p in all_images]
-            todo = [(p, k) for p, k in keyed if k not in plog.done]
+            todo = [(p, k) for p, k in src.items if k not in plog.done]
             if plog.done:
-                log(f"resuming: {done_before} of {len(all_images)} files already done, {len(todo)} to go")
+                log(f"resuming: {done_before} of {len(src)} files already done, {len(todo)} to go")
             key_of = dict(todo)
             with progress_bar("infer", len(todo), progress) as advance:
                 for b in batches([p for p, _ in todo], path.preprocess, cfg.batch, cfg.workers):
@@ -95,9 +89,9 @@ def run_inference(
     wall = time.perf_counter() - t0
     open_s = t_ready - t0
     summary = {
-        "images_found": len(all_images),
+        "images_found": len(src),
         "root": root_key,
-        "other_files_ignored": len(ignored),
+        "other_files_ignored": src.ignored,
         "already_done": done_before,
         "predicted_now": n_rows,
         "skipped_now": n_skip,
@@ -117,6 +111,14 @@ def run_inference(
     }
     write_json(paths.summary, summary)
     return summary
+
+
+def warn_if_empty(src, given, warn) -> None:
+    from toolkit.io import display_path
+
+    if not len(src):
+        what = "other files ignored" if src.kind == "folder" else "blank lines"
+        warn(f"warning: {display_path(given)} has no image files ({src.ignored} {what})")
 
 
 def _reason_kind(s: Skipped) -> str:
