@@ -351,6 +351,8 @@ class PartitionedLog:
     def append(self, rows: list[dict], skipped: list[Skipped]) -> None:
         self._rows += rows
         self._skips += skipped
+        self.n_rows += len(rows)
+        self.n_skipped += len(skipped)
         self.done.update(r["path"] for r in rows)
         self.done.update(x.path for x in skipped)
         if len(self._rows) + len(self._skips) >= self.flush_rows:
@@ -375,11 +377,9 @@ class PartitionedLog:
 
         if self._rows:
             self.state["parts"].append(write("part", self._rows, self.columns))
-            self.n_rows += len(self._rows)
         if self._skips:
             recs = [{"path": x.path, "reason": x.reason} for x in self._skips]
             self.state["skipped_parts"].append(write("skipped", recs, list(PredictionLog.SKIPPED_COLUMNS)))
-            self.n_skipped += len(self._skips)
         if self._rows or self._skips:
             write_json(self.dir / self.MANIFEST, self.state)  # the commit point
         self._rows, self._skips = [], []

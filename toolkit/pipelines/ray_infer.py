@@ -27,7 +27,7 @@ from toolkit.pipelines.infer import COLUMNS, InferConfig, detection_rows, warn_i
 
 @dataclass
 class RayConfig:
-    address: str = "local"  # local (a cluster in this process) | auto (RAY_ADDRESS / `ray start`) | ray://HOST:PORT
+    address: str = "local"  # local (a cluster here) | auto (RAY_ADDRESS / `ray start`) | HOST:PORT | ray://HOST:PORT
     actors: int = 2  # actor pool size: one engine per actor
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
@@ -91,8 +91,8 @@ def connect(cfg: RayConfig, log=print) -> bool:
     if cfg.address == "local":
         ray.init(num_cpus=os.cpu_count(), object_store_memory=cfg.object_store_mb << 20, **kw)
         return True
-    if cfg.address != "auto" and not cfg.address.startswith("ray://"):
-        raise ValueError(f"--ray takes local, auto or ray://HOST:PORT, got {cfg.address!r}")
+    if cfg.address != "auto" and not cfg.address.startswith("ray://") and ":" not in cfg.address:
+        raise ValueError(f"--ray takes local, auto, HOST:PORT or ray://HOST:PORT, got {cfg.address!r}")
     try:
         ray.init(address=cfg.address, **kw)
     except ConnectionError as e:
