@@ -21,6 +21,7 @@ LIBRARIES = (
     "onnxruntime-gpu",
     "onnxscript",
     "tensorrt",
+    "ray",
 )
 
 
@@ -33,6 +34,22 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set flags that decide CPU inference speed (int8 needs VNNI, bf16 AVX512_BF16/AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [fl for fl in SPEED_FLAGS if fl in have]
+    except OSError:
+        pass
+    return []
 
 
 def _gpu() -> dict | None:
@@ -64,6 +81,7 @@ def environment() -> dict:
     return {
         "machine": platform.machine(),
         "processor": _cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "onnxruntime_providers": ort.get_available_providers(),

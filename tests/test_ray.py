@@ -78,6 +78,12 @@ def test_same_rows_as_local_infer_and_bad_files_listed_alike(cluster, exported_a
 
     bad_file_matrix(tmp_path / "imgs")
     _images(tmp_path / "imgs" / "more", 30)
+    # the rest of the hostile corpus: a name that is not UTF-8, a FIFO and a device behind image names
+    shutil.copy(
+        tmp_path / "imgs" / "more" / "0000.png", os.fsdecode(os.fsencode(tmp_path / "imgs") + b"/\xff-latin1-\xe9.png")
+    )
+    os.mkfifo(tmp_path / "imgs" / "fifo.png")
+    (tmp_path / "imgs" / "zero.png").symlink_to("/dev/zero")
     local = run_inference(tmp_path / "imgs", exported_artifact, tmp_path / "local.csv", InferConfig(workers=0),
                           progress=False)  # fmt: skip
     cfg = InferConfig(batch=4)
@@ -87,8 +93,9 @@ def test_same_rows_as_local_infer_and_bad_files_listed_alike(cluster, exported_a
     key = lambda r: r["path"]  # noqa: E731
     assert sorted(_rows(tmp_path / "ray.csv"), key=key) == sorted(_rows(tmp_path / "local.csv"), key=key)
     ray_skipped = sorted(_rows(tmp_path / "ray.skipped.csv"), key=key)
-    assert ray_skipped == sorted(_rows(tmp_path / "local.skipped.csv"), key=key) and len(ray_skipped) == 6
-    assert s["rows_total"] == local["rows_total"] == 38 and s["skipped_total"] == 6
+    assert ray_skipped == sorted(_rows(tmp_path / "local.skipped.csv"), key=key) and len(ray_skipped) == 8
+    assert s["rows_total"] == local["rows_total"] == 39 and s["skipped_total"] == 8
+    assert "\udcff-latin1-\udce9.png" in {r["path"] for r in _rows(tmp_path / "ray.csv")}
 
 
 def test_resume_after_the_driver_is_killed(cluster, exported_artifact, tmp_path):

@@ -23,6 +23,7 @@ class EngineChoice:
     engine: str = "onnxruntime"  # torch | onnxruntime | trt
     precision: str = "fp32"
     provider: str = "cpu"  # onnxruntime execution provider
+    threads: int | None = None  # CPU threads per engine (None: the runtime's default, all cores); not in identity
 
 
 def _open(artifact):
@@ -72,7 +73,7 @@ class PredictionPath:
 
     def identity(self) -> dict:
         """Everything the outputs depend on (resume and servers compare it): artifact hashes, engine, threshold."""
-        out = {**asdict(self.choice)}
+        out = {k: v for k, v in asdict(self.choice).items() if k != "threads"}  # threads do not change outputs
         if self.detector is not None:
             out["detector"] = {
                 "files": {
@@ -99,10 +100,10 @@ class PredictionPath:
         try:
             c = self.choice
             if self.purifier is not None:
-                eng = open_engine(self.purifier, c.engine, self.purifier_precision, c.provider)
+                eng = open_engine(self.purifier, c.engine, self.purifier_precision, c.provider, threads=c.threads)
                 self._engines["purifier"] = stack.enter_context(eng)
             if self.detector is not None:
-                eng = open_engine(self.detector, c.engine, c.precision, c.provider)
+                eng = open_engine(self.detector, c.engine, c.precision, c.provider, threads=c.threads)
                 self._engines["detector"] = stack.enter_context(eng)
         except BaseException:
             stack.close()

@@ -17,12 +17,14 @@ def open_engine(
     precision: str = "fp32",
     provider: str = "cpu",
     batches: tuple[int, int, int] | None = None,
+    threads: int | None = None,
 ) -> Engine:
     """An engine for an artifact (an `Artifact`, or its directory, opened and verified here).
 
     torch: the PyTorch fp32 reference rebuilt from the artifact's source run (precision must be fp32);
     onnxruntime: <kind>.<precision>.onnx on `provider` (cpu | cuda | tensorrt);
     trt: the cached plan for <precision> matching this machine (and `batches`, if given).
+    `threads` caps CPU threads (onnxruntime intra-op; torch's own pool), e.g. one engine per core in an actor pool.
     """
     from toolkit.artifact import Artifact
 
@@ -32,12 +34,16 @@ def open_engine(
     if kind == "torch":
         if precision != "fp32":
             raise ValueError(f"the torch engine is the fp32 reference; {precision} runs on onnxruntime or trt")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         return reference_engine(art)
     art.require(precision)
     if kind == "onnxruntime":
         from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(art.onnx_path(precision), provider=provider)
+        return OnnxRuntimeEngine(art.onnx_path(precision), provider=provider, threads=threads)
     from toolkit.engines.trt_engine import TrtEngine, find_plan, machine, unavailable_reason
 
     reason = unavailable_reason()

@@ -31,6 +31,7 @@ class RayConfig:
     actors: int = 2  # actor pool size: one engine per actor
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    threads_per_actor: int | None = None  # engine threads; None: max(1, cpus_per_actor) so actors do not oversubscribe
     blocks_per_actor: int = 8  # input blocks per actor: smaller blocks stream sooner, more blocks cost scheduling
     object_store_mb: int = 512  # local clusters only
 
@@ -124,7 +125,8 @@ def run_ray_inference(
         OutputPaths.for_file(out)  # a bad --out is refused before anything starts
     if ray_cfg.actors < 1 or ray_cfg.cpus_per_actor < 0 or ray_cfg.gpus_per_actor < 0:
         raise ValueError("need --actors >= 1 and non-negative --cpus-per-actor / --gpus-per-actor")
-    choice = EngineChoice(cfg.engine, cfg.precision, cfg.provider)
+    threads = ray_cfg.threads_per_actor or max(1, int(ray_cfg.cpus_per_actor))
+    choice = EngineChoice(cfg.engine, cfg.precision, cfg.provider, threads)
     path = PredictionPath(artifact, cfg.purify, choice)  # verifies the artifacts and their kinds (no engine yet)
     args = (str(path.detector.dir), str(path.purifier.dir) if path.purifier else None, asdict(choice))
     src = open_source(source)
