@@ -69,8 +69,9 @@ def markdown(res: list[dict], env: dict, command: str) -> str:
     ]
     for r in res:
         lo, ra = r["local"], r["ray"]
+        model = r["model"].replace("|", r"\|")
         lines.append(
-            f"| {r['model']} | {lo['images_found']} | {r['batch']} | {lo['images_per_s']:.1f} / "
+            f"| {model} | {lo['images_found']} | {r['batch']} | {lo['images_per_s']:.1f} / "
             f"{lo['images_per_s_after_open']:.1f} | {ra['images_per_s']:.1f} / {ra['images_per_s_after_open']:.1f} "
             f"| **{r['ratio']:.2f}x** | {r['ratio_after_open']:.2f}x | {r['rows_equal']} |"
         )
