@@ -22,6 +22,7 @@ LIBRARIES = (
     "onnxscript",
     "tensorrt",
     "ray",
+    "openvino",
 )
 
 

@@ -170,3 +170,17 @@ def test_int8_speedup_benchmark_reports_the_rounds_it_ran(calibrated, art, tmp_p
     assert "| passed |" in md
     with pytest.raises(SystemExit, match="no int8 variant"):
         main([str(art), "--rounds", "1", "--out", str(tmp_path / "none")])
+
+
+def test_openvino_runs_the_int8_qdq_file_close_to_onnxruntime(calibrated):
+    pytest.importorskip("openvino")
+    calibrated, _ = calibrated
+    x = np.random.default_rng(5).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    with open_engine(calibrated, "onnxruntime", "int8") as o, open_engine(calibrated, "openvino", "int8") as v:
+        a, b = o.infer({"images": x}), v.infer({"images": x})
+    cos = (
+        (a["feature"] * b["feature"]).sum(1)
+        / np.linalg.norm(a["feature"], axis=1)
+        / np.linalg.norm(b["feature"], axis=1)
+    )
+    assert cos.min() > 0.99  # the same Q/DQ graph; the two runtimes round int8 accumulations differently

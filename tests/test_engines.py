@@ -12,6 +12,8 @@ VARIANTS = [(k, p) for k in KINDS for p in (("fp32",) if k == "torch" else ("fp3
 @pytest.fixture(params=VARIANTS, ids=[f"{k}-{p}" for k, p in VARIANTS])
 def engine(request, exported_artifact):
     kind, precision = request.param
+    if kind == "openvino":
+        pytest.importorskip("openvino", reason="openvino: not installed (the 'openvino' extra)")
     if kind == "trt":
         from toolkit.engines.trt_engine import unavailable_reason
 

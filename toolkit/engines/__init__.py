@@ -1,4 +1,4 @@
-"""One Engine interface (base.py), kinds `torch`, `onnxruntime` and `trt`; `open_engine` opens one from an artifact."""
+"""One Engine interface (base.py), kinds `torch`, `onnxruntime`, `openvino` and `trt`; `open_engine` opens one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from toolkit.engines.base import Engine, TensorSpec
 
-KINDS = ("torch", "onnxruntime", "trt")
+KINDS = ("torch", "onnxruntime", "openvino", "trt")
 
 __all__ = ["KINDS", "Engine", "TensorSpec", "open_engine"]
 
@@ -23,6 +23,7 @@ def open_engine(
 
     torch: the PyTorch fp32 reference rebuilt from the artifact's source run (precision must be fp32);
     onnxruntime: <kind>.<precision>.onnx on `provider` (cpu | cuda | tensorrt);
+    openvino: the same file on OpenVINO's CPU plugin, executed in f32 (never its silent bf16 default);
     trt: the cached plan for <precision> matching this machine (and `batches`, if given).
     `threads` caps CPU threads (onnxruntime intra-op; torch's own pool), e.g. one engine per core in an actor pool.
     """
@@ -44,6 +45,10 @@ def open_engine(
         from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(art.onnx_path(precision), provider=provider, threads=threads)
+    if kind == "openvino":
+        from toolkit.engines.openvino_engine import OpenVinoEngine
+
+        return OpenVinoEngine(art.onnx_path(precision), execution="f32", threads=threads)
     from toolkit.engines.trt_engine import TrtEngine, find_plan, machine, unavailable_reason
 
     reason = unavailable_reason()
