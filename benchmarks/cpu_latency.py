@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.environment import environment
+from benchmarks.environment import cpu_line, environment
 from benchmarks.harness import time_engine
 from toolkit.io import write_json, write_text
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         "# ONNX Runtime fp32 vs PyTorch eager, CPU",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {env['cpus']} CPUs ({env['processor']}), torch threads {env['torch_threads']}, "
+        f"Machine: {cpu_line(env)}, torch threads {env['torch_threads']}, "
         f"torch {env['versions']['torch']}; random weights; engine-only (input prepared before the clock); "
         f"warm-up {args.warmup}, {args.iters} timed iterations each, measured side by side in one run.",
         "",

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.environment import environment
+from benchmarks.environment import cpu_line, environment
 from toolkit.io import write_json, write_text
 from toolkit.pipelines.generalisation import run_generalisation
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Backbone: `{res['backbone']}`  \n"
         f"Protocol: train on `{res['protocol']['train']}`, threshold fixed on `{res['protocol']['threshold']}`, "
         f"test on `{res['protocol']['test']}` (unseen: {', '.join(res['protocol']['unseen'])})  \n"
-        f"Machine: {env['cpus']} CPUs ({env['processor']}), torch {env['versions']['torch']}, "
+        f"Machine: {cpu_line(env)}, torch {env['versions']['torch']}, "
         f"open_clip {env['versions']['open_clip_torch']}, diffusers {env['versions']['diffusers']}  \n"
         f"Wall time: benchmark build {t['build_benchmark_s']:.0f} s, "
         + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in t.items() if k != "build_benchmark_s")

@@ -53,6 +53,14 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def cpu_line(env: dict) -> str:
+    """'2 CPUs (AMD EPYC ...; flags avx2 avx512f ...)': what every report prints next to a speed figure."""
+    if "cpu_flags" not in env:
+        return f"{env['cpus']} CPUs ({env['processor']}; flags not recorded)"
+    flags = " ".join(env["cpu_flags"]) or f"none of {' '.join(SPEED_FLAGS)}"
+    return f"{env['cpus']} CPUs ({env['processor']}; flags {flags})"
+
+
 def _gpu() -> dict | None:
     import torch
 

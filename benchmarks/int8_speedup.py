@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.environment import environment
+from benchmarks.environment import cpu_line, environment
 from benchmarks.harness import time_engine
 from toolkit.io import write_json, write_text
 
@@ -79,7 +79,7 @@ def markdown(res: list[dict], env: dict, command: str, rounds: int, warmup: int,
         "# INT8 against fp32, ONNX Runtime, interleaved rounds",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {env['cpus']} CPUs ({env['processor']}), onnxruntime {env['versions']['onnxruntime']}; "
+        f"Machine: {cpu_line(env)}, onnxruntime {env['versions']['onnxruntime']}; "
         f"engine-only (input prepared before the clock); {rounds} rounds, each fp32 then int8 back to back, "
         f"warm-up {warmup}, then at least {iters} timed calls and {min_s:g} s per engine per round. "
         "Speed-up = fp32 p50 / int8 p50 "

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.environment import environment
+from benchmarks.environment import cpu_line, environment
 from toolkit.io import read_json, write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             "# Supervised diffusion purifier, embedded benchmark (CPU)",
             "",
             f"Command: `{command.strip()}`  ",
-            f"Machine: {env['cpus']} CPUs ({env['processor']}), torch {env['versions']['torch']}, "
-            f"diffusers {env['versions']['diffusers']}.  ",
+            f"Machine: {cpu_line(env)}, torch {env['versions']['torch']}, diffusers {env['versions']['diffusers']}.  ",
             f"Detector: {r['detector_run']} (tiny CLIP preset, random weights). Held-out: {r['n']} images of "
             f"{r['images']}; PGD on the detector's decision, {r['pgd_steps']} steps; purifiers trained on eps 4 and 8 "
             f"(attack success on the training pairs: {r['attack_success_rate_train']}); training: "

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.environment import environment
+from benchmarks.environment import cpu_line, environment
 from toolkit.io import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -60,7 +60,7 @@ def markdown(res: list[dict], env: dict, command: str) -> str:
         "# Ray Data against local `toolkit infer`, same folder, same machine, one run",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {env['cpus']} CPUs ({env['processor']}; flags {' '.join(env['cpu_flags'])}), "
+        f"Machine: {cpu_line(env)}, "
         f"onnxruntime {env['versions'].get('onnxruntime')}, ray {env['versions'].get('ray')}.",
         "",
         "| model | images | batch | local img/s (whole / after open) | Ray img/s (whole / after open) "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.environment import cpu_line
 from toolkit.io import atomic_path, write_json, write_text
 
 FILES = ("bench.json", "bench.md", "latency.png", "throughput.png", "parity.png")
@@ -81,7 +82,7 @@ def markdown(report: dict, command: str | None = None) -> str:
     if command:
         lines += [f"Command: `{command}`  "]
     lines += [
-        f"Machine: {env['cpus']} CPUs ({env['processor']}), GPU {gpu}, torch threads {env['torch_threads']}, "
+        f"Machine: {cpu_line(env)}, GPU {gpu}, torch threads {env['torch_threads']}, "
         f"torch {env['versions'].get('torch')}, onnxruntime {env['versions'].get('onnxruntime')}, "
         f"tensorrt {env['versions'].get('tensorrt')}.  ",
         f"Latency: engine-only, warm-up {report['config']['warmup']}, "
