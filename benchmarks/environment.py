@@ -8,6 +8,10 @@ import shutil
 import subprocess
 import sys
 
+from toolkit.machine import SPEED_FLAGS, cpu_flags
+
+__all__ = ["SPEED_FLAGS", "cpu_flags", "cpu_line", "environment"]
+
 LIBRARIES = (
     "causal-deploy-toolkit",
     "torch",
@@ -35,22 +39,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-
-
-def cpu_flags() -> list[str]:
-    """The instruction-set flags that decide CPU inference speed (int8 needs VNNI, bf16 AVX512_BF16/AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [fl for fl in SPEED_FLAGS if fl in have]
-    except OSError:
-        pass
-    return []
 
 
 def cpu_line(env: dict) -> str:

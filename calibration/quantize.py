@@ -31,11 +31,28 @@ class QuantConfig:
     keep_patch_embedding: bool = True
     keep_head: bool = True
     exclude_nodes: list[str] = field(default_factory=list)  # more node names to keep in float
+    # 7-bit weights: None chooses from this machine's CPU (choose_reduce_range); the int8 gate judges either way
+    reduce_range: bool | None = None
     op_types: tuple[str, ...] = OP_TYPES
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"calibration method must be one of {METHODS}, got {self.method!r}")
+
+
+def choose_reduce_range(cfg: QuantConfig, flags: list[str] | None = None) -> tuple[bool, str]:
+    """-> (reduce_range, why). onnxruntime's x86 int8 GEMM without VNNI multiplies with VPMADDUBSW, whose
+    pairwise int16 sums saturate when two large weights meet large activations; 7-bit weights (onnxruntime's
+    `reduce_range`) keep those sums in range, at half a bit of weight resolution. With VNNI the products are
+    summed in int32 and the full range is kept."""
+    from toolkit.machine import cpu_flags, has_vnni
+
+    if cfg.reduce_range is not None:
+        return cfg.reduce_range, "set explicitly"
+    flags = cpu_flags() if flags is None else flags
+    if "avx2" in flags and not has_vnni(flags):
+        return True, "this CPU has AVX2 without VNNI: 7-bit weights avoid int16 saturation in onnxruntime's kernels"
+    return False, "this CPU has VNNI (or is not x86 AVX2): full 8-bit weights"
 
 
 def sensitive_nodes(model, cfg: QuantConfig) -> list[str]:
@@ -133,6 +150,7 @@ def quantize(
     }
     if cfg.method == "percentile":
         extra["CalibPercentile"] = cfg.percentile
+    reduce_range, why = choose_reduce_range(cfg)
     with atomic_path(Path(int8_path)) as tmp:
         quantize_static(
             str(fp32_path),
@@ -145,6 +163,7 @@ def quantize(
             op_types_to_quantize=list(cfg.op_types),
             nodes_to_exclude=keep,
             calibrate_method=method,
+            reduce_range=reduce_range,
             extra_options=extra,
         )
         q = onnx.load(str(tmp))
@@ -160,6 +179,8 @@ def quantize(
         "quantize_nodes": ops.count("QuantizeLinear"),
         "dequantize_nodes": ops.count("DequantizeLinear"),
         "zero_points_all_zero": True,
+        "reduce_range": reduce_range,
+        "reduce_range_reason": why,
     }
 
 

@@ -184,3 +184,15 @@ def test_openvino_runs_the_int8_qdq_file_close_to_onnxruntime(calibrated):
         / np.linalg.norm(b["feature"], axis=1)
     )
     assert cos.min() > 0.99  # the same Q/DQ graph; the two runtimes round int8 accumulations differently
+
+
+def test_reduce_range_is_chosen_from_the_cpu_and_recorded(calibrated):
+    from calibration.quantize import choose_reduce_range
+
+    assert choose_reduce_range(QuantConfig(), ["avx2", "fma"])[0] is True  # AVX2 without VNNI: 7-bit weights
+    assert choose_reduce_range(QuantConfig(), ["avx2", "avx512f", "avx512_vnni"])[0] is False
+    assert choose_reduce_range(QuantConfig(), ["avx2", "avx_vnni"])[0] is False
+    assert choose_reduce_range(QuantConfig(reduce_range=True), ["avx512_vnni"]) == (True, "set explicitly")
+    art, report = calibrated
+    q = Artifact.open(art).precisions["int8"]
+    assert q["reduce_range"] == report["quantization"]["reduce_range"] and q["reduce_range_reason"]

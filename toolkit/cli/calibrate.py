@@ -21,6 +21,9 @@ def calibrate_command(
     quantize_patch_embedding: bool = typer.Option(False, help="also quantize the patch embedding"),
     quantize_head: bool = typer.Option(False, help="also quantize the post-LayerNorm head"),
     max_auc_drop: float = typer.Option(0.5, help="gate: max AUC drop against fp32, in points"),
+    reduce_range: bool | None = typer.Option(
+        None, "--reduce-range/--full-range", help="7-bit weights (default: chosen from the CPU; AVX2 without VNNI)"
+    ),
     workers: int = typer.Option(2, min=0, help="decode worker processes"),
 ) -> None:
     """Quantize an artifact to INT8 (static, QDQ, symmetric, per-channel weights) and gate it on held-out images.
@@ -42,6 +45,7 @@ def calibrate_command(
             keep_patch_embedding=not quantize_patch_embedding,
             keep_head=not quantize_head,
             exclude_nodes=list(exclude),
+            reduce_range=reduce_range,
         )
         r = calibrate_artifact(
             artifact,

@@ -1,0 +1,25 @@
+"""What this machine's CPU can do fast: the instruction-set flags that decide engine and precision choices."""
+
+from __future__ import annotations
+
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set flags that decide CPU inference speed (int8 needs VNNI, bf16 AVX512_BF16/AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [fl for fl in SPEED_FLAGS if fl in have]
+    except OSError:
+        pass
+    return []
+
+
+def has_vnni(flags: list[str] | None = None) -> bool:
+    """int8 dot products in one instruction (AVX512-VNNI, AVX-VNNI or AMX); without it int8 GEMMs use
+    VPMADDUBSW, whose int16 sums can saturate."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
