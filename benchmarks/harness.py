@@ -80,8 +80,8 @@ def targets(art, cfg: BenchConfig) -> list[tuple[str, str]]:
     ref = reference_target(cfg)
     out = [ref]
     for e in cfg.engines:
-        if e == "torch":
-            continue  # the reference; it runs fp32 only
+        if e in ("torch", "auto"):
+            continue  # torch: the reference, fp32 only; auto: resolved per batch in run_bench
         out += [(e, p) for p in precisions if (e, p) != ref]
     return out
 
@@ -174,9 +174,20 @@ def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, p
         "parity_inputs": parity_desc,
         "targets": {},
     }
+    todo = targets(art, cfg)
+    if "auto" in cfg.engines:  # the choice --engine auto makes at each batch, timed like any other target
+        from toolkit.tuning import resolve
+
+        report["auto"] = {}
+        for b in cfg.batches:
+            choice, why = resolve(art, b)
+            report["auto"][str(b)] = {"engine": choice.engine, "precision": choice.precision, "why": why}
+            log(f"--engine auto at batch {b}: {why}")
+            if (choice.engine, choice.precision) not in todo:
+                todo.append((choice.engine, choice.precision))
     chunk = max(cfg.batches)
     comparator = Comparator(kind, [x[i : i + chunk] for i in range(0, len(x), chunk)], art.threshold, labels)
-    for engine_kind, precision in targets(art, cfg):
+    for engine_kind, precision in todo:
         name = _name(engine_kind, precision, cfg)
         log(f"{name}: parity on {parity_desc}, latency at batch {list(cfg.batches)} ...")
         try:

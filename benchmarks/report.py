@@ -108,6 +108,9 @@ def markdown(report: dict, command: str | None = None) -> str:
         "",
         _md_table(parity_head(report), parity_rows(report)),
     ]
+    if report.get("auto"):
+        lines += ["", "## --engine auto", ""]
+        lines += [f"- batch {b}: {a['engine']}/{a['precision']} ({a['why']})" for b, a in report["auto"].items()]
     skipped = {n: t for n, t in report["targets"].items() if t["status"] != "ok"}
     if skipped:
         lines += ["", "## Not run here", ""] + [f"- {n}: {t['reason']}" for n, t in skipped.items()]

@@ -24,8 +24,8 @@ from toolkit.io import read_json, sha256_file, write_json
 MANIFEST = "manifest.json"
 FORMAT = "causal-deploy-toolkit/artifact@2"  # @2: self-protecting manifest, resolved source run, every file listed
 # written into an artifact after export and not part of its identity: TensorRT plans carry their own keys
-# and hashes (toolkit/engines/trt_engine.py), bench reports are outputs
-UNLISTED_DIRS = ("plans", "bench")
+# and hashes (toolkit/engines/trt_engine.py), bench reports are outputs, tuning records are per machine
+UNLISTED_DIRS = ("plans", "bench", "tuning")
 # the manifest fields that only the library writes and that `integrity` protects one level deep
 _NESTED = ("files", "precisions", "gates")
 

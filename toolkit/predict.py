@@ -35,13 +35,21 @@ def _open(artifact):
 class PredictionPath:
     """detector and/or purifier artifacts + one engine choice; use as a context manager to open the engines."""
 
-    def __init__(self, detector=None, purifier=None, choice: EngineChoice | None = None):
+    def __init__(self, detector=None, purifier=None, choice: EngineChoice | None = None, batch: int | None = None):
+        """`choice.engine == "auto"`: the fastest gated engine x precision recorded for this machine at `batch`
+        (toolkit/tuning.py); `auto_reason` says what was chosen and why (or which fallback was taken)."""
         from toolkit import kinds
 
         self.choice = choice or EngineChoice()
         self.detector, self.purifier = _open(detector), _open(purifier)
         if self.detector is None and self.purifier is None:
             raise ValueError("a prediction path needs a detector or a purifier artifact")
+        self.auto_reason = None
+        if self.choice.engine == "auto":
+            from toolkit.tuning import resolve
+
+            chosen, self.auto_reason = resolve(self.detector or self.purifier, batch or 1)
+            self.choice = EngineChoice(chosen.engine, chosen.precision, chosen.provider, self.choice.threads)
         if self.detector is not None:
             kinds.for_artifact(self.detector).require("detects", f"{self.detector.dir}: predicting p(generated)")
             self.detector.require(self.choice.precision)

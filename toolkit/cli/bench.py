@@ -12,7 +12,9 @@ from toolkit.cli.common import out, user_errors
 
 def bench_command(
     artifact: Path = typer.Argument(..., help="artifact directory from 'toolkit export'"),
-    engine: list[str] = typer.Option(["torch", "onnxruntime"], help="torch | onnxruntime | trt (repeatable)"),
+    engine: list[str] = typer.Option(
+        ["torch", "onnxruntime"], help="torch | onnxruntime | openvino | trt | auto (repeatable)"
+    ),
     precision: list[str] = typer.Option([], help="fp32 | fp16 | int8 (repeatable; default: all in the artifact)"),
     provider: str = typer.Option("cpu", help="onnxruntime provider: cpu | cuda | tensorrt"),
     batch: list[int] = typer.Option([1, 8], help="batch sizes (repeatable)"),
@@ -25,6 +27,9 @@ def bench_command(
     e2e_n: int = typer.Option(256, min=1, help="images for the end-to-end figure"),
     workers: int = typer.Option(2, min=0, help="decode workers for end-to-end"),
     build_plans: bool = typer.Option(False, help="trt: build a missing or stale plan instead of skipping"),
+    tune: bool = typer.Option(
+        False, "--tune", help="time every engine kind available here; write the tuning record for --engine auto"
+    ),
     no_reference: bool = typer.Option(
         False, help="run without the PyTorch reference (source run gone): parity against onnxruntime fp32"
     ),
@@ -57,7 +62,7 @@ def bench_command(
 
     with user_errors():
         command = "toolkit " + " ".join(sys.argv[1:]) if sys.argv and "toolkit" in sys.argv[0] else None
-        report, files = bench_artifact(artifact, cfg, out_dir or artifact / "bench", command, log=out.print)
+        report, files = bench_artifact(artifact, cfg, out_dir or artifact / "bench", command, log=out.print, tune=tune)
     from toolkit.cli.summaries import print_report
 
     print_report(report, files)

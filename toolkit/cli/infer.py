@@ -12,7 +12,7 @@ from toolkit.cli.common import err, out, user_errors
 def infer_command(
     images: Path = typer.Argument(..., help="folder of images (searched recursively), or a .txt / .parquet file list"),
     artifact: Path = typer.Option(..., help="artifact directory from 'toolkit export'"),
-    engine: str = typer.Option("onnxruntime", help="torch | onnxruntime | trt"),
+    engine: str = typer.Option("onnxruntime", help="torch | onnxruntime | openvino | trt | auto (from bench --tune)"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (what the artifact holds)"),
     provider: str = typer.Option("cpu", help="onnxruntime provider: cpu | cuda | tensorrt"),
     out_file: Path = typer.Option(

@@ -53,8 +53,11 @@ def export_all(run: Path, out_dir: Path, opts: ExportOptions, log=print):
     return Artifact.open(out_dir)
 
 
-def bench_artifact(artifact: Path, cfg, out_dir: Path, command: str | None, log=print) -> tuple[dict, list]:
-    """`toolkit bench`: run the harness (building TensorRT plans when asked) and write its reports."""
+def bench_artifact(
+    artifact: Path, cfg, out_dir: Path, command: str | None, log=print, tune: bool = False
+) -> tuple[dict, list]:
+    """`toolkit bench`: run the harness (building TensorRT plans when asked) and write its reports; with
+    `tune`, measure every engine kind available here and write the machine's tuning record for --engine auto."""
     from benchmarks.harness import run_bench
     from benchmarks.report import write_reports
 
@@ -63,8 +66,41 @@ def bench_artifact(artifact: Path, cfg, out_dir: Path, command: str | None, log=
 
         build_artifact_plans(art, batches, precisions=(prec,), log=log)
 
+    if tune:  # every engine kind this machine can run, so the record holds the real fastest
+        from dataclasses import replace
+
+        from toolkit.engines import available_kinds
+
+        cfg = replace(cfg, engines=available_kinds())
     report = run_bench(artifact, cfg, log=log, plan_builder=plan_builder)
-    return report, write_reports(report, out_dir, command)
+    files = write_reports(report, out_dir, command)
+    if tune:
+        files.append(write_tuning_record(artifact, report, command))
+    return report, files
+
+
+def write_tuning_record(artifact: Path, report: dict, command: str | None) -> Path:
+    """The bench's gated targets, per batch, as the machine's tuning record (toolkit/tuning.py)."""
+    from toolkit.artifact import Artifact
+    from toolkit.tuning import write_record
+
+    art = Artifact.open(artifact)
+    measured: dict[int, list[dict]] = {}
+    for name, t in report["targets"].items():
+        if t["status"] != "ok" or not art.gates.get(t["precision"], {}).get("passed", t["precision"] == "fp32"):
+            continue
+        for b, lat in t["latency"].items():
+            measured.setdefault(int(b), []).append(
+                {
+                    "target": name,
+                    "engine": t["engine"],
+                    "precision": t["precision"],
+                    "provider": report["config"]["provider"] if t["engine"] == "onnxruntime" else None,
+                    "p50_ms": lat["p50_ms"],
+                    "throughput_ips": lat["throughput_ips"],
+                }
+            )
+    return write_record(art, measured, command)
 
 
 def demo(

@@ -57,6 +57,20 @@ def open_engine(
     return TrtEngine(find_plan(art, precision, machine(), batches))
 
 
+def available_kinds() -> tuple[str, ...]:
+    """The engine kinds that can run on this machine (torch and onnxruntime always; openvino, trt if present)."""
+    import importlib.util
+
+    from toolkit.engines.trt_engine import unavailable_reason
+
+    have = ["torch", "onnxruntime"]
+    if importlib.util.find_spec("openvino") is not None:
+        have.append("openvino")
+    if unavailable_reason() is None:
+        have.append("trt")
+    return tuple(have)
+
+
 def reference_engine(art) -> Engine:
     """The PyTorch fp32 reference of an artifact, from its source run (ReferenceMissing when it is gone)."""
     from toolkit import kinds

@@ -63,7 +63,9 @@ def run_inference(
     src = open_source(images)
     warn_if_empty(src, images, warn)
     root_key = src.root
-    path = PredictionPath(artifact, cfg.purify, EngineChoice(cfg.engine, cfg.precision, cfg.provider))
+    path = PredictionPath(artifact, cfg.purify, EngineChoice(cfg.engine, cfg.precision, cfg.provider), cfg.batch)
+    if path.auto_reason:
+        log(f"--engine auto: {path.auto_reason}")
     t0 = time.perf_counter()
     n_rows = n_skip = n_gen = 0
     reasons: Counter = Counter()
@@ -106,8 +108,9 @@ def run_inference(
         "images_per_s_after_open": (n_rows + n_skip) / (wall - open_s) if wall > open_s else None,
         "predictions": str(paths.predictions),
         "skipped": str(paths.skipped),
-        "engine": cfg.engine,
-        "precision": cfg.precision,
+        "engine": path.choice.engine,
+        "precision": path.choice.precision,
+        "auto": path.auto_reason,
     }
     write_json(paths.summary, summary)
     return summary

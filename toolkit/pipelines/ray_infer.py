@@ -127,7 +127,10 @@ def run_ray_inference(
         raise ValueError("need --actors >= 1 and non-negative --cpus-per-actor / --gpus-per-actor")
     threads = ray_cfg.threads_per_actor or max(1, int(ray_cfg.cpus_per_actor))
     choice = EngineChoice(cfg.engine, cfg.precision, cfg.provider, threads)
-    path = PredictionPath(artifact, cfg.purify, choice)  # verifies the artifacts and their kinds (no engine yet)
+    path = PredictionPath(artifact, cfg.purify, choice, cfg.batch)  # verifies artifacts and kinds (no engine yet)
+    if path.auto_reason:
+        log(f"--engine auto: {path.auto_reason}")
+    choice = path.choice  # auto resolved here, once, so every actor runs the same engine
     args = (str(path.detector.dir), str(path.purifier.dir) if path.purifier else None, asdict(choice))
     src = open_source(source)
     warn_if_empty(src, source, warn)
@@ -184,8 +187,9 @@ def run_ray_inference(
         "images_per_s_after_open": (n_rows + n_skip) / (wall - (t_ready - t0)) if wall > t_ready - t0 else None,
         "predictions": str(Path(out)),
         "skipped": str(OutputPaths.for_file(out).skipped) if Path(out).suffix else str(Path(out)),
-        "engine": cfg.engine,
-        "precision": cfg.precision,
+        "engine": choice.engine,
+        "precision": choice.precision,
+        "auto": path.auto_reason,
         "ray": {**asdict(ray_cfg)},
     }
     write_json(summary_path, summary)

@@ -1,0 +1,91 @@
+"""`--engine auto`: the fastest gated engine x precision on this machine, from a `toolkit bench --tune` record.
+
+The record lives in the artifact's `tuning/` folder (machine-specific, like `plans/`; not part of the
+artifact's identity), one file per machine fingerprint: CPU model and speed flags, core count, GPU,
+and the runtime versions, since any of them changes which engine wins. For each batch size it lists the
+measured engine x precision pairs whose precision passed its gate. `resolve` picks the fastest for the
+batch in use (the nearest measured batch when that one was not), or says which fallback it took and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+TUNING = "tuning"
+FALLBACK = ("onnxruntime", "fp32")
+
+
+def fingerprint() -> dict:
+    from importlib import metadata
+
+    from toolkit.machine import cpu_flags
+
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            gpu = f"{p.name} (cc {p.major}.{p.minor})"
+    except ImportError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_flags": cpu_flags(),
+        "cpus": os.cpu_count(),
+        "gpu": gpu,
+        "versions": {p: version(p) for p in ("onnxruntime", "openvino", "torch", "tensorrt")},
+    }
+
+
+def fingerprint_id(fp: dict) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def record_path(artifact, fp: dict | None = None) -> Path:
+    return Path(artifact.dir) / TUNING / f"{fingerprint_id(fp or fingerprint())}.json"
+
+
+def write_record(artifact, measured: dict[int, list[dict]], command: str | None = None) -> Path:
+    """`measured`: batch -> [{engine, precision, provider, p50_ms, throughput_ips}] of gated targets."""
+    from toolkit.io import write_json
+
+    fp = fingerprint()
+    ranked = {str(b): sorted(rows, key=lambda r: -r["throughput_ips"]) for b, rows in sorted(measured.items())}
+    return write_json(record_path(artifact, fp), {"fingerprint": fp, "command": command, "batches": ranked})
+
+
+def resolve(artifact, batch: int, log=print):
+    """-> (EngineChoice, why) for `--engine auto` at `batch` on this machine."""
+    from toolkit.io import read_json
+    from toolkit.predict import EngineChoice
+
+    path = record_path(artifact)
+    if not path.is_file():
+        why = f"no tuning record for this machine in {path.parent} (run 'toolkit bench {artifact.dir} --tune')"
+        return EngineChoice(*FALLBACK), f"fallback {'/'.join(FALLBACK)}: {why}"
+    rec = read_json(path)["batches"]
+    measured = sorted(int(b) for b in rec)
+    near = min(measured, key=lambda b: (abs(b - batch), b))
+    for r in rec[str(near)]:
+        if r["precision"] in artifact.precisions and artifact.gates.get(r["precision"], {}).get("passed", True):
+            at = "" if near == batch else f" (measured at batch {near}, the nearest to {batch})"
+            why = f"{r['engine']}/{r['precision']}: fastest gated choice{at}, {r['throughput_ips']:.1f} images/s"
+            return EngineChoice(r["engine"], r["precision"], r.get("provider") or "cpu"), why
+    return EngineChoice(*FALLBACK), f"fallback {'/'.join(FALLBACK)}: no recorded choice is still gated in the artifact"
