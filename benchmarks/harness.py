@@ -180,11 +180,11 @@ def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, p
 
         report["auto"] = {}
         for b in cfg.batches:
-            choice, why = resolve(art, b)
-            report["auto"][str(b)] = {"engine": choice.engine, "precision": choice.precision, "why": why}
+            (engine, precision, _), why = resolve(art, b)
+            report["auto"][str(b)] = {"engine": engine, "precision": precision, "why": why}
             log(f"--engine auto at batch {b}: {why}")
-            if (choice.engine, choice.precision) not in todo:
-                todo.append((choice.engine, choice.precision))
+            if (engine, precision) not in todo:
+                todo.append((engine, precision))
     chunk = max(cfg.batches)
     comparator = Comparator(kind, [x[i : i + chunk] for i in range(0, len(x), chunk)], art.threshold, labels)
     for engine_kind, precision in todo:

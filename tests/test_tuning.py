@@ -21,8 +21,8 @@ def art(exported_artifact, tmp_path):
 
 
 def test_auto_without_a_record_falls_back_and_says_why(art):
-    choice, why = resolve(Artifact.open(art), 8)
-    assert (choice.engine, choice.precision) == ("onnxruntime", "fp32") and "no tuning record" in why
+    (engine, precision, _), why = resolve(Artifact.open(art), 8)
+    assert (engine, precision) == ("onnxruntime", "fp32") and "no tuning record" in why
 
 
 def test_tune_then_auto_picks_the_fastest_gated_choice(art, toy_data, tmp_path):
@@ -36,8 +36,8 @@ def test_tune_then_auto_picks_the_fastest_gated_choice(art, toy_data, tmp_path):
         ips = [r["throughput_ips"] for r in rows]
         assert ips == sorted(ips, reverse=True) and {r["engine"] for r in rows} >= {"torch", "onnxruntime"}
     best8 = rec["batches"]["8"][0]
-    choice, why = resolve(a, 8)
-    assert (choice.engine, choice.precision) == (best8["engine"], best8["precision"]) and "fastest gated" in why
+    (engine, precision, _), why = resolve(a, 8)
+    assert (engine, precision) == (best8["engine"], best8["precision"]) and "fastest gated" in why
     _, why = resolve(a, 6)
     assert "nearest to 6" in why  # measured at 8, used at 6
     res = runner.invoke(app, ["infer", str(toy_data / "gan_b"), "--artifact", str(art), "--engine", "auto",

@@ -48,8 +48,8 @@ class PredictionPath:
         if self.choice.engine == "auto":
             from toolkit.tuning import resolve
 
-            chosen, self.auto_reason = resolve(self.detector or self.purifier, batch or 1)
-            self.choice = EngineChoice(chosen.engine, chosen.precision, chosen.provider, self.choice.threads)
+            (engine, precision, provider), self.auto_reason = resolve(self.detector or self.purifier, batch or 1)
+            self.choice = EngineChoice(engine, precision, provider, self.choice.threads)
         if self.detector is not None:
             kinds.for_artifact(self.detector).require("detects", f"{self.detector.dir}: predicting p(generated)")
             self.detector.require(self.choice.precision)

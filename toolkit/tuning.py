@@ -71,15 +71,14 @@ def write_record(artifact, measured: dict[int, list[dict]], command: str | None 
     return write_json(record_path(artifact, fp), {"fingerprint": fp, "command": command, "batches": ranked})
 
 
-def resolve(artifact, batch: int, log=print):
-    """-> (EngineChoice, why) for `--engine auto` at `batch` on this machine."""
+def resolve(artifact, batch: int) -> tuple[tuple[str, str, str], str]:
+    """-> ((engine, precision, provider), why) for `--engine auto` at `batch` on this machine."""
     from toolkit.io import read_json
-    from toolkit.predict import EngineChoice
 
     path = record_path(artifact)
     if not path.is_file():
         why = f"no tuning record for this machine in {path.parent} (run 'toolkit bench {artifact.dir} --tune')"
-        return EngineChoice(*FALLBACK), f"fallback {'/'.join(FALLBACK)}: {why}"
+        return (*FALLBACK, "cpu"), f"fallback {'/'.join(FALLBACK)}: {why}"
     rec = read_json(path)["batches"]
     measured = sorted(int(b) for b in rec)
     near = min(measured, key=lambda b: (abs(b - batch), b))
@@ -87,5 +86,5 @@ def resolve(artifact, batch: int, log=print):
         if r["precision"] in artifact.precisions and artifact.gates.get(r["precision"], {}).get("passed", True):
             at = "" if near == batch else f" (measured at batch {near}, the nearest to {batch})"
             why = f"{r['engine']}/{r['precision']}: fastest gated choice{at}, {r['throughput_ips']:.1f} images/s"
-            return EngineChoice(r["engine"], r["precision"], r.get("provider") or "cpu"), why
-    return EngineChoice(*FALLBACK), f"fallback {'/'.join(FALLBACK)}: no recorded choice is still gated in the artifact"
+            return (r["engine"], r["precision"], r.get("provider") or "cpu"), why
+    return (*FALLBACK, "cpu"), f"fallback {'/'.join(FALLBACK)}: no recorded choice is still gated in the artifact"
