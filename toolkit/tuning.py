@@ -62,6 +62,28 @@ def record_path(artifact, fp: dict | None = None) -> Path:
     return Path(artifact.dir) / TUNING / f"{fingerprint_id(fp or fingerprint())}.json"
 
 
+def measured_from_targets(artifact, targets: dict, provider: str = "cpu") -> dict[int, list[dict]]:
+    """Bench-shaped targets (name -> {engine, precision, status, latency: {batch: {p50_ms, throughput_ips}}})
+    -> batch -> candidates, keeping only precisions whose gate passed (fp32 is the ungated reference)."""
+    measured: dict[int, list[dict]] = {}
+    for name, t in targets.items():
+        gate = artifact.gates.get(t["precision"], {}).get("passed", t["precision"] == "fp32")
+        if t["status"] != "ok" or not gate or t["precision"] not in artifact.precisions:
+            continue
+        for b, lat in t["latency"].items():
+            measured.setdefault(int(b), []).append(
+                {
+                    "target": name,
+                    "engine": t["engine"],
+                    "precision": t["precision"],
+                    "provider": provider if t["engine"] == "onnxruntime" else None,
+                    "p50_ms": lat["p50_ms"],
+                    "throughput_ips": lat["throughput_ips"],
+                }
+            )
+    return measured
+
+
 def write_record(artifact, measured: dict[int, list[dict]], command: str | None = None) -> Path:
     """`measured`: batch -> [{engine, precision, provider, p50_ms, throughput_ips}] of gated targets."""
     from toolkit.io import write_json

@@ -82,25 +82,10 @@ def bench_artifact(
 def write_tuning_record(artifact: Path, report: dict, command: str | None) -> Path:
     """The bench's gated targets, per batch, as the machine's tuning record (toolkit/tuning.py)."""
     from toolkit.artifact import Artifact
-    from toolkit.tuning import write_record
+    from toolkit.tuning import measured_from_targets, write_record
 
     art = Artifact.open(artifact)
-    measured: dict[int, list[dict]] = {}
-    for name, t in report["targets"].items():
-        if t["status"] != "ok" or not art.gates.get(t["precision"], {}).get("passed", t["precision"] == "fp32"):
-            continue
-        for b, lat in t["latency"].items():
-            measured.setdefault(int(b), []).append(
-                {
-                    "target": name,
-                    "engine": t["engine"],
-                    "precision": t["precision"],
-                    "provider": report["config"]["provider"] if t["engine"] == "onnxruntime" else None,
-                    "p50_ms": lat["p50_ms"],
-                    "throughput_ips": lat["throughput_ips"],
-                }
-            )
-    return write_record(art, measured, command)
+    return write_record(art, measured_from_targets(art, report["targets"], report["config"]["provider"]), command)
 
 
 def demo(
