@@ -48,3 +48,16 @@ def test_tune_then_auto_picks_the_fastest_gated_choice(art, toy_data, tmp_path):
     res = runner.invoke(app, [*args, "--engine", "auto", "--out", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     assert "## --engine auto" in (tmp_path / "c" / "bench.md").read_text()
+
+
+def test_engines_cpu_benchmark_runs_and_compares_auto_with_the_fastest(art, tmp_path):
+    """benchmarks/engines_cpu.py on the tiny artifact, minimal timing (the committed table comes from real runs)."""
+    from benchmarks.engines_cpu import main
+
+    main([str(art), "--batches", "1", "--iters", "1", "--min-seconds", "0", "--rounds", "1", "--warmup", "0",
+          "--out", str(tmp_path / "e")])  # fmt: skip
+    res = json.loads((tmp_path / "e.json").read_text())["results"][0]
+    assert {"torch eager", "torch.compile", "onnxruntime fp32"} <= set(res["rows"])
+    a = res["auto"]["1"]
+    assert a["ratio_to_fastest"] == pytest.approx(a["throughput_ips"] / a["fastest_throughput_ips"])
+    assert "| **auto** |" in (tmp_path / "e.md").read_text() and record_path(Artifact.open(art)).is_file()
