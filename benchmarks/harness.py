@@ -82,7 +82,8 @@ def targets(art, cfg: BenchConfig) -> list[tuple[str, str]]:
     for e in cfg.engines:
         if e in ("torch", "auto"):
             continue  # torch: the reference, fp32 only; auto: resolved per batch in run_bench
-        out += [(e, p) for p in precisions if (e, p) != ref]
+        runs_on = {p: art.precisions[p].get("engines") for p in precisions}  # bf16: openvino only
+        out += [(e, p) for p in precisions if (e, p) != ref and (not runs_on[p] or e in runs_on[p])]
     return out
 
 

@@ -43,6 +43,20 @@ class Int8Gate:
 
 
 @dataclass
+class Bf16Gate:
+    min_cosine_feature: float = 0.999  # against the same runtime in f32, on held-out labelled images
+    min_decision_agreement: float = 0.995
+    max_auc_drop_points: float = 0.3
+
+    def bounds(self) -> list[tuple[str, str, float]]:
+        return [
+            ("min_cosine_feature", ">=", self.min_cosine_feature),
+            ("decision_agreement", ">=", self.min_decision_agreement),
+            ("auc_drop_points", "<=", self.max_auc_drop_points),
+        ]
+
+
+@dataclass
 class ImageFp32Gate:
     max_abs_pixel: float = 1e-4  # image outputs in [0, 1] (the purifier)
 

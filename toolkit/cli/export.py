@@ -21,9 +21,11 @@ GATE_FLAGS = {
 def export_command(
     run: Path = typer.Argument(..., help="run directory from 'toolkit train detector' or 'toolkit train purifier'"),
     out_dir: Path = typer.Option(Path("artifacts/detector"), "--out", help="artifact directory to write"),
-    precision: list[str] = typer.Option(["fp32", "fp16"], help="precisions (repeatable): fp32, fp16, int8"),
+    precision: list[str] = typer.Option(
+        ["fp32", "fp16"], help="precisions (repeatable): fp32, fp16, int8, bf16 (OpenVINO)"
+    ),
     calib_images: Path | None = typer.Option(None, help="int8: calibration image folder"),
-    eval_images: Path | None = typer.Option(None, help="int8: held-out labelled folder for the int8 gate"),
+    eval_images: Path | None = typer.Option(None, help="int8 / bf16: held-out labelled folder for their gates"),
     verify_images: Path | None = typer.Option(None, help="image folder for the gates (default: seeded noise)"),
     max_abs_logit: float | None = typer.Option(None, help="detector fp32 gate: max |logit - PyTorch| (1e-4)"),
     min_cosine: float | None = typer.Option(None, help="detector fp16 gate: min feature cosine (0.999)"),

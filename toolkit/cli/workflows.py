@@ -31,10 +31,15 @@ def export_all(run: Path, out_dir: Path, opts: ExportOptions, log=print):
         kind.require("int8", "--precision int8")
         if not (opts.calib_images and opts.eval_images):
             raise ValueError("--precision int8 needs --calib-images and --eval-images")
+    bf16 = "bf16" in opts.precisions
+    if bf16:
+        kind.require("detects", "--precision bf16 (gated on AUC)")
+        if not opts.eval_images:
+            raise ValueError("--precision bf16 needs --eval-images (a held-out labelled folder for its gate)")
     if opts.trt_batches:
         kind.require("trt", "--trt")
     kind.gates(opts.gate_overrides)  # refuse a gate bound this kind does not have, before exporting
-    floats = tuple(p for p in opts.precisions if p != "int8")
+    floats = tuple(p for p in opts.precisions if p not in ("int8", "bf16"))
     art = export_run(run, out_dir, floats, opts.gate_overrides, opts.verify_images, log=log)
     from toolkit.cli.summaries import calibration_summary, export_summary
 
@@ -43,6 +48,15 @@ def export_all(run: Path, out_dir: Path, opts: ExportOptions, log=print):
         from calibration.pipeline import calibrate_artifact
 
         log(calibration_summary(calibrate_artifact(out_dir, opts.calib_images, opts.eval_images, log=log)))
+    if bf16:  # the fp32 graph executed in bf16 by OpenVINO, gated like int8 (export/bf16.py)
+        from export.bf16 import add_bf16
+
+        r = add_bf16(out_dir, opts.eval_images, log=log)
+        s = r["stats"]
+        log(
+            f"bf16 gate passed (OpenVINO): min feature cosine {s['min_cosine_feature']:.5f}, "
+            f"decision agreement {100 * s['decision_agreement']:.2f}%, AUC drop {s['auc_drop_points']:+.2f} points"
+        )
     if opts.trt_batches:  # after the ONNX export, so a machine without TensorRT still keeps the gated ONNX files
         from export.tensorrt import build_artifact_plans
 

@@ -40,7 +40,9 @@ def open_engine(
 
             torch.set_num_threads(threads)
         return reference_engine(art)
-    art.require(precision)
+    variant = art.require(precision)
+    if variant.get("engines") and kind not in variant["engines"]:
+        raise ValueError(f"{precision} runs on {', '.join(variant['engines'])} only (it is an execution precision)")
     if kind == "onnxruntime":
         from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
 
@@ -48,7 +50,7 @@ def open_engine(
     if kind == "openvino":
         from toolkit.engines.openvino_engine import OpenVinoEngine
 
-        return OpenVinoEngine(art.onnx_path(precision), execution="f32", threads=threads)
+        return OpenVinoEngine(art.onnx_path(precision), execution=variant.get("execution", "f32"), threads=threads)
     from toolkit.engines.trt_engine import TrtEngine, find_plan, machine, unavailable_reason
 
     reason = unavailable_reason()

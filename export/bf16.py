@@ -1,0 +1,57 @@
+"""bf16 as an artifact precision: the fp32 graph executed in bf16 by OpenVINO, with its own gate.
+
+bf16 is not a file: it is how OpenVINO's CPU plugin may run the fp32 graph (AVX512_BF16 / AMX), about 2x
+its f32 speed on such CPUs (benchmarks/results/engines_cpu.md). Because it changes every layer's
+arithmetic, it is gated like int8, on held-out labelled images, against the same runtime in f32: feature
+cosine >= 0.999, decision agreement >= 99.5%, AUC drop <= 0.3 points. The variant is recorded as
+`precisions.bf16 = {file: <fp32 file>, execution: bf16, engines: [openvino]}`; on a CPU without native
+bf16 it is refused with the reason (emulated bf16 would be slower than f32).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_bf16(artifact: str | Path, eval_images: str | Path, gate=None, eval_n: int | None = 1000, seed: int = 0,
+             log=print) -> dict:  # fmt: skip
+    """Gate the bf16 execution of the fp32 graph on `eval_images`; on success add it to the manifest. -> result."""
+    import numpy as np
+
+    from toolkit import kinds
+    from toolkit.artifact import Artifact, GateFailed
+    from toolkit.compare import Bf16Gate, Comparator
+    from toolkit.data.folders import find_labelled_images
+    from toolkit.data.loader import load_batch
+    from toolkit.engines.openvino_engine import OpenVinoEngine, bf16_unavailable_reason
+
+    gate = gate or Bf16Gate()
+    art = Artifact.open(artifact)
+    kind = kinds.for_artifact(art)
+    kind.require("detects", "--precision bf16 (gated on AUC)")
+    if reason := bf16_unavailable_reason():
+        raise RuntimeError(f"bf16 refused: {reason}")
+    ds = find_labelled_images(eval_images)
+    if len(set(ds.labels)) < 2:
+        raise ValueError(f"{eval_images}: the bf16 gate needs both real and generated images for AUC")
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds.paths))[: eval_n or len(ds.paths)])
+    label_of = {str(ds.paths[i]): ds.labels[i] for i in idx}
+    b = load_batch(list(label_of), art.preprocess)
+    labels = np.array([label_of[p] for p in b.paths])
+    feeds = [b.array[i : i + 32] for i in range(0, len(b.array), 32)]
+    log(f"gating bf16 (OpenVINO) against f32 on {len(b.paths)} held-out images from {eval_images} ...")
+    comparator = Comparator(kind, feeds, art.threshold, labels)
+    fp32 = art.onnx_path("fp32")
+    with OpenVinoEngine(fp32, "f32") as ref:
+        comparator.set_reference(ref)
+    with OpenVinoEngine(fp32, "bf16") as eng:
+        res = comparator.compare(eng, gate, "openvino-cpu-bf16")
+    stats = {k: v for k, v in res["stats"].items() if k not in ("metrics", "reference_metrics")}
+    if not res["passed"]:
+        raise GateFailed(f"bf16 gate failed for {art.dir}: " + "; ".join(res["failures"]))
+    file = art.require("fp32")["file"]
+    precisions = {**art.precisions, "bf16": {"file": file, "execution": "bf16", "engines": ["openvino"]}}
+    gates = {**art.gates, "bf16": {"passed": True, "gate": res["gate"], "stats": stats, "engine": "openvino-cpu",
+                                   "eval_images": str(Path(eval_images).resolve())}}  # fmt: skip
+    art.update(precisions=precisions, gates=gates)
+    return {"artifact": str(art.dir), **res}
