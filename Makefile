@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean gpu-wheels
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# the wheels the lent GPU machine lacks, for its Python 3.12 (benchmarks/gpu_wheels.py; README "GPU")
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_wheels .whl
 
 clean:
 	rm -rf $(VENV) demo_out
