@@ -1,4 +1,5 @@
-"""One Engine contract suite over every kind and precision; `trt` skips with its reason without TensorRT/CUDA."""
+"""One Engine contract suite over every kind and precision (fp32, fp16, the int8 Q/DQ file, OpenVINO's gated bf16);
+`trt` skips with its reason without TensorRT/CUDA, bf16 where the CPU has none."""
 
 import numpy as np
 import pytest
@@ -6,14 +7,39 @@ import pytest
 from toolkit.artifact import Artifact
 from toolkit.engines import KINDS, open_engine
 
-VARIANTS = [(k, p) for k in KINDS for p in (("fp32",) if k == "torch" else ("fp32", "fp16"))]
+VARIANTS = [(k, p) for k in KINDS for p in (("fp32",) if k == "torch" else ("fp32", "fp16", "int8"))]
+VARIANTS.append(("openvino", "bf16"))
+
+
+@pytest.fixture(scope="module")
+def full_artifact(exported_artifact, toy_data, tmp_path_factory):
+    """The session artifact + int8 (calibrated) + bf16 (gated, where OpenVINO and the CPU have it)."""
+    import importlib.util
+    import shutil
+
+    from calibration.pipeline import calibrate_artifact
+
+    art = tmp_path_factory.mktemp("full") / "art"
+    shutil.copytree(exported_artifact, art)
+    calibrate_artifact(art, toy_data / "gan_a", toy_data / "gan_b", workers=0, progress=False, log=lambda *_: None)
+    if importlib.util.find_spec("openvino") is not None:
+        from export.bf16 import add_bf16
+        from toolkit.engines.openvino_engine import bf16_unavailable_reason
+
+        if bf16_unavailable_reason() is None:
+            add_bf16(art, toy_data / "gan_b", log=lambda *_: None)
+    return art
 
 
 @pytest.fixture(params=VARIANTS, ids=[f"{k}-{p}" for k, p in VARIANTS])
-def engine(request, exported_artifact):
+def engine(request, full_artifact):
     kind, precision = request.param
     if kind == "openvino":
         pytest.importorskip("openvino", reason="openvino: not installed (the 'openvino' extra)")
+    if precision == "bf16" and "bf16" not in Artifact.open(full_artifact).precisions:
+        from toolkit.engines.openvino_engine import bf16_unavailable_reason
+
+        pytest.skip(f"bf16: {bf16_unavailable_reason()}")
     if kind == "trt":
         from toolkit.engines.trt_engine import unavailable_reason
 
@@ -22,13 +48,13 @@ def engine(request, exported_artifact):
             pytest.skip(f"trt: {reason}")
         from export.tensorrt import build_artifact_plans
 
-        build_artifact_plans(exported_artifact, (1, 8, 16), precisions=(precision,))
-    return open_engine(exported_artifact, kind, precision)
+        build_artifact_plans(full_artifact, (1, 8, 16), precisions=(precision,))
+    return open_engine(full_artifact, kind, precision)
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-def test_contract_shapes_and_dtypes(engine, exported_artifact, batch):
-    size = Artifact.open(exported_artifact).manifest["preprocess"]["size"]
+def test_contract_shapes_and_dtypes(engine, full_artifact, batch):
+    size = Artifact.open(full_artifact).manifest["preprocess"]["size"]
     assert [s.name for s in engine.inputs] == ["images"]
     assert [s.name for s in engine.outputs] == ["logit", "feature"]
     with engine as e:
