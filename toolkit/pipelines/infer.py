@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.data.images import Skipped
@@ -19,7 +19,7 @@ from toolkit.sources import open_source
 
 COLUMNS = ("path", "logit", "p_generated", "label")
 
-__all__ = ["COLUMNS", "InferConfig", "ResumeError", "detection_rows", "run_inference"]
+__all__ = ["COLUMNS", "InferConfig", "ResumeError", "Tally", "detection_rows", "run_inference"]
 
 
 @dataclass
@@ -31,6 +31,43 @@ class InferConfig:
     workers: int = 2
     overwrite: bool = False
     purify: str | None = None  # purifier artifact run before the detector (same engine and precision)
+
+
+@dataclass
+class Tally:
+    """What one run did, counted the same way by every runner, and the summary it writes."""
+
+    n_rows: int = 0
+    n_skip: int = 0
+    n_gen: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, rows: list[dict], skipped: list[Skipped], outputs: dict) -> None:
+        self.n_rows += len(rows)
+        self.n_skip += len(skipped)
+        self.n_gen += int(outputs["is_generated"].sum()) if rows else 0
+        self.reasons.update(s.reason.split(" (")[0].split(":")[0] for s in skipped)
+
+    def summary(self, src, done_before: int, totals: tuple[int, int], wall: float, open_s: float, **extra) -> dict:
+        n = self.n_rows + self.n_skip
+        return {
+            "images_found": len(src),
+            "root": src.root,
+            "other_files_ignored": src.ignored,
+            "already_done": done_before,
+            "predicted_now": self.n_rows,
+            "skipped_now": self.n_skip,
+            "skipped_reasons_now": dict(self.reasons),
+            "generated_now": self.n_gen,
+            "rows_total": totals[0],
+            "skipped_total": totals[1],
+            "wall_s": wall,
+            "images_per_s": n / wall if wall > 0 else None,
+            # the same without opening the engines: what a long run converges to
+            "engine_open_s": open_s,
+            "images_per_s_after_open": n / (wall - open_s) if wall > open_s else None,
+            **extra,
+        }
 
 
 def detection_rows(keys: list[str], outputs: dict) -> list[dict]:
@@ -67,8 +104,7 @@ def run_inference(
     if path.auto_reason:
         log(f"--engine auto: {path.auto_reason}")
     t0 = time.perf_counter()
-    n_rows = n_skip = n_gen = 0
-    reasons: Counter = Counter()
+    tally = Tally()
     with path:  # engines open: from here on the output may be touched
         t_ready = time.perf_counter()
         with PredictionLog(paths.predictions, COLUMNS, path.identity(), root_key, cfg.overwrite) as plog:
@@ -83,35 +119,21 @@ def run_inference(
                     rows = detection_rows([key_of[p] for p in b.paths], outputs) if b.paths else []
                     skipped = [Skipped(key_of[s.path], s.reason) for s in b.skipped]
                     plog.append(rows, skipped)
-                    n_rows, n_skip = n_rows + len(rows), n_skip + len(skipped)
-                    n_gen += int(outputs["is_generated"].sum()) if b.paths else 0
-                    reasons.update(_reason_kind(s) for s in skipped)
-                    advance(len(b.paths) + len(b.skipped), skipped=n_skip)
+                    tally.add(rows, skipped, outputs)
+                    advance(len(b.paths) + len(b.skipped), skipped=tally.n_skip)
             totals = (plog.n_rows, plog.n_skipped)
-    wall = time.perf_counter() - t0
-    open_s = t_ready - t0
-    summary = {
-        "images_found": len(src),
-        "root": root_key,
-        "other_files_ignored": src.ignored,
-        "already_done": done_before,
-        "predicted_now": n_rows,
-        "skipped_now": n_skip,
-        "skipped_reasons_now": dict(reasons),
-        "generated_now": n_gen,
-        "rows_total": totals[0],
-        "skipped_total": totals[1],
-        "wall_s": wall,
-        "images_per_s": (n_rows + n_skip) / wall if wall > 0 else None,
-        # the same without opening the engines: what a long run converges to
-        "engine_open_s": open_s,
-        "images_per_s_after_open": (n_rows + n_skip) / (wall - open_s) if wall > open_s else None,
-        "predictions": str(paths.predictions),
-        "skipped": str(paths.skipped),
-        "engine": path.choice.engine,
-        "precision": path.choice.precision,
-        "auto": path.auto_reason,
-    }
+    summary = tally.summary(
+        src,
+        done_before,
+        totals,
+        time.perf_counter() - t0,
+        t_ready - t0,
+        predictions=str(paths.predictions),
+        skipped=str(paths.skipped),
+        engine=path.choice.engine,
+        precision=path.choice.precision,
+        auto=path.auto_reason,
+    )
     write_json(paths.summary, summary)
     return summary
 
@@ -122,7 +144,3 @@ def warn_if_empty(src, given, warn) -> None:
     if not len(src):
         what = "other files ignored" if src.kind == "folder" else "blank lines"
         warn(f"warning: {display_path(given)} has no image files ({src.ignored} {what})")
-
-
-def _reason_kind(s: Skipped) -> str:
-    return s.reason.split(" (")[0].split(":")[0]

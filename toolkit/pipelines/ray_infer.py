@@ -15,14 +15,13 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from toolkit.data.images import Skipped
-from toolkit.pipelines.infer import COLUMNS, InferConfig, detection_rows, warn_if_empty
+from toolkit.pipelines.infer import COLUMNS, InferConfig, Tally, detection_rows, warn_if_empty
 
 
 @dataclass
@@ -142,8 +141,7 @@ def run_ray_inference(
         if problem:
             raise RuntimeError(f"the prediction path does not open on the cluster: {problem}")
         t_ready = time.perf_counter()
-        n_rows = n_skip = n_gen = 0
-        reasons: Counter = Counter()
+        tally = Tally()
         with open_log(out, COLUMNS, path.identity(), src.root, cfg.overwrite) as plog:
             done_before = len(plog.done)
             todo = [(p, k) for p, k in src.items if k not in plog.done]
@@ -157,41 +155,26 @@ def run_ray_inference(
                     rows = detection_rows([k for k, good in zip(keys, ok, strict=True) if good], outputs)
                     skipped = [Skipped(k, e) for k, e in zip(keys, b["error"], strict=True) if e]
                     plog.append(rows, skipped)
-                    n_rows, n_skip, n_gen = (
-                        n_rows + len(rows),
-                        n_skip + len(skipped),
-                        n_gen + int(outputs["is_generated"].sum()),
-                    )
-                    reasons.update(s.reason.split(" (")[0].split(":")[0] for s in skipped)
-                    advance(len(keys), skipped=n_skip)
+                    tally.add(rows, skipped, outputs)
+                    advance(len(keys), skipped=tally.n_skip)
             totals = (plog.n_rows, plog.n_skipped)
             summary_path = plog.paths.summary
     finally:
         if started:
             ray.shutdown()
-    wall = time.perf_counter() - t0
-    summary = {
-        "images_found": len(src),
-        "root": src.root,
-        "other_files_ignored": src.ignored,
-        "already_done": done_before,
-        "predicted_now": n_rows,
-        "skipped_now": n_skip,
-        "skipped_reasons_now": dict(reasons),
-        "generated_now": n_gen,
-        "rows_total": totals[0],
-        "skipped_total": totals[1],
-        "wall_s": wall,
-        "images_per_s": (n_rows + n_skip) / wall if wall > 0 else None,
-        "engine_open_s": t_ready - t0,  # cluster start + one engine opened where the actors run
-        "images_per_s_after_open": (n_rows + n_skip) / (wall - (t_ready - t0)) if wall > t_ready - t0 else None,
-        "predictions": str(Path(out)),
-        "skipped": str(OutputPaths.for_file(out).skipped) if Path(out).suffix else str(Path(out)),
-        "engine": choice.engine,
-        "precision": choice.precision,
-        "auto": path.auto_reason,
-        "ray": {**asdict(ray_cfg)},
-    }
+    summary = tally.summary(
+        src,
+        done_before,
+        totals,
+        time.perf_counter() - t0,
+        t_ready - t0,  # cluster start + one engine opened where the actors run
+        predictions=str(Path(out)),
+        skipped=str(OutputPaths.for_file(out).skipped) if Path(out).suffix else str(Path(out)),
+        engine=choice.engine,
+        precision=choice.precision,
+        auto=path.auto_reason,
+        ray=asdict(ray_cfg),
+    )
     write_json(summary_path, summary)
     return summary
 
