@@ -4,6 +4,7 @@ doubled, file lists and Parquet parts. Actors get fractional CPUs (whole ones ba
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -43,11 +44,23 @@ def cluster(tmp_path_factory):
     start = [str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
              f"--object-store-memory={512 << 20}", "--include-dashboard=false", f"--temp-dir={tmp}",
              "--disable-usage-stats"]  # fmt: skip
-    res = subprocess.run(start, capture_output=True, text=True, env=env, timeout=120)
+    # its own session, so that its process group is the cluster's and nothing else's (see the teardown)
+    res = subprocess.run(start, capture_output=True, text=True, env=env, timeout=120, start_new_session=True)
     assert res.returncode == 0, res.stderr
     address = f"127.0.0.1:{port}"
     yield address
-    subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    # stop this cluster only (`ray stop` would stop every Ray cluster on the machine): kill the process groups
+    # of the processes whose command lines carry this session's temp dir (Ray's agents set their own titles)
+    groups = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and str(tmp).encode() in (d / "cmdline").read_bytes():
+                groups.add(os.getpgid(int(d.name)))
+        except (OSError, ProcessLookupError):
+            pass
+    for g in groups - {os.getpgrp()}:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(g, signal.SIGKILL)
     if saved is None:
         os.environ.pop("RAY_AUTH_MODE", None)
     else:
