@@ -102,7 +102,7 @@ class Comparator:
         self.reference: dict[str, np.ndarray] | None = None
 
     def set_reference(self, engine) -> dict[str, np.ndarray]:
-        self.reference = run_feeds(engine, self.kind.input_name, self.feeds)
+        self.reference = self.outputs(engine)
         return self.reference
 
     def outputs(self, engine) -> dict[str, np.ndarray]:

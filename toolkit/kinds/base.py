@@ -34,7 +34,6 @@ class ExportSpec:
     example: object  # torch.Tensor, batch >= 2 (a batch-1 example fixes the batch dimension)
     verify_feeds: list[np.ndarray]  # input batches every engine runs (include a batch of 1)
     manifest: dict  # kind-specific manifest fields (model config, preprocessing, threshold, source run, ...)
-    gates: dict  # precision -> gate (toolkit.compare)
     fp16_keep_ops: tuple[str, ...] = ("LayerNormalization", "Softmax")
     fp16_tail_after: str | None = None  # op type whose last node and everything after stays fp32
     threshold: float | None = None
@@ -52,9 +51,6 @@ class ModelKind:
     gate_types: ClassVar[dict[str, Callable]] = {}  # precision -> gate dataclass (toolkit.compare)
     parity_columns: tuple[tuple[str, str], ...] = ()  # (stats key, column title) for reports
 
-    def describe_run(self) -> str:
-        return f"'toolkit train {self.name}'"
-
     def load_reference(self, run_dir: Path):
         """-> torch module (eval mode) computing the artifact's outputs from its inputs in fp32."""
         raise NotImplementedError
@@ -64,9 +60,6 @@ class ModelKind:
 
     def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None) -> dict:
         raise NotImplementedError
-
-    def model_name(self, manifest: dict) -> str:
-        return self.name
 
     def gates(self, overrides: dict[tuple[str, str], float] | None = None) -> dict:
         """Default gate per precision, with (precision, field) -> value overrides; unknown fields refused."""

@@ -140,14 +140,8 @@ class DetectorKind(ModelKind):
         ("decision_agreement", "agreement"),
     )
 
-    def describe_run(self) -> str:
-        return "'toolkit train detector'"
-
     def load_reference(self, run_dir: Path):
         return load_deployed(run_dir)[0]
-
-    def model_name(self, manifest: dict) -> str:
-        return manifest["model_config"]["backbone_identity"]
 
     def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None) -> dict:
         """Logit/feature closeness and decision agreement; with labels, AUC/AP/acc of both and the drops."""
@@ -181,7 +175,6 @@ class DetectorKind(ModelKind):
                 "threshold_provenance": {"rule": "balanced accuracy on validation", "data": config["data"]["val"]},
                 "verify_source": str(Path(verify_images).resolve()) if verify_images else f"seeded noise (seed {seed})",
             },
-            gates={},
             fp16_tail_after="LayerNormalization",
             threshold=threshold,
         )

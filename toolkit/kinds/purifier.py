@@ -61,6 +61,13 @@ def load_run(run_dir: str | Path) -> tuple[dict, object]:
     return nets, cfg
 
 
+def _deployed(nets: dict):
+    """The one-step student, as deployed (images in [0, 1] -> purified images)."""
+    from toolkit.models.purifier import OneStepPurifier
+
+    return OneStepPurifier(nets["student"]).eval().requires_grad_(False)
+
+
 def image_parity(ref: dict, got: dict, name: str = "purified") -> dict:
     r, g = ref[name].astype(np.float64), got[name].astype(np.float64)
     mse = ((r - g) ** 2).reshape(len(r), -1).mean(1)
@@ -91,17 +98,8 @@ class PurifierKind(ModelKind):
         ("mean_psnr_db", "mean PSNR dB"),
     )
 
-    def describe_run(self) -> str:
-        return "'toolkit train purifier'"
-
     def load_reference(self, run_dir: Path):
-        from toolkit.models.purifier import OneStepPurifier
-
-        return OneStepPurifier(load_run(run_dir)[0]["student"]).eval().requires_grad_(False)
-
-    def model_name(self, manifest: dict) -> str:
-        c = manifest["model_config"]
-        return f"purifier UNet {c['block_out_channels']} @ {c['sample_size']} px"
+        return _deployed(load_run(run_dir)[0])
 
     def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None) -> dict:
         return image_parity(ref, got)
@@ -109,21 +107,20 @@ class PurifierKind(ModelKind):
     def export_spec(self, run_dir: Path, verify_images: Path | None = None, verify_n: int = 17, seed: int = 0):
         import torch
 
-        module = self.load_reference(run_dir)
-        cfg = load_run(run_dir)[1]
+        nets, cfg = load_run(run_dir)  # the three UNets are read once: the student is the deployed graph
         s = cfg.sample_size
         x = np.random.default_rng(seed).uniform(0, 1, (max(verify_n, 10), 3, s, s)).astype(np.float32)
         pre = {"size": s, "mean": [0.0] * 3, "std": [1.0] * 3, "interpolation": "bicubic", "resize_mode": "shortest"}
-        spec = ExportSpec(
-            module=module,
+        return ExportSpec(
+            module=_deployed(nets),
             example=torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(seed)),
             verify_feeds=[x[:1], x[1:9], x[9:]],
             manifest={
                 "model_config": cfg.to_dict(),
+                "model_name": f"purifier UNet {list(cfg.block_out_channels)} @ {s} px",
                 "preprocess": pre,
                 "verify_source": f"seeded uniform noise (seed {seed})",
             },
-            gates={},
             fp16_keep_ops=(
                 "GroupNormalization",
                 "InstanceNormalization",
@@ -135,8 +132,6 @@ class PurifierKind(ModelKind):
             ),
             fp16_tail_after=None,
         )
-        spec.manifest["model_name"] = self.model_name(spec.manifest)
-        return spec
 
 
 KIND = PurifierKind()
