@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from toolkit.machine import SPEED_FLAGS, cpu_flags
+from toolkit.machine import SPEED_FLAGS, cpu_flags, cpu_model
 
 __all__ = ["SPEED_FLAGS", "cpu_flags", "cpu_line", "environment"]
 
@@ -28,17 +28,6 @@ LIBRARIES = (
     "ray",
     "openvino",
 )
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_line(env: dict) -> str:
@@ -77,7 +66,7 @@ def environment() -> dict:
 
     return {
         "machine": platform.machine(),
-        "processor": _cpu_model(),
+        "processor": cpu_model(),
         "cpu_flags": cpu_flags(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 
 
@@ -23,3 +25,14 @@ def has_vnni(flags: list[str] | None = None) -> bool:
     VPMADDUBSW, whose int16 sums can saturate."""
     flags = cpu_flags() if flags is None else flags
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from pathlib import Path
 
 TUNING = "tuning"
@@ -20,15 +19,8 @@ FALLBACK = ("onnxruntime", "fp32")
 
 
 def fingerprint() -> dict:
-    from importlib import metadata
-
-    from toolkit.machine import cpu_flags
-
-    def version(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
+    from toolkit.artifact import tool_versions
+    from toolkit.machine import cpu_flags, cpu_model
 
     gpu = None
     try:
@@ -39,18 +31,12 @@ def fingerprint() -> dict:
             gpu = f"{p.name} (cc {p.major}.{p.minor})"
     except ImportError:
         pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
         "cpus": os.cpu_count(),
         "gpu": gpu,
-        "versions": {p: version(p) for p in ("onnxruntime", "openvino", "torch", "tensorrt")},
+        "versions": tool_versions(("onnxruntime", "openvino", "torch", "tensorrt")),
     }
 
 
