@@ -84,6 +84,10 @@ def _encode_rows(rows: list[dict], columns: tuple[str, ...], fmt: str) -> bytes:
     return buf.getvalue().encode("utf-8", "surrogateescape")
 
 
+def _skipped_records(skipped: list[Skipped]) -> list[dict]:
+    return [{"path": x.path, "reason": x.reason} for x in skipped]
+
+
 def _read_keys(path: Path, fmt: str, size: int) -> list[str]:
     if size == 0 or not path.is_file():
         return []
@@ -238,25 +242,22 @@ class PredictionLog:
         if rows:
             self._write(self._preds, _encode_rows(rows, self.columns, self.paths.fmt))
         if skipped:
-            recs = [{"path": x.path, "reason": x.reason} for x in skipped]
-            self._write(self._skips, _encode_rows(recs, self.SKIPPED_COLUMNS, "csv"))
+            self._write(self._skips, _encode_rows(_skipped_records(skipped), self.SKIPPED_COLUMNS, "csv"))
         self._commit()
         self.n_rows += len(rows)
         self.n_skipped += len(skipped)
         self.done.update(r["path"] for r in rows)
         self.done.update(x.path for x in skipped)
 
-    def summary_path(self) -> Path:
-        return self.paths.summary
-
 
 def write_skipped_csv(path: str | os.PathLike, skipped: list[Skipped]) -> Path:
     """The one way a skipped list is written outside a PredictionLog (training, eval, purify): csv module, atomic."""
     from toolkit.io import atomic_path
 
-    recs = [{"path": x.path, "reason": x.reason} for x in skipped]
     with atomic_path(path) as tmp:
-        tmp.write_bytes(b"path,reason\n" + _encode_rows(recs, PredictionLog.SKIPPED_COLUMNS, "csv"))
+        tmp.write_bytes(
+            b"path,reason\n" + _encode_rows(_skipped_records(skipped), PredictionLog.SKIPPED_COLUMNS, "csv")
+        )
     return Path(path)
 
 
@@ -378,7 +379,7 @@ class PartitionedLog:
         if self._rows:
             self.state["parts"].append(write("part", self._rows, self.columns))
         if self._skips:
-            recs = [{"path": x.path, "reason": x.reason} for x in self._skips]
+            recs = _skipped_records(self._skips)
             self.state["skipped_parts"].append(write("skipped", recs, list(PredictionLog.SKIPPED_COLUMNS)))
         if self._rows or self._skips:
             write_json(self.dir / self.MANIFEST, self.state)  # the commit point

@@ -48,9 +48,12 @@ class Tally:
         self.n_gen += int(outputs["is_generated"].sum()) if rows else 0
         self.reasons.update(s.reason.split(" (")[0].split(":")[0] for s in skipped)
 
-    def summary(self, src, done_before: int, totals: tuple[int, int], wall: float, open_s: float, **extra) -> dict:
+    def finish(self, src, plog, done_before: int, wall: float, open_s: float, **extra) -> dict:
+        """The run's summary, written beside the output (`plog`: the PredictionLog / PartitionedLog it filled)."""
+        from toolkit.io import write_json
+
         n = self.n_rows + self.n_skip
-        return {
+        summary = {
             "images_found": len(src),
             "root": src.root,
             "other_files_ignored": src.ignored,
@@ -59,15 +62,19 @@ class Tally:
             "skipped_now": self.n_skip,
             "skipped_reasons_now": dict(self.reasons),
             "generated_now": self.n_gen,
-            "rows_total": totals[0],
-            "skipped_total": totals[1],
+            "rows_total": plog.n_rows,
+            "skipped_total": plog.n_skipped,
             "wall_s": wall,
             "images_per_s": n / wall if wall > 0 else None,
             # the same without opening the engines: what a long run converges to
             "engine_open_s": open_s,
             "images_per_s_after_open": n / (wall - open_s) if wall > open_s else None,
+            "predictions": str(plog.paths.predictions),
+            "skipped": str(plog.paths.skipped),
             **extra,
         }
+        write_json(plog.paths.summary, summary)
+        return summary
 
 
 def detection_rows(keys: list[str], outputs: dict) -> list[dict]:
@@ -90,24 +97,23 @@ def run_inference(
     """Predict every image under `images` (a folder, or a .txt / .parquet file list); resumable;
     -> summary dict (also written as <out>.summary.json)."""
     from toolkit.data.loader import batches
-    from toolkit.io import write_json
     from toolkit.predict import EngineChoice, PredictionPath
     from toolkit.progress import progress_bar
 
     cfg = cfg or InferConfig()
     warn = warn or log
-    paths = OutputPaths.for_file(out)  # a bad --out is refused before anything is opened
+    OutputPaths.for_file(out)  # a bad --out is refused before anything is opened
     src = open_source(images)
     warn_if_empty(src, images, warn)
-    root_key = src.root
     path = PredictionPath(artifact, cfg.purify, EngineChoice(cfg.engine, cfg.precision, cfg.provider), cfg.batch)
     if path.auto_reason:
         log(f"--engine auto: {path.auto_reason}")
+    plog = PredictionLog(out, COLUMNS, path.identity(), src.root, cfg.overwrite)  # touches nothing until entered
     t0 = time.perf_counter()
     tally = Tally()
     with path:  # engines open: from here on the output may be touched
         t_ready = time.perf_counter()
-        with PredictionLog(paths.predictions, COLUMNS, path.identity(), root_key, cfg.overwrite) as plog:
+        with plog:
             done_before = len(plog.done)
             todo = [(p, k) for p, k in src.items if k not in plog.done]
             if plog.done:
@@ -121,21 +127,16 @@ def run_inference(
                     plog.append(rows, skipped)
                     tally.add(rows, skipped, outputs)
                     advance(len(b.paths) + len(b.skipped), skipped=tally.n_skip)
-            totals = (plog.n_rows, plog.n_skipped)
-    summary = tally.summary(
+    return tally.finish(
         src,
+        plog,
         done_before,
-        totals,
         time.perf_counter() - t0,
         t_ready - t0,
-        predictions=str(paths.predictions),
-        skipped=str(paths.skipped),
         engine=path.choice.engine,
         precision=path.choice.precision,
         auto=path.auto_reason,
     )
-    write_json(paths.summary, summary)
-    return summary
 
 
 def warn_if_empty(src, given, warn) -> None:

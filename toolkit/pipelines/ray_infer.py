@@ -113,15 +113,12 @@ def run_ray_inference(
     """Predict every image of `source` (folder or file list) on a Ray cluster; -> summary (as local infer's)."""
     import ray
 
-    from toolkit.io import write_json
-    from toolkit.outputs import OutputPaths, open_log
+    from toolkit.outputs import open_log
     from toolkit.predict import EngineChoice, PredictionPath
     from toolkit.progress import progress_bar
     from toolkit.sources import open_source
 
     cfg, ray_cfg, warn = cfg or InferConfig(), ray_cfg or RayConfig(), warn or log
-    if Path(out).suffix:
-        OutputPaths.for_file(out)  # a bad --out is refused before anything starts
     if ray_cfg.actors < 1 or ray_cfg.cpus_per_actor < 0 or ray_cfg.gpus_per_actor < 0:
         raise ValueError("need --actors >= 1 and non-negative --cpus-per-actor / --gpus-per-actor")
     threads = ray_cfg.threads_per_actor or max(1, int(ray_cfg.cpus_per_actor))
@@ -133,6 +130,8 @@ def run_ray_inference(
     args = (str(path.detector.dir), str(path.purifier.dir) if path.purifier else None, asdict(choice))
     src = open_source(source)
     warn_if_empty(src, source, warn)
+    # a bad --out is refused here, before the cluster starts; the log touches nothing until entered
+    plog = open_log(out, COLUMNS, path.identity(), src.root, cfg.overwrite)
     t0 = time.perf_counter()
     started = connect(ray_cfg, log)
     try:
@@ -142,7 +141,7 @@ def run_ray_inference(
             raise RuntimeError(f"the prediction path does not open on the cluster: {problem}")
         t_ready = time.perf_counter()
         tally = Tally()
-        with open_log(out, COLUMNS, path.identity(), src.root, cfg.overwrite) as plog:
+        with plog:
             done_before = len(plog.done)
             todo = [(p, k) for p, k in src.items if k not in plog.done]
             if done_before:
@@ -157,26 +156,20 @@ def run_ray_inference(
                     plog.append(rows, skipped)
                     tally.add(rows, skipped, outputs)
                     advance(len(keys), skipped=tally.n_skip)
-            totals = (plog.n_rows, plog.n_skipped)
-            summary_path = plog.paths.summary
     finally:
         if started:
             ray.shutdown()
-    summary = tally.summary(
+    return tally.finish(
         src,
+        plog,
         done_before,
-        totals,
         time.perf_counter() - t0,
         t_ready - t0,  # cluster start + one engine opened where the actors run
-        predictions=str(Path(out)),
-        skipped=str(OutputPaths.for_file(out).skipped) if Path(out).suffix else str(Path(out)),
         engine=choice.engine,
         precision=choice.precision,
         auto=path.auto_reason,
         ray=asdict(ray_cfg),
     )
-    write_json(summary_path, summary)
-    return summary
 
 
 def _stream(todo: list[tuple[str, str]], args: tuple, batch: int, cfg: RayConfig, resources: dict):
