@@ -10,13 +10,13 @@ Writes benchmarks/results/cpu_latency.{md,json}.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.environment import cpu_line, environment
 from benchmarks.harness import time_engine
+from benchmarks.report import command_line
 from toolkit.io import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,14 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--out", type=Path, default=RESULTS / "cpu_latency")
     args = ap.parse_args(argv)
-    command = "python -m benchmarks.cpu_latency " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.cpu_latency", argv)
     env = environment()
     res = [bench_artifact(a, args.batches, args.warmup, args.iters) for a in args.artifacts]
-    write_json(args.out.with_suffix(".json"), {"command": command.strip(), "environment": env, "results": res})
+    write_json(args.out.with_suffix(".json"), {"command": command, "environment": env, "results": res})
     lines = [
         "# ONNX Runtime fp32 vs PyTorch eager, CPU",
         "",
-        f"Command: `{command.strip()}`  ",
+        f"Command: `{command}`  ",
         f"Machine: {cpu_line(env)}, torch threads {env['torch_threads']}, "
         f"torch {env['versions']['torch']}; random weights; engine-only (input prepared before the clock); "
         f"warm-up {args.warmup}, {args.iters} timed iterations each, measured side by side in one run.",

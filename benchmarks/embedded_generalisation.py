@@ -7,11 +7,10 @@ Writes benchmarks/results/embedded_generalisation.{md,json} with the machine, ve
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from benchmarks.environment import cpu_line, environment
-from toolkit.io import write_json, write_text
+from benchmarks.report import command_line, write_result
 from toolkit.pipelines.generalisation import run_generalisation
 
 RESULTS = Path(__file__).parent / "results"
@@ -26,13 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "embedded_generalisation")
     args = ap.parse_args(argv)
     res = run_generalisation(args.workdir, clip=args.clip, pretrained=args.pretrained, epochs=args.epochs)
-    command = "python -m benchmarks.embedded_generalisation " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.embedded_generalisation", argv)
     env = environment()
-    write_json(args.out.with_suffix(".json"), {"command": command.strip(), "environment": env, **res})
     t = res["timings"]
     md = (
         "# Embedded benchmark: CausalCLIP vs linear probe\n\n"
-        f"Command: `{command.strip()}`  \n"
+        f"Command: `{command}`  \n"
         f"Backbone: `{res['backbone']}`  \n"
         f"Protocol: train on `{res['protocol']['train']}`, threshold fixed on `{res['protocol']['threshold']}`, "
         f"test on `{res['protocol']['test']}` (unseen: {', '.join(res['protocol']['unseen'])})  \n"
@@ -43,8 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         + "\n\nAll numbers in %.\n\n"
         + res["table"]
     )
-    write_text(args.out.with_suffix(".md"), md)
-    print(md)
+    write_result(args.out, {"command": command, "environment": env, **res}, md)
 
 
 if __name__ == "__main__":

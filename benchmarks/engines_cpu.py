@@ -14,14 +14,13 @@ Writes benchmarks/results/engines_cpu.{md,json} with the machine's CPU flags and
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.environment import cpu_line, environment
 from benchmarks.harness import time_engine
-from toolkit.io import write_json, write_text
+from benchmarks.report import command_line, write_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -142,15 +141,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of auto against the fastest")
     ap.add_argument("--out", type=Path, default=RESULTS / "engines_cpu")
     args = ap.parse_args(argv)
-    command = ("python -m benchmarks.engines_cpu " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = command_line("benchmarks.engines_cpu", argv)
     env = environment()
     res = [
         bench_artifact(a, args.batches, args.warmup, args.iters, args.min_seconds, args.rounds) for a in args.artifacts
     ]
-    write_json(args.out.with_suffix(".json"), {"command": command, "environment": env, "results": res})
     md = markdown(res, env, command, args.batches)
-    write_text(args.out.with_suffix(".md"), md)
-    print(md)
+    write_result(args.out, {"command": command, "environment": env, "results": res}, md)
 
 
 if __name__ == "__main__":

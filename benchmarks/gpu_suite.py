@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.environment import cpu_line, environment
+from benchmarks.report import command_line
 from toolkit.io import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     batches = args.batches or ([1, 8, 32, 128, 256] if cuda else [1, 4])
     iters = args.iters or (20 if cuda else 2)
     precisions = ["fp32", "fp16", "bf16"] if cuda else ["fp32"]
-    command = ("python -m benchmarks.gpu_suite " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = command_line("benchmarks.gpu_suite", argv)
     r = {"command": command, "environment": environment(), "device": args.device, "models": []}
     for name in models:
         r["models"].append(bench_model(name, args.device, batches, precisions, iters, not args.no_compile, cuda))

@@ -15,14 +15,13 @@ Writes benchmarks/results/int8_speedup.{md,json}.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.environment import cpu_line, environment
 from benchmarks.harness import time_engine
-from toolkit.io import write_json, write_text
+from benchmarks.report import command_line, write_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -114,15 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long (sub-ms models)")
     ap.add_argument("--out", type=Path, default=RESULTS / "int8_speedup")
     args = ap.parse_args(argv)
-    command = ("python -m benchmarks.int8_speedup " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = command_line("benchmarks.int8_speedup", argv)
     env = environment()
     res = [
         bench_artifact(a, args.batches, args.rounds, args.warmup, args.iters, args.min_seconds) for a in args.artifacts
     ]
-    write_json(args.out.with_suffix(".json"), {"command": command, "environment": env, "results": res})
     md = markdown(res, env, command, args.rounds, args.warmup, args.iters, args.min_seconds)
-    write_text(args.out.with_suffix(".md"), md)
-    print(md)
+    write_result(args.out, {"command": command, "environment": env, "results": res}, md)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ Writes benchmarks/results/purifier_eval.{md,json} with the machine, versions and
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from benchmarks.environment import cpu_line, environment
-from toolkit.io import read_json, write_json, write_text
+from benchmarks.report import command_line, write_result
+from toolkit.io import read_json
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clean-fraction", type=float, default=0.25)
     ap.add_argument("--out", type=Path, default=RESULTS / "purifier_eval")
     args = ap.parse_args(argv)
-    command = "python -m benchmarks.purifier_eval " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.purifier_eval", argv)
     r = run(
         args.workdir,
         args.n_pairs,
@@ -92,12 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         args.clean_fraction,
     )
     env = environment()
-    write_json(args.out.with_suffix(".json"), {"command": command.strip(), "environment": env, **r})
     md = "\n".join(
         [
             "# Supervised diffusion purifier, embedded benchmark (CPU)",
             "",
-            f"Command: `{command.strip()}`  ",
+            f"Command: `{command}`  ",
             f"Machine: {cpu_line(env)}, torch {env['versions']['torch']}, diffusers {env['versions']['diffusers']}.  ",
             f"Detector: {r['detector_run']} (tiny CLIP preset, random weights). Held-out: {r['n']} images of "
             f"{r['images']}; PGD on the detector's decision, {r['pgd_steps']} steps; purifiers trained on eps 4 and 8 "
@@ -108,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             purifier_markdown(r),
         ]
     )
-    write_text(args.out.with_suffix(".md"), md)
-    print(md)
+    write_result(args.out, {"command": command, "environment": env, **r}, md)
 
 
 if __name__ == "__main__":

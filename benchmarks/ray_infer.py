@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import tempfile
 from pathlib import Path
 
 from benchmarks.environment import cpu_line, environment
-from toolkit.io import write_json, write_text
+from benchmarks.report import command_line, write_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -102,13 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpus-per-actor", type=float, default=1.0)
     ap.add_argument("--out", type=Path, default=RESULTS / "ray_infer")
     args = ap.parse_args(argv)
-    command = ("python -m benchmarks.ray_infer " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = command_line("benchmarks.ray_infer", argv)
     env = environment()
     res = [measure(args.images, a, args.batch, args.workers, args.actors, args.cpus_per_actor) for a in args.artifact]
-    write_json(args.out.with_suffix(".json"), {"command": command, "environment": env, "results": res})
     md = markdown(res, env, command)
-    write_text(args.out.with_suffix(".md"), md)
-    print(md)
+    write_result(args.out, {"command": command, "environment": env, "results": res}, md)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,28 @@
-"""Bench report outputs: JSON (everything), Markdown (the tables), PNG plots, and a rich terminal table.
+"""Report outputs: bench's JSON, Markdown, PNG plots and rich tables; the write-out every benchmark script shares.
 
 The Markdown and the plots are rendered from the JSON's numbers only, so they cannot disagree with it.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from benchmarks.environment import cpu_line
 from toolkit.io import atomic_path, write_json, write_text
+
+
+def command_line(module: str, argv: list[str] | None = None) -> str:
+    """How a benchmark script was run, as its report records it: `python -m benchmarks.<name> ARGS`."""
+    return (f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+
+
+def write_result(out_stem: Path, record: dict, md: str) -> None:
+    """A benchmark script's outputs: <out>.json (everything), <out>.md (the tables); the Markdown is printed."""
+    write_json(Path(out_stem).with_suffix(".json"), record)
+    write_text(Path(out_stem).with_suffix(".md"), md)
+    print(md)
+
 
 FILES = ("bench.json", "bench.md", "latency.png", "throughput.png", "parity.png")
 
