@@ -32,6 +32,24 @@ def write_forensynths(root: Path, generators: dict[str, int], seed: int = 0) -> 
     return root
 
 
+def kill_after_lines(cmd: list[str], out: Path, lines: int, timeout: float, poll: float = 0.01, env=None) -> bool:
+    """Start `cmd`, SIGKILL it once `out` holds `lines` lines (a kill at an arbitrary moment of a real run);
+    -> whether it was killed (False: it finished first)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if out.is_file() and out.read_bytes().count(b"\n") >= lines:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(poll)
+    proc.wait()
+    return proc.returncode == -signal.SIGKILL
+
+
 def interrupting(batches, at: int):
     """A stand-in for toolkit.data.loader.batches that raises KeyboardInterrupt before batch `at` (Ctrl-C)."""
 

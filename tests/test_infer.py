@@ -3,11 +3,9 @@
 import csv
 import io
 import json
-import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 
 import numpy as np
@@ -132,6 +130,8 @@ def test_resume_after_interruption_and_torn_line(exported_artifact, tmp_path, mo
 
 
 def test_resume_after_a_killed_process(exported_artifact, tmp_path):
+    from conftest import kill_after_lines
+
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     rng = np.random.default_rng(0)
@@ -153,15 +153,7 @@ def test_resume_after_a_killed_process(exported_artifact, tmp_path):
         "--workers",
         "1",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if out.is_file() and out.read_bytes().count(b"\n") >= 4:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    killed = proc.returncode == -signal.SIGKILL
+    killed = kill_after_lines(cmd, out, 4, timeout=120, poll=0.005)
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -23,6 +23,8 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
+from conftest import kill_after_lines  # noqa: E402
+
 from toolkit.pipelines.infer import InferConfig, run_inference  # noqa: E402
 from toolkit.pipelines.ray_infer import RayConfig, run_ray_inference  # noqa: E402
 
@@ -117,15 +119,7 @@ def test_resume_after_the_driver_is_killed(cluster, exported_artifact, tmp_path)
     cmd = [*CLI, "infer", str(imgs), "--artifact", str(exported_artifact), "--out", str(out), "--ray", "auto",
            "--batch", "2", "--cpus-per-actor", "0.5"]  # fmt: skip
     env = {**os.environ, "RAY_ADDRESS": cluster}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if out.is_file() and out.read_bytes().count(b"\n") >= 20:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    killed = proc.returncode == -signal.SIGKILL
+    killed = kill_after_lines(cmd, out, 20, timeout=180, env=env)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     rows = _rows(out)
