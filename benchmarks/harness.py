@@ -94,7 +94,7 @@ def reference_target(cfg: BenchConfig) -> tuple[str, str]:
 def _parity_inputs(art, cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray | None, str]:
     """-> (inputs, labels or None, description). Noise is uniform pixels through the artifact's normalisation,
     so it lies in every kind's input domain."""
-    from toolkit.data.loader import discover_images, load_batch
+    from toolkit.data.loader import discover_images, load_batch, load_labelled, sample_labelled
 
     pre = art.preprocess
     size = pre["size"]
@@ -104,23 +104,19 @@ def _parity_inputs(art, cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray | None
         std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
         return ((u - mean) / std).astype(np.float32), None, f"{cfg.parity_n} seeded noise images"
     root = Path(cfg.parity_images)
-    labels = None
     try:
-        from toolkit.data.folders import find_labelled_images
-
-        ds = find_labelled_images(root)
-        idx = np.random.default_rng(cfg.seed).permutation(len(ds.paths))[: cfg.parity_n]
-        paths, labels = [ds.paths[i] for i in sorted(idx)], np.array([ds.labels[i] for i in sorted(idx)])
+        paths, labels = sample_labelled(root, cfg.parity_n, cfg.seed)
     except ValueError:  # not a labelled layout: parity only
-        paths = discover_images(root)[0][: cfg.parity_n]
-    b = load_batch([str(p) for p in paths], pre)
-    if labels is not None:
-        keep = {p: i for i, p in enumerate(map(str, paths))}
-        labels = labels[[keep[p] for p in b.paths]]
-    if len(b.paths) < 2:
+        paths, labels = discover_images(root)[0][: cfg.parity_n], None
+    if labels is None:
+        x = load_batch([str(p) for p in paths], pre).array
+    else:  # one batch, decoded here, as the parity inputs always were
+        arrays, labels = load_labelled(paths, labels, pre, batch_size=max(1, len(paths)))
+        x = np.concatenate(arrays) if arrays else np.zeros((0, 3, size, size), np.float32)
+    if len(x) < 2:
         raise ValueError(f"{root}: fewer than 2 readable images for the parity check")
     kind = "labelled" if labels is not None else "unlabelled"
-    return b.array, labels, f"{len(b.paths)} {kind} images from {root}"
+    return x, labels, f"{len(x)} {kind} images from {root}"
 
 
 def _open(art, engine: str, precision: str, cfg: BenchConfig):

@@ -67,8 +67,7 @@ def calibrate_artifact(
     """-> the report dict (also written to <artifact>/int8_report.{json,md}); raises GateFailed when it fails."""
     from toolkit import kinds
     from toolkit.artifact import Artifact
-    from toolkit.data.folders import find_labelled_images
-    from toolkit.data.loader import discover_images
+    from toolkit.data.loader import discover_images, sample_labelled
 
     cfg, gate = cfg or QuantConfig(), gate or Int8Gate()
     art = Artifact.open(artifact)
@@ -77,11 +76,9 @@ def calibrate_artifact(
     calib_paths = _sample(discover_images(images)[0], calib_n, seed)
     if not calib_paths:
         raise ValueError(f"{images}: no images to calibrate on")
-    ds = find_labelled_images(eval_images)
-    if len(set(ds.labels)) < 2:
+    eval_paths, eval_labels = sample_labelled(eval_images, eval_n, seed)
+    if len(set(eval_labels.tolist())) < 2:
         raise ValueError(f"{eval_images}: the evaluation folder needs both real and generated images for AUC")
-    idx = _sample(list(range(len(ds.paths))), eval_n, seed)
-    eval_paths, eval_labels = [ds.paths[i] for i in idx], np.array([ds.labels[i] for i in idx])
     check_overlap(calib_paths, eval_paths)
     if "int8" in art.precisions:  # recalibrating: the old variant goes first, so a failure cannot leave a stale one
         old = art.precisions["int8"]["file"]
@@ -104,7 +101,7 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
                progress, log) -> dict:  # fmt: skip
     from toolkit.artifact import GateFailed
     from toolkit.compare import Comparator
-    from toolkit.data.loader import batches
+    from toolkit.data.loader import batches, load_labelled
     from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
     from toolkit.io import write_json, write_text
     from toolkit.progress import progress_bar
@@ -120,13 +117,7 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
         summary = quantize(fp32, int8, stream, n_batches, kind.input_name, cfg, advance)
 
     log(f"evaluating int8 against fp32 on {len(eval_paths)} held-out images from {eval_images} ...")
-    arrays, kept = [], []
-    for b in batches(eval_paths, pre, 32, workers):
-        if len(b.paths):
-            arrays.append(b.array)
-            kept += b.paths
-    keep = {p: i for i, p in enumerate(map(str, eval_paths))}
-    labels = eval_labels[[keep[p] for p in kept]]
+    arrays, labels = load_labelled(eval_paths, eval_labels, pre, 32, workers)
     comparator = Comparator(kind, arrays, art.threshold, labels)
     with OnnxRuntimeEngine(fp32) as ref:
         comparator.set_reference(ref)
@@ -139,7 +130,7 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
         "calibration_images": str(images),
         "calibration_n": len(calib_paths),
         "eval_images": str(eval_images),
-        "eval_n": len(kept),
+        "eval_n": len(labels),
         "quantization": summary,
         "fp32": acc32,
         "int8": acc8,

@@ -16,13 +16,11 @@ from pathlib import Path
 def add_bf16(artifact: str | Path, eval_images: str | Path, gate=None, eval_n: int | None = 1000, seed: int = 0,
              log=print) -> dict:  # fmt: skip
     """Gate the bf16 execution of the fp32 graph on `eval_images`; on success add it to the manifest. -> result."""
-    import numpy as np
 
     from toolkit import kinds
     from toolkit.artifact import Artifact, GateFailed
     from toolkit.compare import Bf16Gate, Comparator
-    from toolkit.data.folders import find_labelled_images
-    from toolkit.data.loader import load_batch
+    from toolkit.data.loader import load_labelled, sample_labelled
     from toolkit.engines.openvino_engine import OpenVinoEngine, bf16_unavailable_reason
 
     gate = gate or Bf16Gate()
@@ -31,15 +29,11 @@ def add_bf16(artifact: str | Path, eval_images: str | Path, gate=None, eval_n: i
     kind.require("detects", "--precision bf16 (gated on AUC)")
     if reason := bf16_unavailable_reason():
         raise RuntimeError(f"bf16 refused: {reason}")
-    ds = find_labelled_images(eval_images)
-    if len(set(ds.labels)) < 2:
+    paths, labels = sample_labelled(eval_images, eval_n, seed)
+    if len(set(labels.tolist())) < 2:
         raise ValueError(f"{eval_images}: the bf16 gate needs both real and generated images for AUC")
-    idx = np.sort(np.random.default_rng(seed).permutation(len(ds.paths))[: eval_n or len(ds.paths)])
-    label_of = {str(ds.paths[i]): ds.labels[i] for i in idx}
-    b = load_batch(list(label_of), art.preprocess)
-    labels = np.array([label_of[p] for p in b.paths])
-    feeds = [b.array[i : i + 32] for i in range(0, len(b.array), 32)]
-    log(f"gating bf16 (OpenVINO) against f32 on {len(b.paths)} held-out images from {eval_images} ...")
+    feeds, labels = load_labelled(paths, labels, art.preprocess)
+    log(f"gating bf16 (OpenVINO) against f32 on {len(labels)} held-out images from {eval_images} ...")
     comparator = Comparator(kind, feeds, art.threshold, labels)
     fp32 = art.onnx_path("fp32")
     with OpenVinoEngine(fp32, "f32") as ref:

@@ -158,3 +158,26 @@ def batches(
             yield fut.result()
     finally:  # also on Ctrl-C or an early stop: drop what is queued, wait only for what is running
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def sample_labelled(root: str | Path, n: int | None, seed: int = 0) -> tuple[list[Path], np.ndarray]:
+    """A seeded sample of `n` files of a labelled folder (all when it holds fewer), in folder order, and labels."""
+    from toolkit.data.folders import find_labelled_images
+
+    ds = find_labelled_images(root)
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds.paths))[: n or len(ds.paths)])
+    return [ds.paths[i] for i in idx], np.array([ds.labels[i] for i in idx])
+
+
+def load_labelled(
+    paths: Sequence[str | Path], labels: np.ndarray, cfg: dict, batch_size: int = 32, workers: int = 0
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Decode + preprocess labelled files -> (the batches' arrays, the labels of the readable files, in order);
+    an unreadable file drops out with its label (gates and reports judge what the engines saw)."""
+    label_of = dict(zip(map(str, paths), labels, strict=True))
+    arrays, kept = [], []
+    for b in batches(paths, cfg, batch_size, workers):
+        if len(b.paths):
+            arrays.append(b.array)
+            kept += b.paths
+    return arrays, np.array([label_of[p] for p in kept])
