@@ -64,7 +64,8 @@ def bench_artifact(
     s = art.preprocess["size"]
     feeds = {b: {"images": np.random.default_rng(b).standard_normal((b, 3, s, s)).astype(np.float32)} for b in batches}
     rows, targets = {}, {}
-    for name, kind, precision, opener in _engines(art):
+    engines = _engines(art)
+    for name, kind, precision, opener in engines:
         log(f"{art.model_name}: {name} ...")
         with opener() as eng:
             lat = {str(b): time_engine(eng, feeds[b], warmup, iters, min_seconds, iters) for b in batches}
@@ -73,7 +74,7 @@ def bench_artifact(
             targets[name] = {"engine": kind, "precision": precision, "status": "ok", "latency": lat}
     record = write_record(art, measured_from_targets(art, targets), "python -m benchmarks.engines_cpu")
     auto = {}
-    openers = {name: opener for name, _, _, opener in _engines(art)}
+    openers = {name: opener for name, _, _, opener in engines}
     for b in batches:
         (engine, precision, _), why = resolve(art, b)
         base = {n: r[str(b)] for n, r in rows.items() if not n.endswith("(no gate)")}
