@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch and torchvision pinned together: open_clip needs a torchvision that imports beside torch.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	# the optional runtimes are installed too, so CI runs their tests
-	$(BIN)/pip install -q -e '.[dev,ray,openvino]'
+	$(BIN)/pip install -q -e '.[dev,ray,openvino,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)

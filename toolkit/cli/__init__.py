@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from toolkit.cli import attack, bench, calibrate, data, demo, evaluate, export, infer, purify, train
+from toolkit.cli import attack, bench, calibrate, data, demo, evaluate, export, infer, purify, serve, train
 
 app = typer.Typer(
     help="CausalCLIP detector + diffusion purifier: train, evaluate, export, benchmark.\n\nExample: toolkit demo",
@@ -21,6 +21,8 @@ app.command("attack")(attack.attack_command)
 app.command("bench")(bench.bench_command)
 app.command("infer")(infer.infer_command)
 app.command("purify")(purify.purify_command)
+app.command("serve")(serve.serve_command)
+app.command("triton-repo")(serve.triton_repo_command)
 app.command("demo")(demo.demo_command)
 
 
