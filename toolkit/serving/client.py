@@ -63,6 +63,9 @@ class DetectClient:
         self.cfg = cfg
         self.address = grpc_address(cfg.url)
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._clients: list = []  # every thread's client, so close() can cancel requests still in flight
+        self._closed = False
         self.server_id: str | None = None
         self.max_batch: int | None = None
 
@@ -71,13 +74,20 @@ class DetectClient:
 
         c = getattr(self._local, "client", None)
         if c is None:
-            c = self._local.client = grpcclient.InferenceServerClient(self.address)
+            with self._lock:
+                if self._closed:
+                    raise ServerUnavailable(f"the client of grpc://{self.address} was closed")
+                c = self._local.client = grpcclient.InferenceServerClient(self.address)
+                self._clients.append(c)
         return c
 
     def _reset(self) -> None:
         c = getattr(self._local, "client", None)
         self._local.client = None
         if c is not None:
+            with self._lock:
+                if c in self._clients:
+                    self._clients.remove(c)
             with contextlib.suppress(Exception):  # closing a channel to a dead server may raise
                 c.close()
 
@@ -103,7 +113,7 @@ class DetectClient:
             try:
                 return fn()
             except Exception as e:
-                if not _transient(e):
+                if self._closed or not _transient(e):
                     raise
                 last = e
                 self._reset()
@@ -149,4 +159,10 @@ class DetectClient:
         return self._retrying(once, "infer")
 
     def close(self) -> None:
-        self._reset()
+        """Close every thread's channel: requests still in flight end at once (as CANCELLED, not retried)."""
+        with self._lock:
+            self._closed = True
+            clients, self._clients = self._clients, []
+        for c in clients:
+            with contextlib.suppress(Exception):
+                c.close()

@@ -131,6 +131,67 @@ def python_libdir_first() -> None:
         os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *[p for p in parts if p != libdir]])
 
 
+# Runs in its own session: reads its stdin until EOF, which comes when `toolkit serve` closes the pipe after a
+# clean stop or dies (SIGKILL, OOM killer); then SIGKILLs the tritonserver it was given, if still running.
+_WATCHDOG = """
+import os, signal, sys
+sys.stdin.buffer.read()
+for pid in map(int, sys.argv[1:]):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() == "tritonserver":
+                os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+def _tritonserver_children() -> list[int]:
+    me, pids = os.getpid(), []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            if comm == "tritonserver" and int(rest[1]) == me:
+                pids.append(int(d))
+    return pids
+
+
+class TritonGuard:
+    """Make the tritonserver die with this process. PyTriton starts it with PDEATHSIG=SIGTERM, a graceful stop
+    that waits for in-flight requests; once this process is SIGKILLed those never finish (they run here), so
+    the orphan kept its gRPC connections open and clients hung for minutes (measured). `start()` spawns a
+    watchdog (own session, so Ctrl-C in a terminal does not reach it) that SIGKILLs it instead; the
+    Python-backend stubs exit when their tritonserver does. `close()` after a clean stop lets it exit idle."""
+
+    def __init__(self):
+        self._w: int | None = None
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+
+        pids = _tritonserver_children()
+        if not pids:
+            return
+        r, self._w = os.pipe()
+        try:
+            subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, *map(str, pids)], stdin=r, start_new_session=True, close_fds=True
+            )
+        finally:
+            os.close(r)
+
+    def close(self) -> None:
+        if self._w is not None:
+            os.close(self._w)
+            self._w = None
+
+
 def _default_log_file(port: int) -> str:
     import tempfile
 
@@ -196,6 +257,8 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         stack.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])
+        guard = TritonGuard()
+        stack.callback(guard.close)  # registered before triton.stop, so it runs after it
         triton = Triton(config=triton_cfg)  # not entered: models are bound before the server starts
         stack.callback(triton.stop)  # drains in-flight requests (exit_timeout_secs); a no-op once stopped
         try:
@@ -216,6 +279,7 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
                 strict=True,
             )
             triton.run()  # starts tritonserver and loads both models: ready means ready to predict
+            guard.start()
             log(
                 f"serving on grpc://{cfg.host}:{cfg.grpc_port} and http://{cfg.host}:{cfg.http_port} "
                 f"(metrics on :{cfg.metrics_port}): models detect, detect_tensor; {choice.engine} {choice.precision}, "
