@@ -33,6 +33,40 @@ def binary_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float) -> 
     }
 
 
+def oracle_threshold(labels: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """(threshold, accuracy) of the threshold with the best plain accuracy on these very labels.
+
+    An oracle: it reads the labels it is judged on, so it bounds what re-thresholding could give and is
+    never a deployable figure (robustness tables print it in its own, labelled column)."""
+    labels = np.asarray(labels).astype(int)
+    z = np.asarray(logits, dtype=np.float64)
+    if not len(z):
+        raise ValueError("an oracle threshold needs at least one item")
+    order = np.argsort(z, kind="stable")
+    zs, ys = z[order], labels[order]
+    # threshold below everything: all predicted fake; moving it past item i flips item i to "real"
+    correct = np.concatenate([[ys.sum()], ys.sum() + np.cumsum(np.where(ys == 0, 1, -1))])
+    # only cut between distinct values (ties move together)
+    valid = np.concatenate([[True], np.r_[zs[1:] != zs[:-1], True]])
+    correct = np.where(valid, correct, -1)
+    k = int(np.argmax(correct))
+    cuts = np.concatenate([[zs[0] - 1.0], (zs[:-1] + zs[1:]) / 2, [zs[-1] + 1.0]])
+    return float(cuts[k]), float(correct[k] / len(zs))
+
+
+def threshold_at_fpr(labels: np.ndarray, logits: np.ndarray, target_fpr: float) -> float:
+    """The lowest logit threshold whose false-positive rate on the real items is <= target_fpr
+    (decision: logit > threshold). Lowest, so the fake recall is the highest the FPR budget allows."""
+    labels = np.asarray(labels).astype(int)
+    real = np.sort(np.asarray(logits, dtype=np.float64)[labels == 0])[::-1]  # descending
+    if not len(real):
+        raise ValueError("a false-positive-rate threshold needs real (label 0) images")
+    k = int(np.floor(target_fpr * len(real) + 1e-9))  # reals allowed above the threshold
+    if k >= len(real):
+        return float(real[-1] - 1.0)
+    return float(real[k])  # at most k reals are strictly above it; any lower threshold lets k + 1 through
+
+
 def per_generator_report(
     labels: np.ndarray,
     logits: np.ndarray,

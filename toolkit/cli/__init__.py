@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from toolkit.cli import attack, bench, calibrate, data, demo, evaluate, export, infer, purify, serve, train
+from toolkit.cli import attack, bench, calibrate, data, demo, evaluate, export, infer, purify, serve, threshold, train
 
 app = typer.Typer(
     help="CausalCLIP detector + diffusion purifier: train, evaluate, export, benchmark.\n\nExample: toolkit demo",
@@ -17,6 +17,7 @@ app.add_typer(data.app, name="data")
 app.command("eval")(evaluate.eval_command)
 app.command("export")(export.export_command)
 app.command("calibrate")(calibrate.calibrate_command)
+app.command("threshold")(threshold.threshold_command)
 app.command("attack")(attack.attack_command)
 app.command("bench")(bench.bench_command)
 app.command("infer")(infer.infer_command)

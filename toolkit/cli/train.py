@@ -16,7 +16,9 @@ def detector(
     data: Path = typer.Argument(..., help="training folder (0_real/1_fake or nature/ai layout)"),
     out_dir: Path = typer.Option(Path("runs/detector"), "--out", help="run directory to write"),
     val: Path | None = typer.Option(None, help="validation folder that fixes the threshold (default: 20% of DATA)"),
-    method: str = typer.Option("causal", help="causal (CausalCLIP) or probe (UnivFD linear probe)"),
+    method: str = typer.Option(
+        "causal", help="causal (CausalCLIP), probe (UnivFD linear probe) or prompt (CoOp prompts, folded to one unit)"
+    ),
     clip: str = typer.Option("tiny-vit-64", help="open_clip model name, e.g. ViT-L-14, or a tiny preset"),
     pretrained: str | None = typer.Option(None, help="open_clip tag (e.g. openai) or a local .safetensors file"),
     epochs: int = typer.Option(80, min=1),
@@ -25,8 +27,9 @@ def detector(
     seed: int = typer.Option(0),
     cache_dir: Path | None = typer.Option(None, help="feature cache (default ~/.cache/causal-deploy-toolkit)"),
     batch_size: int = typer.Option(64, min=1, help="encoder batch size"),
+    prompt_ctx: int = typer.Option(4, min=1, help="--method prompt: learnable context tokens per class prompt"),
 ) -> None:
-    """Train a CausalCLIP (or linear-probe) detector on frozen CLIP features.
+    """Train a CausalCLIP (or linear-probe, or prompt-tuned) detector on frozen CLIP features.
 
     Example: toolkit train detector data/embedded/train/ae_transposed --val data/embedded/val/ae_transposed
     --clip ViT-L-14 --pretrained openai --out runs/causal
@@ -43,7 +46,7 @@ def detector(
             val_dir=val,
             backbone_cfg=BackboneConfig(name=clip, pretrained=pretrained, seed=seed),
             causal_cfg=CausalCLIPConfig(hsic_weight=hsic_weight, keep_ratio=keep_ratio),
-            train_cfg=TrainConfig(method=method, epochs=epochs, seed=seed),
+            train_cfg=TrainConfig(method=method, epochs=epochs, seed=seed, prompt_ctx=prompt_ctx),
             cache_dir=cache_dir,
             batch_size=batch_size,
         )

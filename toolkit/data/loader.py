@@ -44,12 +44,13 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[Path]]:
     return images, other
 
 
-def _prepare(items, cfg: dict, decode) -> Batch:
+def _prepare(items, cfg: dict, decode, perturb=None) -> Batch:
     pc = PreprocessConfig.from_dict(cfg)
     arrays, ok, skipped = [], [], []
     for key, src in items:
         try:
-            arrays.append(preprocess(decode(src), pc))
+            img = decode(src)
+            arrays.append(preprocess(perturb(img) if perturb is not None else img, pc))
             ok.append(key)
         except ImageDecodeError as e:
             skipped.append(Skipped(key, e.reason))
@@ -59,9 +60,10 @@ def _prepare(items, cfg: dict, decode) -> Batch:
     return Batch(array, ok, skipped)
 
 
-def load_batch(paths: Sequence[str], cfg: dict, max_pixels: int = MAX_PIXELS) -> Batch:
-    """Files -> decode + preprocess; runs inside worker processes (arguments and result are picklable)."""
-    return _prepare([(str(p), p) for p in paths], cfg, lambda p: load_image(p, max_pixels))
+def load_batch(paths: Sequence[str], cfg: dict, max_pixels: int = MAX_PIXELS, perturb=None) -> Batch:
+    """Files -> decode [-> perturb (toolkit/perturb.py)] -> preprocess; runs inside worker processes (arguments
+    and result are picklable)."""
+    return _prepare([(str(p), p) for p in paths], cfg, lambda p: load_image(p, max_pixels), perturb)
 
 
 def decode_batch(items: Sequence[tuple[str, bytes]], cfg: dict, max_pixels: int = MAX_PIXELS) -> Batch:
@@ -125,12 +127,14 @@ def batches(
     workers: int = 2,
     prefetch: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    perturb=None,
 ) -> Iterator[Batch]:
-    """Yield `Batch`es of `batch_size` paths in order; `workers` = 0 decodes in this process."""
+    """Yield `Batch`es of `batch_size` paths in order; `workers` = 0 decodes in this process; `perturb` (a
+    toolkit.perturb.Perturbation) is applied to each decoded image before preprocessing."""
     chunks = [[str(p) for p in paths[i : i + batch_size]] for i in range(0, len(paths), batch_size)]
     if workers <= 0:
         for c in chunks:
-            yield load_batch(c, cfg, max_pixels)
+            yield load_batch(c, cfg, max_pixels, perturb)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -147,14 +151,14 @@ def batches(
         # still importing (before _worker_init runs) cannot print a KeyboardInterrupt traceback from them
         with _sigint_ignored():
             for c in it:
-                pending.append(pool.submit(load_batch, c, cfg, max_pixels))
+                pending.append(pool.submit(load_batch, c, cfg, max_pixels, perturb))
                 if len(pending) >= prefetch:
                     break
         while pending:
             fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(load_batch, nxt, cfg, max_pixels))
+                pending.append(pool.submit(load_batch, nxt, cfg, max_pixels, perturb))
             yield fut.result()
     finally:  # also on Ctrl-C or an early stop: drop what is queued, wait only for what is running
         pool.shutdown(wait=True, cancel_futures=True)

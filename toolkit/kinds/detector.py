@@ -168,7 +168,10 @@ class DetectorKind(ModelKind):
             example=torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed)),
             verify_feeds=verification_feeds(size, verify_n, verify_images, config["preprocess"], seed),
             manifest={
-                "model_config": {k: config[k] for k in ("backbone", "backbone_identity", "causal", "train")},
+                "model_config": {
+                    **{k: config[k] for k in ("backbone", "backbone_identity", "causal", "train")},
+                    "train_generators": config.get("train_generators"),  # seen vs unseen in artifact evaluations
+                },
                 "model_name": config["backbone_identity"],
                 "preprocess": config["preprocess"],
                 "threshold": threshold,

@@ -34,6 +34,12 @@ class CausalCLIPConfig:
     keep_ratio: float = 0.5  # target fraction of kept dimensions
     budget_weight: float = 1.0  # weight of the keep-ratio budget penalty
     hsic_bandwidth: str = "median"  # RBF bandwidth: "median" heuristic or a float given as a string
+    hsic_kernel: str = "rbf"  # rbf | linear (ablation: a linear kernel only sees cross-covariance)
+    hsic_project: int = 0  # > 0: HSIC on a fixed random projection of c and n to this many dims (ablation)
+
+    def __post_init__(self) -> None:
+        if self.hsic_kernel not in ("rbf", "linear"):
+            raise ValueError(f"hsic_kernel must be rbf or linear, got {self.hsic_kernel!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,13 +76,17 @@ def rbf_kernel(x: torch.Tensor, bandwidth: str | float = "median") -> torch.Tens
     return torch.exp(-d2 / (2.0 * sigma2))
 
 
-def hsic(x: torch.Tensor, y: torch.Tensor, bandwidth: str | float = "median") -> torch.Tensor:
-    """Biased HSIC estimate (Gretton et al. 2005): tr(K H L H) / (n - 1)^2; x (B, Dx), y (B, Dy)."""
+def hsic(x: torch.Tensor, y: torch.Tensor, bandwidth: str | float = "median", kernel: str = "rbf") -> torch.Tensor:
+    """Biased HSIC estimate (Gretton et al. 2005): tr(K H L H) / (n - 1)^2; x (B, Dx), y (B, Dy).
+    kernel "linear": K = x x^T (HSIC is then the squared Frobenius norm of the cross-covariance)."""
     n = x.shape[0]
     if n < 3:
         raise ValueError(f"HSIC needs at least 3 samples, got {n}")
-    k = rbf_kernel(x, bandwidth)
-    l = rbf_kernel(y, bandwidth)  # noqa: E741
+    if kernel == "linear":
+        k, l = x @ x.T, y @ y.T  # noqa: E741
+    else:
+        k = rbf_kernel(x, bandwidth)
+        l = rbf_kernel(y, bandwidth)  # noqa: E741
     kc = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()  # H K H
     return (kc * l).sum() / (n - 1) ** 2
 
@@ -110,6 +120,12 @@ class CausalCLIP(nn.Module):
         self.mask_logits = nn.Parameter(torch.full((d,), float(cfg.init_keep_logit)))
         self.head = nn.Linear(d, 1)
         self.aux_head = nn.Linear(d, 1)  # probes the non-causal part; not part of the deployed model
+        if cfg.hsic_project > 0:  # fixed (seed 0, not trained, not saved): the same projection for every run
+            g = torch.Generator().manual_seed(0)
+            proj = torch.randn(d, cfg.hsic_project, generator=g) / math.sqrt(cfg.hsic_project)
+            self.register_buffer("hsic_proj", proj, persistent=False)
+        else:
+            self.hsic_proj = None
 
     def hard_mask(self) -> torch.Tensor:
         return (self.mask_logits > 0).to(self.mask_logits.dtype)  # (D,)
@@ -130,7 +146,8 @@ class CausalCLIP(nn.Module):
         total = bce
         parts = {"bce": bce.item()}
         if cfg.hsic_weight > 0:
-            h = hsic(c, n, _bandwidth(cfg.hsic_bandwidth))
+            hc, hn = (c @ self.hsic_proj, n @ self.hsic_proj) if self.hsic_proj is not None else (c, n)
+            h = hsic(hc, hn, _bandwidth(cfg.hsic_bandwidth), cfg.hsic_kernel)
             total = total + cfg.hsic_weight * h
             parts["hsic"] = h.item()
         if cfg.noncausal_weight > 0:
@@ -178,11 +195,12 @@ class LinearProbe(nn.Module):
         return bce, {"bce": bce.item(), "loss": bce.item()}
 
 
-METHODS = ("causal", "probe")
+METHODS = ("causal", "probe", "prompt")
 
 
 def build_head(method: str, cfg: CausalCLIPConfig) -> CausalCLIP | LinearProbe:
-    """The trainable head of a detector run: CausalCLIP (mask + head) or the UnivFD linear probe."""
+    """The stored head of a detector run: CausalCLIP (mask + head) or one linear unit (the UnivFD linear probe,
+    or a prompt-tuned head already folded: its text features are constants, toolkit/models/prompt.py)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     return CausalCLIP(cfg) if method == "causal" else LinearProbe(cfg.feature_dim)

@@ -100,7 +100,18 @@ def train_detector(
     causal_cfg = causal_cfg or CausalCLIPConfig(feature_dim=d)
     if causal_cfg.feature_dim != d:
         causal_cfg = CausalCLIPConfig.from_dict({**causal_cfg.to_dict(), "feature_dim": d})
-    head, history = train_head(tr.features, tr.labels, causal_cfg, train_cfg, progress)
+    prompt = None
+    if train_cfg.method == "prompt":  # CoOp context through the frozen text tower, folded after training
+        from toolkit.models.causal_clip import LinearProbe
+        from toolkit.models.prompt import PromptConfig, PromptHead, load_text_tower
+
+        prompt = PromptHead(load_text_tower(backbone.config), PromptConfig(n_ctx=train_cfg.prompt_ctx), train_cfg.seed)
+        prompt, history = train_head(tr.features, tr.labels, causal_cfg, train_cfg, progress, model=prompt)
+        head = LinearProbe(d)
+        head.head = prompt.fold()
+        head.eval()
+    else:
+        head, history = train_head(tr.features, tr.labels, causal_cfg, train_cfg, progress)
     val_logits = predict_logits(head, va.features)
     threshold = choose_threshold(va.labels, val_logits)
     train_generators = sorted(set(tr.generators))
@@ -112,6 +123,7 @@ def train_detector(
         "train": train_cfg.to_dict(),
         "threshold": threshold,
         "train_generators": train_generators,
+        **({"prompt": prompt.cfg.to_dict()} if prompt is not None else {}),
         "data": {
             "train": str(train_dir),
             "val": str(val_dir) if val_dir else f"{train_cfg.val_fraction:.0%} of train",
@@ -126,6 +138,14 @@ def train_detector(
     if hasattr(head, "keep_fraction"):
         metrics["mask_keep_fraction"] = head.keep_fraction()
     out_dir = save_detector(out_dir, head, config, metrics)
+    if prompt is not None:  # the unfolded prompt (context vectors, scale): rebuildable and checkable
+        from safetensors.torch import save_file
+
+        from toolkit.io import atomic_path
+        from toolkit.models.prompt import PROMPT_FILE
+
+        with atomic_path(Path(out_dir) / PROMPT_FILE) as tmp:
+            save_file(prompt.prompt_state(), str(tmp))
     if tr.skipped or va.skipped:
         write_skipped_csv(Path(out_dir) / "skipped.csv", tr.skipped + va.skipped)
     return {"run_dir": str(out_dir), "threshold": threshold, **metrics}

@@ -5,8 +5,11 @@ Used by `toolkit demo` and by `benchmarks/embedded_generalisation.py` (which com
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
+
+import numpy as np
 
 from toolkit.data.embedded import EmbeddedConfig, build_embedded_benchmark
 from toolkit.io import read_json, write_json, write_text
@@ -50,3 +53,149 @@ def run_generalisation(
     json_path = write_json(workdir / "report.json", result)
     md_path = write_text(workdir / "report.md", md)
     return {**result, "benchmark": str(bench), "markdown": str(md_path), "json": str(json_path), "table": md}
+
+
+# Every variant of the multi-seed table: (method, CausalCLIPConfig overrides). The first is the reference
+# CausalCLIP configuration; keep-ratio 0.5 is its default, so "keep 0.5" is that row.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "causal": ("causal", {}),
+    "probe (no mask)": ("probe", {}),
+    "prompt (CoOp)": ("prompt", {}),
+    "no HSIC (lambda 0)": ("causal", {"hsic_weight": 0.0}),
+    "no non-causal term": ("causal", {"noncausal_weight": 0.0}),
+    "HSIC, linear kernel": ("causal", {"hsic_kernel": "linear"}),
+    "HSIC on a 64-d random projection": ("causal", {"hsic_project": 64}),
+    "keep 0.25": ("causal", {"keep_ratio": 0.25}),
+    "keep 0.75": ("causal", {"keep_ratio": 0.75}),
+}
+SEED_METRICS = ("acc", "ap", "auc")
+
+
+def run_seeds(
+    workdir: str | Path,
+    clip: str,
+    seeds: int = 5,
+    variants: dict[str, tuple[str, dict]] | None = None,
+    epochs: int = 80,
+    pretrained: str | None = None,
+    progress: bool = True,
+    bench_cfg: EmbeddedConfig | None = None,
+    log=print,
+) -> dict:
+    """Every variant x seed on one fixed benchmark and one fixed backbone (features cached once, so a seed
+    costs head training only). The seed moves mask init, Gumbel noise and data order, never the images or
+    the encoder. -> per variant and seed: validation (in-family) AUC, test per generator, mean unseen."""
+    from toolkit.models.backbone import BackboneConfig, load_backbone
+    from toolkit.models.causal_clip import CausalCLIPConfig
+    from toolkit.pipelines.detector import evaluate_detector, train_detector
+    from toolkit.progress import progress_bar
+    from toolkit.training.detector import TrainConfig
+
+    variants = variants or VARIANTS
+    workdir = Path(workdir)
+    bench = build_embedded_benchmark(workdir / "data" / "embedded", bench_cfg, progress)
+    proto = read_json(bench / "benchmark.json")["protocol"]
+    cache = workdir / "cache"
+    backbone = load_backbone(BackboneConfig(name=clip, pretrained=pretrained))
+    t0 = time.perf_counter()
+    # encode once (train, val, test) through the cache, outside the timed head training
+    train_detector(bench / proto["train"], workdir / "runs" / "warm", val_dir=bench / proto["threshold"],
+                   train_cfg=TrainConfig(method="probe", epochs=1), cache_dir=cache, progress=progress,
+                   backbone=backbone)  # fmt: skip
+    evaluate_detector(workdir / "runs" / "warm", bench / proto["test"], cache, progress=progress, backbone=backbone)
+    encode_s = time.perf_counter() - t0
+    results: dict[str, list[dict]] = {}
+    with progress_bar("variants x seeds", len(variants) * seeds, progress) as advance:
+        for name, (method, overrides) in variants.items():
+            results[name] = []
+            for seed in range(seeds):
+                run = workdir / "runs" / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-s{seed}"
+                res = train_detector(
+                    bench / proto["train"], run, val_dir=bench / proto["threshold"],
+                    causal_cfg=CausalCLIPConfig(**overrides),
+                    train_cfg=TrainConfig(method=method, epochs=epochs, seed=seed),
+                    cache_dir=cache, progress=False, backbone=backbone,
+                )  # fmt: skip
+                rep = evaluate_detector(run, bench / proto["test"], cache, progress=False, backbone=backbone)
+                results[name].append({
+                    "seed": seed,
+                    "val_auc": res["val"]["auc"],
+                    "mean_unseen": rep["mean_unseen"],
+                    "generators": {g: {m: r[m] for m in ("acc_real", "acc_fake", *SEED_METRICS)}
+                                   for g, r in rep["generators"].items()},
+                    "seen": sorted(g for g, r in rep["generators"].items() if r["seen_in_training"]),
+                    "keep_fraction": res.get("mask_keep_fraction"),
+                })  # fmt: skip
+                advance()
+            mu = np.mean([r["mean_unseen"]["acc"] for r in results[name]])
+            log(f"{name}: mean unseen acc {100 * mu:.1f} over {seeds} seeds")
+    return {"backbone": backbone.identity, "protocol": proto, "seeds": seeds, "epochs": epochs,
+            "variants": {k: {"method": m, "overrides": o} for k, (m, o) in variants.items()},
+            "results": results, "encode_s": encode_s}  # fmt: skip
+
+
+def seed_statistics(res: dict, reference: str = "probe (no mask)") -> dict:
+    """mean and std over seeds per variant (mean unseen + per generator), and a paired t-test of each
+    variant against `reference` over seeds (same seed = same data order and head init)."""
+    from scipy.stats import ttest_rel
+
+    out: dict[str, dict] = {}
+    ref = res["results"][reference]
+    for name, runs in res["results"].items():
+        row: dict = {"mean_unseen": {}, "generators": {}, "val_auc": _ms([r["val_auc"] for r in runs])}
+        for m in SEED_METRICS:
+            row["mean_unseen"][m] = _ms([r["mean_unseen"][m] for r in runs])
+        for g in runs[0]["generators"]:
+            row["generators"][g] = {m: _ms([r["generators"][g][m] for r in runs]) for m in SEED_METRICS}
+        if name != reference:
+            row["vs_reference"] = {}
+            for m in SEED_METRICS:
+                a = np.array([r["mean_unseen"][m] for r in runs])
+                b = np.array([r["mean_unseen"][m] for r in ref])
+                p = float(ttest_rel(a, b).pvalue) if len(a) > 1 and np.any(a != b) else 1.0
+                row["vs_reference"][m] = {"delta": float((a - b).mean()), "p": p}
+        out[name] = row
+    return out
+
+
+def _ms(v: list[float | None]) -> dict:
+    a = np.array([x for x in v if x is not None], dtype=np.float64)
+    return {"mean": float(a.mean()) if len(a) else None, "std": float(a.std(ddof=1)) if len(a) > 1 else None}
+
+
+def victim_sweep(
+    workdir: str | Path,
+    candidates: list[str],
+    target_auc: float = 0.75,
+    epochs: int = 80,
+    progress: bool = True,
+    bench_cfg: EmbeddedConfig | None = None,
+    log=print,
+) -> dict:
+    """The linear probe (seed 0) on each candidate backbone, cheapest first: in-family test AUC (the training
+    generator's test images) and the mean over unseen generators; -> the first that reaches `target_auc`."""
+    from toolkit.models.backbone import BackboneConfig, load_backbone
+    from toolkit.pipelines.detector import evaluate_detector, train_detector
+    from toolkit.training.detector import TrainConfig
+
+    workdir = Path(workdir)
+    bench = build_embedded_benchmark(workdir / "data" / "embedded", bench_cfg, progress)
+    proto = read_json(bench / "benchmark.json")["protocol"]
+    rows, chosen = [], None
+    for clip in candidates:
+        backbone = load_backbone(BackboneConfig(name=clip))
+        t = time.perf_counter()
+        run = workdir / "runs" / f"victim-{clip}"
+        train_detector(bench / proto["train"], run, val_dir=bench / proto["threshold"],
+                       train_cfg=TrainConfig(method="probe", epochs=epochs), cache_dir=workdir / "cache",
+                       progress=progress, backbone=backbone)  # fmt: skip
+        rep = evaluate_detector(run, bench / proto["test"], workdir / "cache", progress=progress, backbone=backbone)
+        seen = [g for g, r in rep["generators"].items() if r["seen_in_training"]]
+        row = {"clip": clip, "identity": backbone.identity, "image_size": backbone.preprocess_cfg.size,
+               "feature_dim": backbone.feature_dim, "in_family_auc": rep["generators"][seen[0]]["auc"],
+               "unseen_auc": rep["mean_unseen"]["auc"], "encode_and_train_s": time.perf_counter() - t}  # fmt: skip
+        rows.append(row)
+        log(f"{clip}: probe in-family AUC {100 * row['in_family_auc']:.1f}, unseen {100 * row['unseen_auc']:.1f}")
+        if chosen is None and row["in_family_auc"] >= target_auc:
+            chosen = clip
+    return {"candidates": rows, "target_auc": target_auc, "chosen": chosen}

@@ -18,7 +18,7 @@ __all__ = ["METHODS", "TrainConfig", "build_head", "choose_threshold", "predict_
 
 @dataclass
 class TrainConfig:
-    method: str = "causal"  # causal (CausalCLIP) | probe (UnivFD linear probe)
+    method: str = "causal"  # causal (CausalCLIP) | probe (UnivFD linear probe) | prompt (CoOp prompts, folded)
     epochs: int = 80
     batch_size: int = 128
     lr: float = 5e-3
@@ -26,6 +26,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     val_fraction: float = 0.2  # held out of the training folder when no validation folder is given
+    prompt_ctx: int = 4  # prompt method: learnable context vectors per class prompt
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -45,8 +46,11 @@ def train_head(
     causal_cfg: CausalCLIPConfig,
     cfg: TrainConfig,
     progress: bool = True,
+    model: torch.nn.Module | None = None,
 ) -> tuple[CausalCLIP | LinearProbe, list[dict]]:
-    """features (N, D), labels (N,) in {0, 1} -> trained head (eval mode) and per-epoch history."""
+    """features (N, D), labels (N,) in {0, 1} -> trained head (eval mode) and per-epoch history.
+
+    `model`: a head built by the caller (the prompt head needs the text tower); default build_head(method)."""
     from toolkit.progress import progress_bar
 
     if features.ndim != 2 or features.shape[0] != labels.shape[0]:
@@ -54,8 +58,9 @@ def train_head(
     if len(np.unique(labels)) < 2:
         raise ValueError("training needs both real (0) and generated (1) images; only one class was found")
     torch.manual_seed(cfg.seed)
-    model = build_head(cfg.method, causal_cfg)
-    groups = [{"params": [p for n, p in model.named_parameters() if n != "mask_logits"], "lr": cfg.lr}]
+    model = model if model is not None else build_head(cfg.method, causal_cfg)
+    trainable = [p for n, p in model.named_parameters() if n != "mask_logits" and p.requires_grad]
+    groups = [{"params": trainable, "lr": cfg.lr}]
     if isinstance(model, CausalCLIP):
         groups.append({"params": [model.mask_logits], "lr": cfg.mask_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
