@@ -19,7 +19,7 @@ def test_hsic_ablation_kernels():
     x = torch.randn(64, 8, generator=g)
     indep, dep = torch.randn(64, 8, generator=g), x @ torch.randn(8, 8, generator=g)
     for kernel in ("rbf", "linear"):
-        assert hsic(x, dep, kernel=kernel) > 3 * hsic(x, indep, kernel=kernel)
+        assert hsic(x, dep, kernel=kernel) > 2 * hsic(x, indep, kernel=kernel)
     # linear kernel: HSIC = ||cov(x, y)||_F^2 (biased, (n-1)^2 normalisation)
     xc, yc = x - x.mean(0), dep - dep.mean(0)
     assert hsic(x, dep, kernel="linear") == pytest.approx(float(((xc.T @ yc) ** 2).sum() / 63**2), rel=1e-4)

@@ -196,6 +196,7 @@ def victim_sweep(
                "unseen_auc": rep["mean_unseen"]["auc"], "encode_and_train_s": time.perf_counter() - t}  # fmt: skip
         rows.append(row)
         log(f"{clip}: probe in-family AUC {100 * row['in_family_auc']:.1f}, unseen {100 * row['unseen_auc']:.1f}")
-        if chosen is None and row["in_family_auc"] >= target_auc:
+        if row["in_family_auc"] >= target_auc:  # cheapest first: the rest cost more and are not needed
             chosen = clip
+            break
     return {"candidates": rows, "target_auc": target_auc, "chosen": chosen}
