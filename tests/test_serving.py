@@ -460,3 +460,57 @@ def test_triton_repo_writes_plans_as_tensorrt_models_and_never_replaces_a_foreig
     with pytest.raises(ValueError, match="not a model repository written by 'toolkit triton-repo'"):
         write_model_repository(art, foreign, log=lambda *_: None)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+class _FlakyTriton:
+    """Stands in for one thread's tritonclient: answers with the given errors first, then a real result."""
+
+    def __init__(self, errors: list[Exception]):
+        self.errors, self.calls = list(errors), 0
+
+    def infer(self, model, inputs, outputs=None, client_timeout=None):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        n = inputs[0].shape()[0]
+
+        class Res:
+            def as_numpy(self, name):
+                return {"error": np.full((n, 1), b"", object)}.get(name, np.zeros((n, 1), np.float32))
+
+        return Res()
+
+    def is_model_ready(self, model):
+        return True
+
+    def get_server_metadata(self):
+        return type("M", (), {"name": "causal-deploy-toolkit/abc"})()
+
+    def get_model_config(self, model):
+        return type("C", (), {"config": type("X", (), {"max_batch_size": 8})()})()
+
+    def close(self):
+        pass
+
+
+def test_an_unloading_model_is_retried_and_a_refusal_is_one_line(monkeypatch):
+    """Found by CI under load: SIGKILLing `toolkit serve` leaves tritonserver up for a moment with its model
+    unloaded; the client got NOT_FOUND "... has no available versions" and died with a traceback."""
+    from tritonclient.utils import InferenceServerException
+
+    from toolkit.serving.client import ClientConfig, DetectClient, ServerError
+
+    unloading = InferenceServerException(
+        "Request for unknown model: 'detect' has no available versions", status="StatusCode.NOT_FOUND"
+    )
+    fake = _FlakyTriton([unloading, unloading])
+    client = DetectClient(ClientConfig("grpc://127.0.0.1:1", retry_s=10))
+    monkeypatch.setattr(client, "_client", lambda: fake)
+    monkeypatch.setattr(client, "_reset", lambda: None)
+    client.server_id = "causal-deploy-toolkit/abc"
+    out = client.detect([b"x", b"y"])
+    assert fake.calls == 3 and out["logit"].shape == (2,)
+    fake.errors = [InferenceServerException("unexpected shape for input 'image'", status="StatusCode.INVALID_ARGUMENT")]
+    with pytest.raises(ServerError, match=r"refused infer: .*unexpected shape") as e:
+        client.detect([b"x"])
+    assert "\n" not in str(e.value)

@@ -53,7 +53,21 @@ def _status(e: Exception) -> str:
 
 
 def _transient(e: Exception) -> bool:
-    return _status(e) in RETRIED or isinstance(e, (ConnectionError, OSError))
+    if _status(e) in RETRIED or isinstance(e, (ConnectionError, OSError)):
+        return True
+    # Triton answers NOT_FOUND "... has no available versions" while a model is unloaded: its Python process died
+    # (`toolkit serve` was killed and tritonserver is about to follow) or a restarted server is still loading it.
+    # The server is going away or coming back, so it is retried like UNAVAILABLE (seen under CI load, where the
+    # SIGKILL fault test raced this window).
+    return isinstance(e, _ModelNotReady) or (_status(e) == "StatusCode.NOT_FOUND" and "no available versions" in str(e))
+
+
+class _ModelNotReady(Exception):
+    """The server answers but `detect` is not loaded (yet, or any more): retried like a server away."""
+
+
+class ServerError(RuntimeError):
+    """The server answered with an error that retrying will not fix (one line, for the CLI)."""
 
 
 class DetectClient:
@@ -95,7 +109,7 @@ class DetectClient:
         """(server id, max batch of `detect`); raises if the server is not a ready `toolkit serve`."""
         c = self._client()
         if not c.is_model_ready(MODEL):
-            raise ServerUnavailable(f"grpc://{self.address} answers but its model {MODEL!r} is not ready")
+            raise _ModelNotReady(f"grpc://{self.address} answers but its model {MODEL!r} is not ready")
         sid = c.get_server_metadata().name
         if not sid.startswith(IDENTITY_PREFIX):
             raise ValueError(f"grpc://{self.address} is a Triton server but not 'toolkit serve' (server id {sid!r})")
@@ -112,9 +126,14 @@ class DetectClient:
             tries += 1
             try:
                 return fn()
+            except (ServerChanged, ServerUnavailable, ValueError):
+                raise
             except Exception as e:
-                if self._closed or not _transient(e):
+                if self._closed:
                     raise
+                if not _transient(e):
+                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise ServerError(f"the server at grpc://{self.address} refused {what}: {first}") from None
                 last = e
                 self._reset()
             if time.monotonic() - t0 + wait > self.cfg.retry_s:
