@@ -40,7 +40,8 @@ def markdown(sweep: dict, res: dict, stats: dict, command: str, env: dict) -> st
         f"Machine: {cpu_line(env)}, torch {env['versions']['torch']}, open_clip {env['versions']['open_clip_torch']}  ",
         f"Protocol: train on `{proto['train']}`, threshold fixed on `{proto['threshold']}` (validation: the training "
         f"family only), test on `{proto['test']}` (unseen: {', '.join(proto['unseen'])}). Head training "
-        f"{res['epochs']} epochs; features encoded once ({res['encode_s']:.0f} s) and cached.",
+        f"{res['epochs']} epochs; features encoded once and cached (by the victim sweep when it ran the chosen "
+        f"backbone; {res['encode_s']:.0f} s in this step).",
         "",
         "## The victim",
         "",
