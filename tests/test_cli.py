@@ -8,7 +8,7 @@ runner = CliRunner()
 
 
 def test_help_for_every_command_has_an_example():
-    for args in ([], ["train", "detector"], ["eval"], ["data", "embedded"], ["demo"]):
+    for args in ([], ["train", "detector"], ["eval"], ["threshold"], ["data", "embedded"], ["demo"]):
         res = runner.invoke(app, [*args, "--help"])
         assert res.exit_code == 0, res.output
         assert "Example" in res.output
