@@ -12,6 +12,7 @@ is part of the prediction identity, so `infer --out` refuses to resume old rows 
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def data_digest(paths: list[str], root: str | Path) -> str:
 
     h = hashlib.sha256()
     for p in sorted(paths):
-        rel = Path(p).resolve().relative_to(Path(root).resolve()).as_posix()
+        rel = Path(os.path.relpath(p, root)).as_posix()  # not resolved: symlinked files keep their own names
         h.update(f"{rel}\0{sha256_file(p)}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
