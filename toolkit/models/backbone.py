@@ -78,6 +78,15 @@ class ClipBackbone(nn.Module):
 
 def load_backbone(cfg: BackboneConfig) -> ClipBackbone:
     """Build the frozen image encoder through open_clip's own factory and loader."""
+    model = create_clip_model(cfg)
+    preprocess_cfg = PreprocessConfig.from_open_clip(model.visual.preprocess_cfg)
+    identity = f"{cfg.name}|{_weights_identity(cfg)}"
+    return ClipBackbone(model.visual, preprocess_cfg, cfg, identity)
+
+
+def create_clip_model(cfg: BackboneConfig):
+    """The whole open_clip model of `cfg` (checked name and weights; random weights seeded by cfg.seed, so
+    every call builds the same model): the image tower for `load_backbone`, the text tower for prompts."""
     import open_clip
 
     register_presets()
@@ -119,9 +128,7 @@ def load_backbone(cfg: BackboneConfig) -> ClipBackbone:
         raise
     finally:
         logging.disable(logging.NOTSET)
-    preprocess_cfg = PreprocessConfig.from_open_clip(model.visual.preprocess_cfg)
-    identity = f"{cfg.name}|{_weights_identity(cfg)}"
-    return ClipBackbone(model.visual, preprocess_cfg, cfg, identity)
+    return model
 
 
 def save_open_clip_checkpoint(name: str, path: str | Path, seed: int = 0) -> Path:

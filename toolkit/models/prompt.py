@@ -16,7 +16,6 @@ unfolded model can be rebuilt and checked against the fold.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict, dataclass
 
@@ -87,17 +86,9 @@ def load_text_tower(backbone_cfg) -> TextTower:
     weights are seeded the same way, so image and text towers belong to one CLIP)."""
     import open_clip
 
-    from toolkit.models.backbone import register_presets
+    from toolkit.models.backbone import create_clip_model
 
-    register_presets()
-    pretrained = backbone_cfg.pretrained
-    if pretrained is None:
-        torch.manual_seed(backbone_cfg.seed)
-        logging.disable(logging.WARNING)
-    try:
-        model = open_clip.create_model(backbone_cfg.name, pretrained=pretrained, cache_dir=backbone_cfg.cache_dir)
-    finally:
-        logging.disable(logging.NOTSET)
+    model = create_clip_model(backbone_cfg)
     if not hasattr(model, "token_embedding"):
         raise ValueError(
             f"{backbone_cfg.name} has no CLIP text tower in open_clip's CLIP layout: --method prompt needs one"
