@@ -20,6 +20,7 @@ from PIL import Image
 
 ORDER = ("blur", "resize", "jpeg")  # application order of a chain
 _LIMITS = {"blur": (0.0, 64.0), "resize": (0.01, 1.0), "jpeg": (1.0, 100.0)}
+IDENTITY = {"blur": 0.0, "resize": 1.0}  # values that leave the image as it is (JPEG has none: 100 re-encodes)
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,8 @@ def parse_chain(spec: str) -> Perturbation:
         if op in ops:
             raise ValueError(f"perturbation {spec!r}: {op} appears twice")
         ops[op] = v
-    identity = {"blur": 0.0, "resize": 1.0}  # dropped, so blur:0 is the clean row (measured once)
-    return Perturbation(tuple((op, ops[op]) for op in ORDER if op in ops and ops[op] != identity.get(op)))
+    # identity values are dropped, so blur:0 is the clean row (measured once)
+    return Perturbation(tuple((op, ops[op]) for op in ORDER if op in ops and ops[op] != IDENTITY.get(op)))
 
 
 def parse_axis(spec: str) -> list[Perturbation]:

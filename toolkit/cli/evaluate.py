@@ -35,10 +35,10 @@ def eval_command(
     Example: toolkit eval artifacts/causal data/test --precision int8 --perturb jpeg:100,75,50,30 --perturb blur:0,2,4
     """
     from toolkit.pipelines.detector import evaluate_to_files
-    from toolkit.pipelines.robustness import robustness_to_files
+    from toolkit.pipelines.robustness import is_artifact, robustness_to_files
 
     with user_errors():
-        if perturb or (target / "manifest.json").is_file():
+        if perturb or is_artifact(target):
             from toolkit.perturb import parse_axes
             from toolkit.predict import EngineChoice
 

@@ -53,6 +53,22 @@ def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05) -
         }
 
 
+def _held_out(images: str | Path, size: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded sample of `n` labelled images as pixels in [0, 1] at `size`, and their labels."""
+    from toolkit.data.folders import find_labelled_images
+
+    ds = find_labelled_images(images)
+    idx = sorted(np.random.default_rng(seed).permutation(len(ds.paths))[:n])
+    return load_pixels([ds.paths[i] for i in idx], size), torch.tensor([ds.labels[i] for i in idx])
+
+
+def _accuracy(model, imgs: torch.Tensor, y: torch.Tensor, threshold: float) -> float:
+    """Decision accuracy of a pixel detector (logit > threshold) on images in [0, 1], 64 at a time."""
+    with torch.no_grad():
+        logits = torch.cat([model(imgs[i : i + 64])[0] for i in range(0, len(imgs), 64)])
+    return float(((logits > threshold).long() == y).float().mean())
+
+
 def evaluate_purifiers(
     purifier_run: str | Path,
     detector_run: str | Path,
@@ -69,7 +85,6 @@ def evaluate_purifiers(
     each eps, PSNR/SSIM to the clean image, time per image; plus an adaptive attack through the student."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from toolkit.data.folders import find_labelled_images
     from toolkit.kinds.purifier import load_run
     from toolkit.models.purifier import OneStepPurifier
     from toolkit.progress import progress_bar
@@ -78,15 +93,10 @@ def evaluate_purifiers(
     model, config = pixel_detector(detector_run)
     model.requires_grad_(False)
     threshold = float(config["threshold"])
-    ds = find_labelled_images(images)
-    idx = sorted(np.random.default_rng(seed).permutation(len(ds.paths))[:n])
-    x = load_pixels([ds.paths[i] for i in idx], cfg.sample_size)
-    y = torch.tensor([ds.labels[i] for i in idx])
+    x, y = _held_out(images, cfg.sample_size, n, seed)
 
     def acc(imgs):
-        with torch.no_grad():
-            logits = torch.cat([model(imgs[i : i + 64])[0] for i in range(0, len(imgs), 64)])
-        return float(((logits > threshold).long() == y).float().mean())
+        return _accuracy(model, imgs, y, threshold)
 
     def quality(a, b):
         a_, b_ = a.permute(0, 2, 3, 1).numpy(), b.permute(0, 2, 3, 1).numpy()
@@ -167,19 +177,14 @@ def head_defence_table(
     """One row per detector head x (alone | purifier student in front): clean accuracy, accuracy under PGD on
     that head's decision at each eps (the attack sees the head, not the purifier: the transfer setting of the
     purifier table), accuracy on JPEG-compressed clean images, and ms per image of the chain (PyTorch, CPU)."""
-    from toolkit.data.folders import find_labelled_images
     from toolkit.kinds.purifier import load_run
-    from toolkit.models.purifier import OneStepPurifier
     from toolkit.progress import progress_bar
 
     nets, cfg = load_run(purifier_run)
-    student = OneStepPurifier(nets["student"]).eval().requires_grad_(False)
-    jpeg = defences(nets, cfg, jpeg_quality)[f"JPEG q{jpeg_quality}"]
-    ds = find_labelled_images(images)
-    idx = sorted(np.random.default_rng(seed).permutation(len(ds.paths))[:n])
-    x = load_pixels([ds.paths[i] for i in idx], cfg.sample_size)
-    y = torch.tensor([ds.labels[i] for i in idx])
-    x_jpeg = jpeg(x)
+    defs = defences(nets, cfg, jpeg_quality)
+    student = defs["student (1 step)"]
+    x, y = _held_out(images, cfg.sample_size, n, seed)
+    x_jpeg = defs[f"JPEG q{jpeg_quality}"](x)
     rows: dict[str, dict] = {}
     with progress_bar("heads x defences", len(heads), progress) as advance:
         for name, run in heads.items():
@@ -188,14 +193,12 @@ def head_defence_table(
             threshold = float(config["threshold"])
 
             def acc(imgs, model=model, threshold=threshold):
-                with torch.no_grad():
-                    logits = torch.cat([model(imgs[i : i + 64])[0] for i in range(0, len(imgs), 64)])
-                return float(((logits > threshold).long() == y).float().mean())
+                return _accuracy(model, imgs, y, threshold)
 
             attacked = {
                 e: pgd(model, x, y, PGDConfig(eps=e, steps=steps, target="decision", seed=seed)) for e in eps_list
             }
-            for defence, f in (("none", lambda v: v), ("student (1 step)", lambda v: student(v).detach())):
+            for defence, f in (("none", lambda v: v), ("student (1 step)", student)):
                 with torch.no_grad():
                     t = time.perf_counter()
                     clean = f(x)

@@ -15,6 +15,17 @@ from toolkit.data.embedded import EmbeddedConfig, build_embedded_benchmark
 from toolkit.io import read_json, write_json, write_text
 
 
+def _protocol_run(bench: Path, proto: dict, run: Path, backbone, cache: Path, train_cfg, causal_cfg=None,
+                  progress: bool = True):  # fmt: skip
+    """The embedded protocol (`proto`, from benchmark.json) for one head: train on its training family,
+    threshold on validation, test on the test split (features through the cache); -> (train summary, report)."""
+    from toolkit.pipelines.detector import evaluate_detector, train_detector
+
+    res = train_detector(bench / proto["train"], run, val_dir=bench / proto["threshold"], causal_cfg=causal_cfg,
+                         train_cfg=train_cfg, cache_dir=cache, progress=progress, backbone=backbone)  # fmt: skip
+    return res, evaluate_detector(run, bench / proto["test"], cache, progress=progress, backbone=backbone)
+
+
 def run_generalisation(
     workdir: str | Path,
     clip: str = "tiny-vit-64",
@@ -26,7 +37,7 @@ def run_generalisation(
 ) -> dict:
     from toolkit.evaluation import markdown_table
     from toolkit.models.backbone import BackboneConfig, load_backbone
-    from toolkit.pipelines.detector import console, evaluate_detector, train_detector
+    from toolkit.pipelines.detector import console
     from toolkit.training.detector import TrainConfig
 
     workdir = Path(workdir)
@@ -39,12 +50,8 @@ def run_generalisation(
     for m in methods:
         t = time.perf_counter()
         run = workdir / "runs" / m
-        train_detector(
-            bench / proto["train"], run, val_dir=bench / proto["threshold"],
-            train_cfg=TrainConfig(method=m, epochs=epochs), cache_dir=cache, progress=progress, backbone=backbone,
-        )  # fmt: skip
-        reports[m] = evaluate_detector(
-            run, bench / proto["test"], cache_dir=cache, progress=progress, backbone=backbone
+        _, reports[m] = _protocol_run(
+            bench, proto, run, backbone, cache, TrainConfig(method=m, epochs=epochs), None, progress
         )
         timings[f"{m}_s"] = time.perf_counter() - t
         console.print(f"{m}: mean unseen AUC {100 * (reports[m]['mean_unseen']['auc'] or 0):.1f}")
@@ -87,7 +94,6 @@ def run_seeds(
     the encoder. -> per variant and seed: validation (in-family) AUC, test per generator, mean unseen."""
     from toolkit.models.backbone import BackboneConfig, load_backbone
     from toolkit.models.causal_clip import CausalCLIPConfig
-    from toolkit.pipelines.detector import evaluate_detector, train_detector
     from toolkit.progress import progress_bar
     from toolkit.training.detector import TrainConfig
 
@@ -99,10 +105,9 @@ def run_seeds(
     backbone = load_backbone(BackboneConfig(name=clip, pretrained=pretrained))
     t0 = time.perf_counter()
     # encode once (train, val, test) through the cache, outside the timed head training
-    train_detector(bench / proto["train"], workdir / "runs" / "warm", val_dir=bench / proto["threshold"],
-                   train_cfg=TrainConfig(method="probe", epochs=1), cache_dir=cache, progress=progress,
-                   backbone=backbone)  # fmt: skip
-    evaluate_detector(workdir / "runs" / "warm", bench / proto["test"], cache, progress=progress, backbone=backbone)
+    _protocol_run(
+        bench, proto, workdir / "runs" / "warm", backbone, cache, TrainConfig(method="probe", epochs=1), None, progress
+    )
     encode_s = time.perf_counter() - t0
     results: dict[str, list[dict]] = {}
     with progress_bar("variants x seeds", len(variants) * seeds, progress) as advance:
@@ -110,13 +115,10 @@ def run_seeds(
             results[name] = []
             for seed in range(seeds):
                 run = workdir / "runs" / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-s{seed}"
-                res = train_detector(
-                    bench / proto["train"], run, val_dir=bench / proto["threshold"],
-                    causal_cfg=CausalCLIPConfig(**overrides),
-                    train_cfg=TrainConfig(method=method, epochs=epochs, seed=seed),
-                    cache_dir=cache, progress=False, backbone=backbone,
-                )  # fmt: skip
-                rep = evaluate_detector(run, bench / proto["test"], cache, progress=False, backbone=backbone)
+                tc = TrainConfig(method=method, epochs=epochs, seed=seed)
+                res, rep = _protocol_run(
+                    bench, proto, run, backbone, cache, tc, CausalCLIPConfig(**overrides), progress=False
+                )
                 results[name].append({
                     "seed": seed,
                     "val_auc": res["val"]["auc"],
@@ -175,7 +177,6 @@ def victim_sweep(
     """The linear probe (seed 0) on each candidate backbone, cheapest first: in-family test AUC (the training
     generator's test images) and the mean over unseen generators; -> the first that reaches `target_auc`."""
     from toolkit.models.backbone import BackboneConfig, load_backbone
-    from toolkit.pipelines.detector import evaluate_detector, train_detector
     from toolkit.training.detector import TrainConfig
 
     workdir = Path(workdir)
@@ -186,10 +187,8 @@ def victim_sweep(
         backbone = load_backbone(BackboneConfig(name=clip))
         t = time.perf_counter()
         run = workdir / "runs" / f"victim-{clip}"
-        train_detector(bench / proto["train"], run, val_dir=bench / proto["threshold"],
-                       train_cfg=TrainConfig(method="probe", epochs=epochs), cache_dir=workdir / "cache",
-                       progress=progress, backbone=backbone)  # fmt: skip
-        rep = evaluate_detector(run, bench / proto["test"], workdir / "cache", progress=progress, backbone=backbone)
+        tc = TrainConfig(method="probe", epochs=epochs)
+        _, rep = _protocol_run(bench, proto, run, backbone, workdir / "cache", tc, None, progress)
         seen = [g for g, r in rep["generators"].items() if r["seen_in_training"]]
         row = {"clip": clip, "identity": backbone.identity, "image_size": backbone.preprocess_cfg.size,
                "feature_dim": backbone.feature_dim, "in_family_auc": rep["generators"][seen[0]]["auc"],

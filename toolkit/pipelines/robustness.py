@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.data.folders import LabelledImages
 from toolkit.data.images import Skipped
-from toolkit.perturb import Perturbation
+from toolkit.perturb import IDENTITY, Perturbation
 
 
 @dataclass
@@ -46,10 +47,10 @@ class Scores:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _is_artifact(target: Path) -> bool:
+def is_artifact(target: str | Path) -> bool:
     from toolkit.artifact import MANIFEST
 
-    return (target / MANIFEST).is_file()
+    return (Path(target) / MANIFEST).is_file()
 
 
 def _train_generators_of(run_dir: Path) -> list[str] | None:
@@ -70,7 +71,7 @@ def open_scorer(target: str | Path, choice=None, batch: int = 32, what: str = "s
     target = Path(target)
     if not target.is_dir():
         raise FileNotFoundError(f"{target} is not a directory (want a run from 'toolkit train' or an artifact)")
-    if _is_artifact(target):
+    if is_artifact(target):
         from toolkit.artifact import Artifact
         from toolkit.predict import PredictionPath
 
@@ -106,21 +107,27 @@ def open_scorer(target: str | Path, choice=None, batch: int = 32, what: str = "s
                  logits, describe="PyTorch fp32 (run)")  # fmt: skip
 
 
+def labelled_folder(data: str | Path) -> LabelledImages:
+    """The labelled folder, walked once (a scorer reads it once per perturbation); refused when empty."""
+    from toolkit.data.folders import find_labelled_images
+
+    ds = find_labelled_images(data)
+    if not len(ds):
+        raise ValueError(f"{data} has no labelled images (want 0_real/1_fake or nature/ai sub-folders)")
+    return ds
+
+
 def score_folder(
     scorer: Scorer,
-    data: str | Path,
+    ds: LabelledImages,
     perturb: Perturbation | None = None,
     batch: int = 32,
     workers: int = 2,
     advance: Callable[..., None] | None = None,
 ) -> Scores:
-    """Every image of a labelled folder -> logits (unreadable files skipped with their reasons)."""
-    from toolkit.data.folders import find_labelled_images
+    """Every image of a labelled folder (`labelled_folder`) -> logits (unreadable files skipped with reasons)."""
     from toolkit.data.loader import batches
 
-    ds = find_labelled_images(data)
-    if not len(ds):
-        raise ValueError(f"{data} has no labelled images (want 0_real/1_fake or nature/ai sub-folders)")
     index = {str(p): i for i, p in enumerate(ds.paths)}
     logits, kept, skipped = [], [], []
     for b in batches(ds.paths, scorer.preprocess, batch, workers, perturb=perturb):
@@ -131,7 +138,7 @@ def score_folder(
         if advance is not None:
             advance(len(b.paths) + len(b.skipped))
     if not kept:
-        raise ValueError(f"{data}: no readable images ({len(skipped)} skipped)")
+        raise ValueError(f"{ds.root}: no readable images ({len(skipped)} skipped)")
     idx = [index[p] for p in kept]
     return Scores(
         np.concatenate(logits),
@@ -152,21 +159,20 @@ def robustness_matrix(
     progress: bool = True,
 ) -> dict:
     """One row per perturbation (the clean row first): metrics at the fixed threshold + the oracle column."""
-    from toolkit.data.folders import find_labelled_images
     from toolkit.evaluation import binary_metrics, oracle_threshold, per_generator_report
     from toolkit.progress import progress_bar
 
     rows_spec = [Perturbation()] + [p for axis in axes for p in axis if p.ops]
     rows_spec = list(dict.fromkeys(rows_spec))  # a value repeated across axes is measured once
-    n_files = len(find_labelled_images(data))
+    ds = labelled_folder(data)
     rows = []
     with (
         open_scorer(target, choice, batch, "toolkit eval --perturb") as scorer,
-        progress_bar(f"eval {len(rows_spec)} perturbation(s)", n_files * len(rows_spec), progress) as advance,
+        progress_bar(f"eval {len(rows_spec)} perturbation(s)", len(ds) * len(rows_spec), progress) as advance,
     ):
         clean_logit: dict[str, float] = {}
         for p in rows_spec:
-            s = score_folder(scorer, data, p, batch, workers, advance)
+            s = score_folder(scorer, ds, p, batch, workers, advance)
             if not p.ops:
                 clean_logit = dict(zip(s.paths, s.logits.tolist(), strict=True))
             shift = [
@@ -240,7 +246,7 @@ def plot_matrix(reports: dict[str, dict], path: str | Path) -> Path:
             pts = [
                 (r["ops"][-1][1], r) for r in rep["rows"] if r["ops"] and r["ops"][-1][0] == op and len(r["ops"]) == 1
             ]
-            ident = {"blur": 0.0, "resize": 1.0}.get(op)
+            ident = IDENTITY.get(op)
             if ident is not None:
                 pts.append((ident, clean))
             pts.sort(key=lambda t: t[0], reverse=op in ("jpeg", "resize"))
@@ -280,7 +286,7 @@ def robustness_to_files(
     target = Path(target)
     rep = robustness_matrix(target, data, axes, choice, batch, workers, progress)
     if stem is None:
-        stem = target.parent / f"{target.name}.robustness" if _is_artifact(target) else target / "robustness"
+        stem = target.parent / f"{target.name}.robustness" if is_artifact(target) else target / "robustness"
     stem = Path(stem)
     label = f"{target.name} ({rep['scored_by']})"
     md = markdown_matrix({label: rep})

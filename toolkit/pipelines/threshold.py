@@ -55,9 +55,8 @@ def calibrate_threshold(
 ) -> dict:
     """Score DATA with the artifact, choose the threshold, re-seal the manifest (unless dry_run); -> summary."""
     from toolkit.artifact import Artifact
-    from toolkit.data.folders import find_labelled_images
     from toolkit.evaluation import binary_metrics
-    from toolkit.pipelines.robustness import open_scorer, score_folder
+    from toolkit.pipelines.robustness import labelled_folder, open_scorer, score_folder
     from toolkit.progress import progress_bar
 
     if (target_fpr is None) == (not best_acc):
@@ -65,12 +64,12 @@ def calibrate_threshold(
     if target_fpr is not None and not 0.0 <= target_fpr < 1.0:
         raise ValueError(f"--target-fpr must be in [0, 1), got {target_fpr}")
     rule = "fpr" if target_fpr is not None else "best-acc"
-    n = len(find_labelled_images(data))
+    ds = labelled_folder(data)
     with (
         open_scorer(artifact, choice, batch, "toolkit threshold") as scorer,
-        progress_bar(f"score {Path(data).name}", n, progress) as advance,
+        progress_bar(f"score {Path(data).name}", len(ds), progress) as advance,
     ):
-        s = score_folder(scorer, data, None, batch, workers, advance)
+        s = score_folder(scorer, ds, None, batch, workers, advance)
         engine = scorer.describe
         old = scorer.threshold
     t = choose(s.labels, s.logits, rule, target_fpr)
