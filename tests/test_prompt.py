@@ -67,3 +67,42 @@ def test_a_prompt_that_does_not_fit_is_one_line(toy_data, tmp_path):
     res = runner.invoke(app, ["train", "detector", str(toy_data / "gan_a"), "--out", str(tmp_path / "r"),
                               "--method", "prompt", "--clip", "tiny-vit-32", "--prompt-ctx", "6"])  # fmt: skip
     assert res.exit_code == 2 and "this CLIP's text context holds 8" in res.output and "Traceback" not in res.output
+
+
+def test_adversarial_prompt_tuning_trains_on_attacked_features(toy_data, tiny_backbone, tmp_path):
+    """APT: the adversary really attacks the head as it is (its features raise that head's loss), training sees
+    them every refresh, the run records the attack, and the run still folds and exports like any detector."""
+    from toolkit.data.folders import find_labelled_images
+    from toolkit.kinds.detector import load_run
+    from toolkit.pipelines.detector import encode, feature_adversary
+    from toolkit.training.detector import TrainConfig
+
+    res = runner.invoke(app, ["train", "detector", str(toy_data / "gan_a"), "--out", str(tmp_path / "apt"),
+                              "--method", "prompt", "--clip", "tiny-vit-32", "--epochs", "6", "--adv-eps", "8",
+                              "--adv-refresh", "3"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    head, config = load_run(tmp_path / "apt")
+    assert (config["train"]["adv_eps"], config["train"]["adv_refresh"]) == (8, 3)
+    hist = json.loads((tmp_path / "apt" / "metrics.json").read_text())["history"]
+    assert all("adv_bce" in h for h in hist)
+
+    enc = encode(find_labelled_images(toy_data / "gan_a"), tiny_backbone, None, progress=False)
+    adversary = feature_adversary(enc, tiny_backbone, TrainConfig(method="prompt", adv_eps=8, adv_steps=5))
+    adv = adversary(head, 0)
+    assert adv.shape == enc.features.shape and not np.allclose(adv, enc.features)
+    y = torch.from_numpy(enc.labels.astype(np.float32))
+    with torch.no_grad():
+        clean_loss = torch.nn.functional.binary_cross_entropy_with_logits(head(torch.from_numpy(enc.features)), y)
+        adv_loss = torch.nn.functional.binary_cross_entropy_with_logits(head(torch.from_numpy(adv)), y)
+    assert float(adv_loss) > float(clean_loss), (float(adv_loss), float(clean_loss))
+
+
+def test_adversarial_training_needs_images_and_whole_eps():
+    from toolkit.models.causal_clip import CausalCLIPConfig
+    from toolkit.training.detector import TrainConfig, train_head
+
+    x, y = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32), np.array([0, 1] * 4)
+    with pytest.raises(ValueError, match="needs the images"):
+        train_head(x, y, CausalCLIPConfig(feature_dim=4), TrainConfig(method="probe", adv_eps=4), progress=False)
+    with pytest.raises(ValueError, match="whole number"):
+        TrainConfig(adv_eps=2.5)

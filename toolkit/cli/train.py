@@ -28,11 +28,19 @@ def detector(
     cache_dir: Path | None = typer.Option(None, help="feature cache (default ~/.cache/causal-deploy-toolkit)"),
     batch_size: int = typer.Option(64, min=1, help="encoder batch size"),
     prompt_ctx: int = typer.Option(4, min=1, help="--method prompt: learnable context tokens per class prompt"),
+    adv_eps: int = typer.Option(
+        0, min=0, help="adversarial training (APT with --method prompt): PGD eps /255 on the head's decision; 0 = off"
+    ),
+    adv_steps: int = typer.Option(3, min=1, help="PGD steps of adversarial training"),
+    adv_refresh: int = typer.Option(10, min=1, help="epochs between re-attacking the training images"),
 ) -> None:
     """Train a CausalCLIP (or linear-probe, or prompt-tuned) detector on frozen CLIP features.
 
     Example: toolkit train detector data/embedded/train/ae_transposed --val data/embedded/val/ae_transposed
     --clip ViT-L-14 --pretrained openai --out runs/causal
+
+    Adversarial prompt tuning (APT): --method prompt --adv-eps 4 (PGD on the training images, refreshed every
+    --adv-refresh epochs against the prompts as they are).
     """
     from toolkit.models.backbone import BackboneConfig
     from toolkit.models.causal_clip import CausalCLIPConfig
@@ -46,7 +54,15 @@ def detector(
             val_dir=val,
             backbone_cfg=BackboneConfig(name=clip, pretrained=pretrained, seed=seed),
             causal_cfg=CausalCLIPConfig(hsic_weight=hsic_weight, keep_ratio=keep_ratio),
-            train_cfg=TrainConfig(method=method, epochs=epochs, seed=seed, prompt_ctx=prompt_ctx),
+            train_cfg=TrainConfig(
+                method=method,
+                epochs=epochs,
+                seed=seed,
+                prompt_ctx=prompt_ctx,
+                adv_eps=adv_eps,
+                adv_steps=adv_steps,
+                adv_refresh=adv_refresh,
+            ),
             cache_dir=cache_dir,
             batch_size=batch_size,
         )

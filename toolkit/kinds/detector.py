@@ -73,11 +73,11 @@ def check_backbone(run_dir: str | Path, config: dict, backbone) -> None:
 def load_deployed(run_dir: str | Path):
     """Run directory -> (DeployedDetector in eval mode, run config): encoder + folded head."""
     from toolkit.models.backbone import BackboneConfig, load_backbone
-    from toolkit.models.causal_clip import CausalCLIP, fold_mask
+    from toolkit.models.causal_clip import fold_head
     from toolkit.models.detector import DeployedDetector
 
     head, config = load_run(run_dir)
-    linear = fold_mask(head) if isinstance(head, CausalCLIP) else head.head
+    linear = fold_head(head)
     backbone = load_backbone(BackboneConfig.from_dict(config["backbone"]))
     check_backbone(run_dir, config, backbone)
     model = DeployedDetector(backbone.visual, linear).eval()

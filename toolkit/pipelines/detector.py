@@ -53,6 +53,36 @@ def encode(
     )
 
 
+def feature_adversary(enc: EncodedSet, backbone: ClipBackbone, cfg: TrainConfig, batch_size: int = 64):
+    """Adversarial training's inner step (APT): -> adversary(head, round) giving the features of `enc`'s images
+    attacked by PGD (cfg.adv_eps / adv_steps, the toolkit's own attack) on the head's current decision through
+    the frozen encoder, row for row with enc.features. Images are decoded per batch, never all held."""
+    import torch
+
+    from toolkit.attacks import PGDConfig, PixelDetector, pgd
+    from toolkit.models.causal_clip import fold_head
+    from toolkit.models.detector import DeployedDetector
+    from toolkit.pipelines.attack import load_pixels
+
+    pre = backbone.preprocess_cfg
+    labels = torch.from_numpy(enc.labels.astype(np.int64))
+
+    def adversary(head, round_: int) -> np.ndarray:
+        with torch.no_grad():
+            linear = fold_head(head)
+        model = PixelDetector(DeployedDetector(backbone.visual, linear), pre.mean, pre.std).eval()
+        model.requires_grad_(False)
+        attack = PGDConfig(eps=cfg.adv_eps, steps=cfg.adv_steps, target="decision", seed=1000 * cfg.seed + round_)
+        out = []
+        for i in range(0, len(enc.paths), batch_size):
+            x_adv = pgd(model, load_pixels(enc.paths[i : i + batch_size], pre.size), labels[i : i + batch_size], attack)
+            with torch.no_grad():
+                out.append(model(x_adv)[1].numpy())
+        return np.concatenate(out)
+
+    return adversary
+
+
 def _split_val(ds: LabelledImages, fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
     """Stratified (label x generator) hold-out of `fraction` of a training folder."""
     rng = np.random.default_rng(seed)
@@ -100,18 +130,20 @@ def train_detector(
     causal_cfg = causal_cfg or CausalCLIPConfig(feature_dim=d)
     if causal_cfg.feature_dim != d:
         causal_cfg = CausalCLIPConfig.from_dict({**causal_cfg.to_dict(), "feature_dim": d})
+    adversary = feature_adversary(tr, backbone, train_cfg, batch_size) if train_cfg.adv_eps > 0 else None
     prompt = None
     if train_cfg.method == "prompt":  # CoOp context through the frozen text tower, folded after training
         from toolkit.models.causal_clip import LinearProbe
         from toolkit.models.prompt import PromptConfig, PromptHead, load_text_tower
 
         prompt = PromptHead(load_text_tower(backbone.config), PromptConfig(n_ctx=train_cfg.prompt_ctx), train_cfg.seed)
-        prompt, history = train_head(tr.features, tr.labels, causal_cfg, train_cfg, progress, model=prompt)
+        prompt, history = train_head(tr.features, tr.labels, causal_cfg, train_cfg, progress, model=prompt,
+                                     adversary=adversary)  # fmt: skip
         head = LinearProbe(d)
         head.head = prompt.fold()
         head.eval()
     else:
-        head, history = train_head(tr.features, tr.labels, causal_cfg, train_cfg, progress)
+        head, history = train_head(tr.features, tr.labels, causal_cfg, train_cfg, progress, adversary=adversary)
     val_logits = predict_logits(head, va.features)
     threshold = choose_threshold(va.labels, val_logits)
     train_generators = sorted(set(tr.generators))
