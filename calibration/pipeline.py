@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from calibration.quantize import QuantConfig, quantize
+from calibration.saturation import no_vnni_outputs
 from toolkit.compare import Int8Gate
 
 __all__ = ["Int8Gate", "OverlapError", "calibrate_artifact", "check_overlap", "report_markdown"]
 
 
 REPORTS = ("int8_report.json", "int8_report.md")
+NO_VNNI = "onnxruntime-cpu without VNNI (emulated)"
 
 
 class OverlapError(ValueError):
@@ -125,6 +127,17 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
         res = comparator.compare(eng, gate, "onnxruntime-cpu")
     stats = dict(res["stats"])
     acc32, acc8 = stats.pop("reference_metrics"), stats.pop("metrics")
+    # the same gate for x86 CPUs without VNNI, where onnxruntime's int8 GEMM saturates int16 pair sums: judged by
+    # an exact emulation on any CPU (calibration/saturation.py); recorded, and `open_engine` refuses the file on
+    # such a CPU when it fails there
+    outputs, counts = no_vnni_outputs(int8, kind.input_name, arrays)
+    nv = comparator.compare(outputs, gate, NO_VNNI)
+    no_vnni = {"passed": nv["passed"], "failures": nv["failures"], "engine": NO_VNNI, **counts, **dict(nv["stats"])}
+    if not no_vnni["passed"]:
+        log(
+            f"[yellow]int8 would fail its gate on x86 CPUs without VNNI ({', '.join(nv['failures'])}; emulated): "
+            "it is refused there; calibrate on such a machine, or pass --reduce-range, for a file that runs on both"
+        )
     report = {
         "artifact": str(d),
         "calibration_images": str(images),
@@ -140,6 +153,7 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
         "parity": stats,
         "gate": res["gate"],
         "passed": res["passed"],
+        "no_vnni": no_vnni,
     }
     write_json(d / "int8_report.json", report)
     write_text(d / "int8_report.md", report_markdown(report))
@@ -160,6 +174,7 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
             "stats": stats,
             "engine": "onnxruntime-cpu",
             "report": "int8_report.json",
+            "no_vnni": {k: no_vnni[k] for k in ("passed", "failures", "engine", "auc_drop_points")},
         },
     }
     art.update(precisions=precisions, gates=gates, extra_files=REPORTS)
@@ -187,13 +202,18 @@ def report_markdown(r: dict) -> str:
                 "|---|---|---|---|",
                 row("fp32 (ONNX Runtime)", r["fp32"]),
                 row("int8 (ONNX Runtime)", r["int8"]),
+                row("int8, x86 without VNNI (emulated)", r["no_vnni"]["metrics"]),
                 "",
                 f"AUC drop {r['auc_drop_points']:+.2f} points (gate <= {r['gate']['max_auc_drop_points']}), "
                 f"AP drop {r['ap_drop_points']:+.2f}, accuracy drop {r['acc_drop_points']:+.2f}; "
                 f"feature cosine min {p['min_cosine_feature']:.4f} / mean {p['mean_cosine_feature']:.4f}; "
                 f"decision agreement {100 * p['decision_agreement']:.2f}%; max |logit diff| {p['max_abs_logit']:.3g}.",
                 "",
-                f"**Gate {'passed' if r['passed'] else 'FAILED'}.**",
+                f"**Gate {'passed' if r['passed'] else 'FAILED'}.** Weights: "
+                f"{'7-bit' if q['reduce_range'] else '8-bit'} ({q['reduce_range_reason']}). On x86 CPUs without VNNI "
+                f"(onnxruntime's int16 pair sums, emulated): AUC drop {r['no_vnni']['auc_drop_points']:+.2f}, "
+                f"agreement {100 * r['no_vnni']['decision_agreement']:.2f}%, gate "
+                f"{'passed' if r['no_vnni']['passed'] else 'FAILED: refused on such CPUs'}.",
             ]
         )
         + "\n"

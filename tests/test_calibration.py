@@ -196,3 +196,34 @@ def test_reduce_range_is_chosen_from_the_cpu_and_recorded(calibrated):
     art, report = calibrated
     q = Artifact.open(art).precisions["int8"]
     assert q["reduce_range"] == report["quantization"]["reduce_range"] and q["reduce_range_reason"]
+
+
+def test_every_int8_file_is_also_gated_for_cpus_without_vnni(calibrated):
+    """Calibration judges the file under the exact no-VNNI emulation too, and the manifest keeps the verdict."""
+    art, report = calibrated
+    nv = report["no_vnni"]
+    assert isinstance(nv["passed"], bool) and "auc_drop_points" in nv and 0.0 <= nv["decision_agreement"] <= 1.0
+    gate = Artifact.open(art).gates["int8"]["no_vnni"]
+    assert gate["passed"] == nv["passed"] and gate["engine"].endswith("(emulated)")
+    assert "without VNNI" in (art / "int8_report.md").read_text()
+
+
+def test_int8_that_fails_without_vnni_is_refused_only_on_such_cpus(calibrated, tmp_path, monkeypatch):
+    from toolkit.engines import int8_refusal
+
+    shutil.copytree(calibrated[0], tmp_path / "art")
+    a = Artifact.open(tmp_path / "art")
+    failed = {"passed": False, "failures": ["auc_drop_points 2.9 > 0.5"], "engine": "emulated", "auc_drop_points": 2.9}
+    a = a.update(gates={**a.gates, "int8": {**a.gates["int8"], "no_vnni": failed}})
+    assert int8_refusal(a, ["avx2", "avx512f", "avx512_vnni"]) is None  # VNNI: int32 products, nothing saturates
+    assert int8_refusal(a, []) is None  # not x86 AVX2 (the kernels differ)
+    msg = int8_refusal(a, ["avx2", "fma"])
+    assert msg and "without VNNI" in msg and "auc_drop_points 2.9" in msg and "\n" not in msg
+    monkeypatch.setattr("toolkit.machine.cpu_flags", lambda: ["avx2", "fma"])
+    with pytest.raises(RuntimeError, match="recalibrate here"):
+        open_engine(a, "onnxruntime", "int8")
+    with open_engine(a, "onnxruntime", "fp32"):  # fp32 is untouched
+        pass
+    ok = a.update(gates={**a.gates, "int8": {**a.gates["int8"], "no_vnni": {**failed, "passed": True}}})
+    with open_engine(ok, "onnxruntime", "int8"):
+        pass

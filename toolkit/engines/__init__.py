@@ -46,6 +46,10 @@ def open_engine(
     if kind == "onnxruntime":
         from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
 
+        refused = int8_refusal(art) if precision == "int8" and provider == "cpu" else None
+        if refused:
+            raise RuntimeError(refused)
+
         return OnnxRuntimeEngine(art.onnx_path(precision), provider=provider, threads=threads)
     if kind == "openvino":
         from toolkit.engines.openvino_engine import OpenVinoEngine
@@ -57,6 +61,23 @@ def open_engine(
     if reason:
         raise RuntimeError(f"trt engine unavailable: {reason}")
     return TrtEngine(find_plan(art, precision, machine(), batches))
+
+
+def int8_refusal(art, flags: list[str] | None = None) -> str | None:
+    """Why onnxruntime's CPU kernels must not run the artifact's int8 file on this machine, or None. On x86
+    without VNNI (AVX2, AVX-512 without VNNI) its U8S8 GEMM adds products in saturating int16 pairs; calibration
+    gates every int8 file under an exact emulation of that (calibration/saturation.py) and records the verdict."""
+    from toolkit.machine import cpu_flags, has_vnni
+
+    flags = cpu_flags() if flags is None else flags
+    verdict = art.gates.get("int8", {}).get("no_vnni")
+    if "avx2" not in flags or has_vnni(flags) or verdict is None or verdict["passed"]:
+        return None
+    return (
+        f"{art.dir}: its int8 file fails its gate on this CPU (x86 without VNNI, where onnxruntime's int8 pair sums "
+        f"saturate: {', '.join(verdict['failures'])}, judged at calibration); recalibrate here (7-bit weights are "
+        "chosen on this CPU) or run fp32 / fp16"
+    )
 
 
 def available_kinds() -> tuple[str, ...]:
