@@ -1,4 +1,4 @@
-"""The AVX2 (no VNNI) int8 GEMM emulation: the rewritten graph computes the kernel's saturating arithmetic."""
+"""The no-VNNI int8 GEMM emulation computes the kernel's saturating arithmetic, through a whole graph."""
 
 import numpy as np
 import onnx
@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.saturation import emulate_u8s8_saturation, u8s8_reference
+from calibration.saturation import instrument, run_no_vnni, static_counts, u8s8_reference
 
 
 def test_reference_saturates_a_pair_the_way_vpmaddubsw_does():
@@ -17,65 +17,96 @@ def test_reference_saturates_a_pair_the_way_vpmaddubsw_does():
     assert u8s8_reference(q, w).item() == 127 * 127 + 128 * 127
 
 
-def _qdq_model(w_q: np.ndarray, sw: np.ndarray, sa: float, gemm: bool) -> onnx.ModelProto:
-    """x (M, K) -> Q/DQ (int8, zero point 0) -> MatMul with DQ(int8 weight, per channel), or Gemm(transB=1) + bias."""
-    k, n = w_q.shape
+def _layer(i: int, x: str, w_q: np.ndarray, sw: np.ndarray, sa: float, gemm: bool):
+    """x -> Q/DQ (int8, zero point 0) -> MatMul with DQ(int8 weight, per channel), or Gemm(transB=1) + bias."""
+    n = w_q.shape[1]
     inits = [
-        numpy_helper.from_array(np.array(sa, np.float32), "sa"),
-        numpy_helper.from_array(np.array(0, np.int8), "za"),
-        numpy_helper.from_array(w_q.T.copy() if gemm else w_q, "wq"),
-        numpy_helper.from_array(sw.astype(np.float32), "sw"),
-        numpy_helper.from_array(np.zeros(n, np.int8), "zw"),
-        numpy_helper.from_array(np.linspace(-1, 1, n).astype(np.float32), "bias"),
+        numpy_helper.from_array(np.array(sa, np.float32), f"sa{i}"),
+        numpy_helper.from_array(np.array(0, np.int8), f"za{i}"),
+        numpy_helper.from_array(w_q.T.copy() if gemm else w_q, f"wq{i}"),
+        numpy_helper.from_array(sw.astype(np.float32), f"sw{i}"),
+        numpy_helper.from_array(np.zeros(n, np.int8), f"zw{i}"),
+        numpy_helper.from_array(np.linspace(-1, 1, n).astype(np.float32), f"b{i}"),
     ]
     nodes = [
-        helper.make_node("QuantizeLinear", ["x", "sa", "za"], ["xq"]),
-        helper.make_node("DequantizeLinear", ["xq", "sa", "za"], ["xd"]),
-        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"], axis=0 if gemm else 1),
-        helper.make_node("Gemm", ["xd", "wd", "bias"], ["y"], transB=1)
+        helper.make_node("QuantizeLinear", [x, f"sa{i}", f"za{i}"], [f"xq{i}"]),
+        helper.make_node("DequantizeLinear", [f"xq{i}", f"sa{i}", f"za{i}"], [f"xd{i}"]),
+        helper.make_node("DequantizeLinear", [f"wq{i}", f"sw{i}", f"zw{i}"], [f"wd{i}"], axis=0 if gemm else 1),
+        helper.make_node("Gemm", [f"xd{i}", f"wd{i}", f"b{i}"], [f"y{i}"], transB=1)
         if gemm
-        else helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+        else helper.make_node("MatMul", [f"xd{i}", f"wd{i}"], [f"y{i}"]),
     ]
+    return nodes, inits
+
+
+def _model(layers: list[tuple], k: int) -> onnx.ModelProto:
+    nodes, inits, x = [], [], "x"
+    for i, (w_q, sw, sa, gemm) in enumerate(layers):
+        ns, its = _layer(i, x, w_q, sw, sa, gemm)
+        nodes += ns
+        inits += its
+        x = f"y{i}"
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])], inits)  # fmt: skip
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["m", layers[-1][0].shape[1]])],
+                          inits)  # fmt: skip
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def _run(model, x):
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {"x": x})[0]
+def _reference(layers, x):
+    """Layer by layer with the kernel's arithmetic: the saturation of one layer feeds the next."""
+    for w_q, sw, sa, gemm in layers:
+        q = np.clip(np.round(x / sa), -128, 127).astype(np.int64)
+        x = u8s8_reference(q, w_q) * (sa * sw)[None] + (np.linspace(-1, 1, w_q.shape[1]) if gemm else 0)
+    return x
+
+
+def _exact(model, x):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # float path: no int8 kernel
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def _saturating(rng, k, n):
+    w_q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    w_q[:, :4] = 127  # columns where every pair can saturate
+    return w_q
 
 
 @pytest.mark.parametrize("gemm", [False, True])
 @pytest.mark.parametrize("k", [64, 33])
-def test_emulated_graph_equals_the_kernel_arithmetic(gemm, k):
+def test_one_layer_equals_the_kernel_arithmetic(gemm, k):
     rng = np.random.default_rng(0)
-    n, m, sa = 16, 24, 0.05
-    w_q = rng.integers(-127, 128, (k, n)).astype(np.int8)
-    w_q[:, :4] = 127  # columns where every pair can saturate
-    sw = rng.uniform(0.01, 0.02, n)
-    x = rng.normal(0, 3, (m, k)).astype(np.float32)
+    layers = [(_saturating(rng, k, 16), rng.uniform(0.01, 0.02, 16), 0.05, gemm)]
+    x = rng.normal(0, 3, (24, k)).astype(np.float32)
     x[:8] = np.abs(x[:8]) + 2.0  # large positive activations: u near 255
-    model = _qdq_model(w_q, sw, sa, gemm)
-    emulated, layers = emulate_u8s8_saturation(model)
-    onnx.checker.check_model(emulated, full_check=True)
-    assert len(layers) == 1 and layers[0]["candidates"] > 0
-
-    q_act = np.clip(np.round(x / sa), -128, 127).astype(np.int64)
-    expect = u8s8_reference(q_act, w_q) * (sa * sw)[None] + (np.linspace(-1, 1, n) if gemm else 0)
-    exact = _run(model, x)
-    got = _run(emulated, x)
-    assert np.abs(got - exact).max() > 1.0  # saturation really happened in this layer
-    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-3)  # float32 rounding of sums up to ~50
-    assert model.graph.node[-1].op_type in ("MatMul", "Gemm")  # the caller's model is left as it was
+    model = _model(layers, k)
+    got, counts = run_no_vnni(model, "x", [x[:10], x[10:]])
+    assert counts["candidate_pairs"] > 0 and counts["saturated_fraction"] > 0
+    assert np.abs(got["y0"] - _exact(model, x)).max() > 1.0  # saturation really happened
+    np.testing.assert_allclose(got["y0"], _reference(layers, x), rtol=1e-4, atol=1e-3)
 
 
-def test_seven_bit_weights_cannot_saturate_and_are_left_alone():
+def test_saturation_in_one_layer_propagates_to_the_next():
+    """Two stacked layers: the second sees the first's saturated output; the passes settle at the exact result."""
+    rng = np.random.default_rng(2)
+    layers = [(_saturating(rng, 32, 24), rng.uniform(0.01, 0.02, 24), 0.05, False),
+              (_saturating(rng, 24, 8), rng.uniform(0.01, 0.02, 8), 0.08, True)]  # fmt: skip
+    x = (np.abs(rng.normal(0, 3, (12, 32))) + 1).astype(np.float32)
+    got, counts = run_no_vnni(_model(layers, 32), "x", [x])
+    assert counts["weighted_gemms"] == 2 and counts["max_passes"] >= 3  # the second layer needed the first's fix
+    np.testing.assert_allclose(got["y1"], _reference(layers, x), rtol=1e-4, atol=1e-3)
+
+
+def test_seven_bit_weights_cannot_saturate():
     rng = np.random.default_rng(1)
     w_q = rng.integers(-64, 65, (32, 8)).astype(np.int8)
-    model = _qdq_model(w_q, np.full(8, 0.01), 0.05, gemm=False)
-    emulated, layers = emulate_u8s8_saturation(model)
-    assert layers[0]["candidates"] == 0 and len(emulated.graph.node) == len(model.graph.node)
+    model = _model([(w_q, np.full(8, 0.01), 0.05, False)], 32)
+    _, layers = instrument(model)
+    assert static_counts(layers)["candidate_pairs"] == 0
     x = (np.abs(rng.normal(0, 3, (4, 32))) + 4).astype(np.float32)
+    got, counts = run_no_vnni(model, "x", [x])
+    assert counts["max_passes"] == 1 and counts["saturated_fraction"] == 0
     q_act = np.clip(np.round(x / 0.05), -128, 127).astype(np.int64)
-    np.testing.assert_allclose(_run(emulated, x), u8s8_reference(q_act, w_q) * 0.05 * 0.01, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["y0"], u8s8_reference(q_act, w_q) * 0.05 * 0.01, rtol=1e-5, atol=1e-5)
+    assert model.graph.node[-1].op_type == "MatMul"  # the caller's model is left as it was
