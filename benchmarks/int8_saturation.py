@@ -21,9 +21,9 @@ from toolkit.io import read_json
 RESULTS = Path(__file__).parent / "results"
 
 
-def rows(reports: dict[str, dict]) -> list[dict]:
+def rows(reports: list[tuple[str, dict]]) -> list[dict]:
     out = []
-    for label, r in reports.items():
+    for label, r in reports:
         q, nv = r["quantization"], r["no_vnni"]
         out.append({
             "model": label,
@@ -35,6 +35,8 @@ def rows(reports: dict[str, dict]) -> list[dict]:
             "no_vnni": {"auc_drop_points": nv["auc_drop_points"], "agreement": nv["decision_agreement"],
                         "max_abs_logit": nv["max_abs_logit"], "passed": nv["passed"]},
             "candidate_pairs": nv["candidate_pairs"],
+            "no_vnni_judged": nv["judged"],
+            "saturated_fraction": nv.get("saturated_fraction"),
             "pairs": nv["pairs"],
             "eval_n": r["eval_n"],
             "gate_max_auc_drop": r["gate"]["max_auc_drop_points"],
@@ -58,16 +60,19 @@ def markdown(table: list[dict], command: str, env: dict) -> str:
         f"gate (AUC drop <= {table[0]['gate_max_auc_drop']}). *This CPU* is the machine above (with VNNI its int8 "
         "products go to int32: nothing saturates). *Without VNNI (emulated)* is onnxruntime's U8S8 kernel on AVX2 or "
         "AVX-512 without VNNI, computed exactly by rewriting the graph (calibration/saturation.py). Candidate pairs: "
-        "same-sign weight pairs with |w_even| + |w_odd| >= 129, the only ones that can leave int16.",
+        "same-sign weight pairs with |w_even| + |w_odd| >= 129, the only ones that can leave int16; sums that "
+        "saturated: the share of all GEMM output sums (row x output, every weighted layer) that lost something.",
         "",
-        "| model | calibration | weights | fp32 AUC | this CPU | without VNNI (emulated) | candidate pairs | n |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | calibration | weights | fp32 AUC | this CPU | without VNNI (emulated) | judged on | candidate pairs "
+        "| sums that saturated |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in table:
         frac = t["candidate_pairs"] / max(t["pairs"], 1)
+        sat = "-" if t["saturated_fraction"] is None else f"{100 * t['saturated_fraction']:.1f}%"
         lines.append(
             f"| {t['model']} | {t['method']} | {t['weights']} | {100 * t['fp32_auc']:.2f} | {cell(t['native'])} | "
-            f"{cell(t['no_vnni'])} | {100 * frac:.2f}% | {t['eval_n']} |"
+            f"{cell(t['no_vnni'])} | {t['no_vnni_judged']} ({t['eval_n']} on this CPU) | {100 * frac:.2f}% | {sat} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -77,15 +82,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("artifacts", nargs="+", help="LABEL=ARTIFACT, each calibrated (int8_report.json)")
     ap.add_argument("--out", type=Path, default=RESULTS / "int8_saturation")
     args = ap.parse_args(argv)
-    reports = {}
-    for spec in args.artifacts:
+    reports = []
+    for spec in args.artifacts:  # one row each; labels may repeat (the calibration and weights columns differ)
         label, _, path = spec.partition("=")
         report = Path(path) / "int8_report.json"
         if not report.is_file():
             raise SystemExit(f"{path}: no int8_report.json; run 'toolkit calibrate {path}' first")
-        reports[label] = read_json(report)
-        if "no_vnni" not in reports[label]:
-            raise SystemExit(f"{report}: calibrated before the no-VNNI gate existed; calibrate again")
+        reports.append((label, read_json(report)))
+        if not reports[-1][1].get("no_vnni"):
+            raise SystemExit(f"{report}: not judged for CPUs without VNNI (calibrated before it existed, or with "
+                             "--no-vnni-n 0); calibrate again")  # fmt: skip
     table = rows(reports)
     command = command_line("benchmarks.int8_saturation", argv)
     env = environment()

@@ -5,6 +5,7 @@ The Markdown and the plots are rendered from the JSON's numbers only, so they ca
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from toolkit.io import atomic_path, write_json, write_text
 
 def command_line(module: str, argv: list[str] | None = None) -> str:
     """How a benchmark script was run, as its report records it: `python -m benchmarks.<name> ARGS`."""
-    return (f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    return (f"python -m {module} " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
 
 
 def write_result(out_stem: Path, record: dict, md: str) -> None:
