@@ -300,7 +300,9 @@ def test_d9_out_is_a_directory_and_disk_full_are_one_line(exported_artifact, tmp
 
 
 def test_d9_ctrl_c_with_decode_workers_prints_no_traceback(exported_artifact, tmp_path):
-    _images(tmp_path / "imgs", 400)
+    # enough images that the run is still going when Ctrl-C lands: with 400 a fresh-clone CI run finished all of
+    # them (in under a second) between the first written row and the signal, and exited 0
+    _images(tmp_path / "imgs", 4000)
     out = tmp_path / "p.jsonl"
     args = ["infer", str(tmp_path / "imgs"), "--artifact", str(exported_artifact), "--out", str(out)]
     proc = subprocess.Popen(
