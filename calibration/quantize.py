@@ -45,12 +45,11 @@ def choose_reduce_range(cfg: QuantConfig, flags: list[str] | None = None) -> tup
     pairwise int16 sums saturate when two large weights meet large activations; 7-bit weights (onnxruntime's
     `reduce_range`) keep those sums in range, at half a bit of weight resolution. With VNNI the products are
     summed in int32 and the full range is kept."""
-    from toolkit.machine import cpu_flags, has_vnni
+    from toolkit.machine import int8_pairs_saturate
 
     if cfg.reduce_range is not None:
         return cfg.reduce_range, "set explicitly"
-    flags = cpu_flags() if flags is None else flags
-    if "avx2" in flags and not has_vnni(flags):
+    if int8_pairs_saturate(flags):
         return True, "this CPU has AVX2 without VNNI: 7-bit weights avoid int16 saturation in onnxruntime's kernels"
     return False, "this CPU has VNNI (or is not x86 AVX2): full 8-bit weights"
 

@@ -27,6 +27,13 @@ def has_vnni(flags: list[str] | None = None) -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
+def int8_pairs_saturate(flags: list[str] | None = None) -> bool:
+    """x86 with AVX2 but no VNNI (AVX2 alone, or AVX-512 without VNNI): onnxruntime's int8 GEMM multiplies with
+    VPMADDUBSW there, adding u8 x s8 products in int16 pairs that saturate (calibration/saturation.py)."""
+    flags = cpu_flags() if flags is None else flags
+    return "avx2" in flags and not has_vnni(flags)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

@@ -67,11 +67,10 @@ def int8_refusal(art, flags: list[str] | None = None) -> str | None:
     """Why onnxruntime's CPU kernels must not run the artifact's int8 file on this machine, or None. On x86
     without VNNI (AVX2, AVX-512 without VNNI) its U8S8 GEMM adds products in saturating int16 pairs; calibration
     gates every int8 file under an exact emulation of that (calibration/saturation.py) and records the verdict."""
-    from toolkit.machine import cpu_flags, has_vnni
+    from toolkit.machine import int8_pairs_saturate
 
-    flags = cpu_flags() if flags is None else flags
     verdict = art.gates.get("int8", {}).get("no_vnni")
-    if "avx2" not in flags or has_vnni(flags) or verdict is None or verdict["passed"]:
+    if not int8_pairs_saturate(flags) or verdict is None or verdict["passed"]:
         return None
     return (
         f"{art.dir}: its int8 file fails its gate on this CPU (x86 without VNNI, where onnxruntime's int8 pair sums "
