@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.quantize import QuantConfig, quantize
-from calibration.saturation import instrument, run_no_vnni, static_counts
+from calibration.saturation import NoVnniEmulator
 from toolkit.compare import Int8Gate
 
 __all__ = ["Int8Gate", "OverlapError", "calibrate_artifact", "check_overlap", "report_markdown"]
@@ -179,8 +179,9 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
 def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, log, progress) -> dict | None:
     """The int8 gate for x86 CPUs without VNNI, where onnxruntime's int8 GEMM saturates int16 pair sums, judged
     by an exact emulation on any CPU (calibration/saturation.py) on a seeded, class-balanced sample of `n` of the
-    evaluation images (all when None). It costs one forward per saturating layer per batch: about 25 s per
-    ViT-B/16 image with random 8-bit weights, where nearly every sum saturates. None when n == 0 (not judged).
+    evaluation images (all when None). It costs one forward per saturating layer per batch: about 14 s per
+    ViT-B/16 image with random 8-bit weights on 2 cores (25 s with other jobs running), where nearly every sum
+    saturates. None when n == 0 (not judged).
     With no weight pair that can saturate (7-bit weights) the native verdict is that CPU's verdict.
     `open_engine` refuses a file that failed it on such a CPU."""
     import onnx
@@ -188,8 +189,8 @@ def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, 
     from toolkit.compare import Comparator
     from toolkit.progress import progress_bar
 
-    model = onnx.load(str(int8))
-    counts = static_counts(instrument(model)[1])
+    emulator = NoVnniEmulator(onnx.load(str(int8)))
+    counts = emulator.counts
     if counts["candidate_pairs"] == 0:
         judged = "no weight pair can saturate: the verdict on this CPU"
         return {"passed": native["passed"], "failures": native["failures"], "engine": NO_VNNI, "judged": judged,
@@ -201,11 +202,12 @@ def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, 
     rng = np.random.default_rng(0)
     per_class = max(1, (n or len(x)) // 2)
     idx = np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:per_class] for c in (0, 1)]))
-    sub = Comparator(kind, [x[idx][i : i + 32] for i in range(0, len(idx), 32)], comparator.threshold, labels[idx])
+    xs = x[idx]
+    sub = Comparator(kind, [xs[i : i + 32] for i in range(0, len(xs), 32)], comparator.threshold, labels[idx])
     sub.reference = {k: v[idx] for k, v in comparator.reference.items()}
     log(f"judging int8 for x86 CPUs without VNNI (emulated) on {len(idx)} of the evaluation images ...")
     with progress_bar("no-VNNI emulation", len(idx), progress) as advance:
-        outputs, counts = run_no_vnni(model, kind.input_name, sub.feeds, advance)
+        outputs, counts = emulator.run(kind.input_name, sub.feeds, advance)
     nv = sub.compare(outputs, gate, NO_VNNI)
     verdict = {"passed": nv["passed"], "failures": nv["failures"], "engine": NO_VNNI,
                "judged": f"emulated on {len(idx)} images", **counts, **nv["stats"]}  # fmt: skip

@@ -11,7 +11,7 @@ What those CPUs run (onnxruntime's MLAS, read from its source):
   fits); 7-bit weights (`reduce_range`, |w| <= 64) can never saturate. Activation x activation products
   (attention) have no int8 weight and run U8U8 kernels that widen to 16 bits first: no saturation.
 
-How `run_no_vnni` computes it. The int8 graph runs in onnxruntime with graph optimisations off, so no Q/DQ pair
+How `NoVnniEmulator.run` computes it. The int8 graph runs in onnxruntime with graph optimisations off, so no Q/DQ pair
 is fused into this machine's int8 kernels: every MatMul multiplies the dequantized integers in float (the exact
 sums, to float32 rounding, on any CPU). Each weighted GEMM gets an extra input `delta` added to its output, and
 its activation is exposed as an output. Layers are corrected in topological order: once every layer before it
@@ -42,7 +42,6 @@ MAX_PASSES = 64
 class WeightedGemm:
     """One int8 MatMul / Gemm of the graph, as the kernel sees it."""
 
-    node: str
     activation: str  # the DQ output feeding it (exposed as a graph output)
     delta: str  # the graph input added to its output
     sa: float  # activation scale
@@ -84,8 +83,9 @@ def instrument(model) -> tuple[object, list[WeightedGemm]]:
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     layers: list[WeightedGemm] = []
-    adds = []
-    for node in list(g.node):
+    ordered = []  # the graph's nodes, each Add right after its layer: a topological order stays one
+    for node in g.node:
+        ordered.append(node)
         if node.op_type not in ("MatMul", "Gemm"):
             continue
         dqs = [producer.get(i) for i in node.input[:2]]
@@ -107,36 +107,17 @@ def instrument(model) -> tuple[object, list[WeightedGemm]]:
         sw = np.broadcast_to(sw, (w.shape[1],)).copy()
         i = len(layers)
         sa = float(numpy_helper.to_array(inits[act_dq.input[1]]))
-        layer = WeightedGemm(node.name, act_dq.output[0], f"no_vnni_delta_{i}", sa, sw, w, **_static_candidates(w))
+        layer = WeightedGemm(act_dq.output[0], f"no_vnni_delta_{i}", sa, sw, w, **_static_candidates(w))
         layers.append(layer)
         out = node.output[0]
         node.output[0] = f"no_vnni_exact_{i}"
-        adds.append(helper.make_node("Add", [node.output[0], layer.delta], [out], name=f"no_vnni_add_{i}"))
+        ordered.append(helper.make_node("Add", [node.output[0], layer.delta], [out], name=f"no_vnni_add_{i}"))
         g.input.append(helper.make_tensor_value_info(layer.delta, TensorProto.FLOAT, None))
         if layer.activation not in {o.name for o in g.output}:
             g.output.append(helper.make_tensor_value_info(layer.activation, TensorProto.FLOAT, None))
-    g.node.extend(adds)
-    _toposort(g)
-    return model, layers
-
-
-def _toposort(g) -> None:
-    """Reorder g.node topologically (each inserted Add sits between a layer and its consumers)."""
-    available = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
-    pending, ordered = list(g.node), []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in available for i in n.input):
-                ordered.append(n)
-                available.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise RuntimeError(f"graph has a cycle or a missing input near {rest[0].name}")
-        pending = rest
     del g.node[:]
     g.node.extend(ordered)
+    return model, layers
 
 
 def lost_to_saturation(u: np.ndarray, layer: WeightedGemm, rows_per_chunk: int = 64) -> np.ndarray:
@@ -144,9 +125,10 @@ def lost_to_saturation(u: np.ndarray, layer: WeightedGemm, rows_per_chunk: int =
     saturation takes from the exact int32 sums, sum over pairs of (p - sat16(p)).
 
     Exact and pruned: with m = max(u_e, u_o) of a row's pair, |p| <= m (|w_e| + |w_o|), so only the candidates
-    with |w_e| + |w_o| > 32767 // m can saturate; they are the first ones of the pair's sorted segment. Rows whose
-    activations sit near zero (u near 128) leave only the largest weight pairs, so the work is a small part of the
-    GEMM's for typical inputs and all candidates only for rows at the edge of the int8 range."""
+    with |w_e| + |w_o| > 32767 // m can saturate; they are the first ones of the pair's sorted segment. The work
+    shrinks with the activations' magnitude: rows near zero (u near 128) leave only the largest weight pairs.
+    Measured on random-weight ViT-B/16, whose activations reach u of about 200, it stays about 0.1 s per layer
+    and image."""
     r_total, k = u.shape
     n_out = layer.w.shape[1]
     lost = np.zeros((r_total, n_out), np.float64)
@@ -180,59 +162,63 @@ def lost_to_saturation(u: np.ndarray, layer: WeightedGemm, rows_per_chunk: int =
     return lost
 
 
-def static_counts(layers: list[WeightedGemm]) -> dict:
-    """How many weight pairs can saturate for some input (0 with 7-bit weights), of how many."""
-    return {
-        "weighted_gemms": len(layers),
-        "candidate_pairs": int(sum(len(layer.cand_j) for layer in layers)),
-        "pairs": int(sum(layer.w.size // 2 for layer in layers)),
-    }
+class NoVnniEmulator:
+    """An int8 model instrumented once (`instrument`): `counts` without running anything, `run` for the outputs."""
 
+    def __init__(self, int8_model):
+        self.outputs = [o.name for o in int8_model.graph.output]
+        self.model, self.layers = instrument(int8_model)
 
-def run_no_vnni(
-    int8_model, input_name: str, feeds: list[np.ndarray], advance=lambda n: None
-) -> tuple[dict[str, np.ndarray], dict]:
-    """The int8 model's outputs as an x86 CPU without VNNI computes them, on any CPU (module docstring) ->
-    (outputs concatenated over the feeds, as `compare.run_feeds`; `static_counts` + max_passes and
-    saturated_fraction: the share of all (row, output) GEMM sums that lost something to saturation)."""
-    import onnxruntime as ort
+    @property
+    def counts(self) -> dict:
+        """How many weight pairs can saturate for some input (0 with 7-bit weights), of how many."""
+        return {
+            "weighted_gemms": len(self.layers),
+            "candidate_pairs": int(sum(len(layer.cand_j) for layer in self.layers)),
+            "pairs": int(sum(layer.w.size // 2 for layer in self.layers)),
+        }
 
-    model, layers = instrument(int8_model)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    outputs = [o.name for o in int8_model.graph.output]
-    acts = list(dict.fromkeys(layer.activation for layer in layers))
-    names = outputs + [a for a in acts if a not in outputs]
-    zero = np.zeros((1,), np.float32)
-    got, max_passes, saturated, formed = [], 0, 0, 0
-    for x in feeds:
-        deltas = {layer.delta: zero for layer in layers}
-        done, n_pass = 0, 0  # layers[:done] have their final correction
-        while True:
-            n_pass += 1
-            res = dict(zip(names, session.run(names, {input_name: x, **deltas}), strict=True))
-            # in topological order, layers[done]'s input depends only on layers before it: final now; so are the
-            # next ones' as long as the corrections found stay zero
-            while done < len(layers):
-                layer = layers[done]
-                a = res[layer.activation]
-                rows = np.rint(a / layer.sa).astype(np.int64).reshape(-1, a.shape[-1]) + U8_OFFSET
-                lost = lost_to_saturation(rows, layer)
-                done += 1
-                formed += lost.size
-                if lost.any():
-                    saturated += int(np.count_nonzero(lost))
-                    delta = -(lost * (layer.sa * layer.sw)[None]).astype(np.float32)
-                    deltas[layer.delta] = delta.reshape(*a.shape[:-1], layer.w.shape[1])
-                    break  # everything after this layer changes: run again
-            else:
-                break  # no layer left to correct: this pass ran with every final correction
-        max_passes = max(max_passes, n_pass)
-        got.append({k: res[k] for k in outputs})
-        advance(len(x))
-    counts = {**static_counts(layers), "max_passes": max_passes, "saturated_fraction": saturated / max(formed, 1)}
-    return {k: np.concatenate([o[k] for o in got]) for k in outputs}, counts
+    def run(self, input_name: str, feeds: list[np.ndarray], advance=lambda n: None) -> tuple[dict, dict]:
+        """The int8 model's outputs as an x86 CPU without VNNI computes them, on any CPU (module docstring) ->
+        (outputs concatenated over the feeds, as `compare.run_feeds`; `counts` + max_passes and
+        saturated_fraction: the share of all (row, output) GEMM sums that lost something to saturation)."""
+        import onnxruntime as ort
+
+        layers, outputs = self.layers, self.outputs
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(self.model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        acts = list(dict.fromkeys(layer.activation for layer in layers))
+        names = outputs + [a for a in acts if a not in outputs]
+        zero = np.zeros((1,), np.float32)
+        got, max_passes, saturated, formed = [], 0, 0, 0
+        for x in feeds:
+            deltas = {layer.delta: zero for layer in layers}
+            done, n_pass = 0, 0  # layers[:done] have their final correction
+            while True:
+                n_pass += 1
+                res = dict(zip(names, session.run(names, {input_name: x, **deltas}), strict=True))
+                # in topological order, layers[done]'s input depends only on layers before it: final now; so are
+                # the next ones' as long as the corrections found stay zero
+                while done < len(layers):
+                    layer = layers[done]
+                    a = res[layer.activation]
+                    rows = np.rint(a / layer.sa).astype(np.int64).reshape(-1, a.shape[-1]) + U8_OFFSET
+                    lost = lost_to_saturation(rows, layer)
+                    done += 1
+                    formed += lost.size
+                    if lost.any():
+                        saturated += int(np.count_nonzero(lost))
+                        delta = -(lost * (layer.sa * layer.sw)[None]).astype(np.float32)
+                        deltas[layer.delta] = delta.reshape(*a.shape[:-1], layer.w.shape[1])
+                        break  # everything after this layer changes: run again
+                else:
+                    break  # no layer left to correct: this pass ran with every final correction
+            max_passes = max(max_passes, n_pass)
+            got.append({k: res[k] for k in outputs})
+            advance(len(x))
+        counts = {**self.counts, "max_passes": max_passes, "saturated_fraction": saturated / max(formed, 1)}
+        return {k: np.concatenate([o[k] for o in got]) for k in outputs}, counts
 
 
 def u8s8_reference(q_act: np.ndarray, q_w: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.saturation import instrument, run_no_vnni, static_counts, u8s8_reference
+from calibration.saturation import NoVnniEmulator, u8s8_reference
 
 
 def test_reference_saturates_a_pair_the_way_vpmaddubsw_does():
@@ -81,7 +81,7 @@ def test_one_layer_equals_the_kernel_arithmetic(gemm, k):
     x = rng.normal(0, 3, (24, k)).astype(np.float32)
     x[:8] = np.abs(x[:8]) + 2.0  # large positive activations: u near 255
     model = _model(layers, k)
-    got, counts = run_no_vnni(model, "x", [x[:10], x[10:]])
+    got, counts = NoVnniEmulator(model).run("x", [x[:10], x[10:]])
     assert counts["candidate_pairs"] > 0 and counts["saturated_fraction"] > 0
     assert np.abs(got["y0"] - _exact(model, x)).max() > 1.0  # saturation really happened
     np.testing.assert_allclose(got["y0"], _reference(layers, x), rtol=1e-4, atol=1e-3)
@@ -93,7 +93,7 @@ def test_saturation_in_one_layer_propagates_to_the_next():
     layers = [(_saturating(rng, 32, 24), rng.uniform(0.01, 0.02, 24), 0.05, False),
               (_saturating(rng, 24, 8), rng.uniform(0.01, 0.02, 8), 0.08, True)]  # fmt: skip
     x = (np.abs(rng.normal(0, 3, (12, 32))) + 1).astype(np.float32)
-    got, counts = run_no_vnni(_model(layers, 32), "x", [x])
+    got, counts = NoVnniEmulator(_model(layers, 32)).run("x", [x])
     assert counts["weighted_gemms"] == 2 and counts["max_passes"] >= 3  # the second layer needed the first's fix
     np.testing.assert_allclose(got["y1"], _reference(layers, x), rtol=1e-4, atol=1e-3)
 
@@ -102,10 +102,10 @@ def test_seven_bit_weights_cannot_saturate():
     rng = np.random.default_rng(1)
     w_q = rng.integers(-64, 65, (32, 8)).astype(np.int8)
     model = _model([(w_q, np.full(8, 0.01), 0.05, False)], 32)
-    _, layers = instrument(model)
-    assert static_counts(layers)["candidate_pairs"] == 0
+    emulator = NoVnniEmulator(model)
+    assert emulator.counts["candidate_pairs"] == 0
     x = (np.abs(rng.normal(0, 3, (4, 32))) + 4).astype(np.float32)
-    got, counts = run_no_vnni(model, "x", [x])
+    got, counts = emulator.run("x", [x])
     assert counts["max_passes"] == 1 and counts["saturated_fraction"] == 0
     q_act = np.clip(np.round(x / 0.05), -128, 127).astype(np.int64)
     np.testing.assert_allclose(got["y0"], u8s8_reference(q_act, w_q) * 0.05 * 0.01, rtol=1e-5, atol=1e-5)

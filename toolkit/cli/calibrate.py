@@ -26,7 +26,7 @@ def calibrate_command(
     ),
     workers: int = typer.Option(2, min=0, help="decode worker processes"),
     no_vnni_n: int = typer.Option(
-        64, min=0, help="evaluation images the no-VNNI gate runs on (emulated; ~25 s per ViT-B/16 image); 0 = skip it"
+        64, min=0, help="evaluation images the no-VNNI gate runs on (emulated; ~14 s per ViT-B/16 image); 0 = skip it"
     ),
 ) -> None:
     """Quantize an artifact to INT8 (static, QDQ, symmetric, per-channel weights) and gate it on held-out images.
