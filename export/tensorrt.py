@@ -1,8 +1,10 @@
 """ONNX -> TensorRT plan (TensorRT 10 / 11 builder API), cached beside the artifact.
 
 The network is strongly typed (TensorRT 11 has no other kind): each layer runs in the precision the
-ONNX graph gives it, so fp32 / fp16 / int8 (Q/DQ) files need no builder flags. One optimisation
-profile over the batch range, a timing cache shared by every plan of the artifact, a workspace limit.
+ONNX graph gives it, so fp32 / fp16 / int8 (Q/DQ) files need no precision flags. TF32 is cleared unless asked
+for, as Polygraphy does: TensorRT enables it by default, and an fp32 file must run in fp32 (its gate is 1e-4 on
+the logits; TF32 keeps 10 mantissa bits). One optimisation profile over the batch range, a timing cache shared
+by every plan of the artifact, a workspace limit.
 Plans go to <artifact>/plans/<precision>.<key id>.plan with a JSON key (toolkit.engines.trt_engine).
 """
 
@@ -22,6 +24,7 @@ def build_plan(
     workspace_mib: int = 4096,
     timing_cache: str | Path | None = None,
     log=print,
+    tf32: bool = False,
 ) -> Path:
     """Parse `onnx_path` (external-data weights are read from beside it), build, write `plan_path` atomically."""
     import tensorrt as trt
@@ -34,10 +37,12 @@ def build_plan(
     network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # parse_from_file resolves external data by path
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if not tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     opt = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         name = network.get_input(i).name
@@ -66,6 +71,7 @@ def build_artifact_plans(
     workspace_mib: int = 4096,
     precisions: tuple[str, ...] | None = None,
     log=print,
+    tf32: bool = False,
 ) -> dict[str, Path]:
     """Build (or reuse, when the key matches) one plan per precision of the artifact; -> precision -> plan path."""
     from toolkit.artifact import Artifact
@@ -85,12 +91,12 @@ def build_artifact_plans(
     built = {}
     for precision in precisions or tuple(art.precisions):
         onnx_file = art.require(precision)["file"]
-        key = plan_key(art.files[onnx_file], here, profile)
+        key = plan_key(art.files[onnx_file], here, profile, tf32)
         plan, meta = plan_paths(d, precision, key)
         if plan.is_file() and meta.is_file():
             log(f"{precision}: cached plan {plan.name} matches this machine")
         else:
-            build_plan(d / onnx_file, plan, profile, workspace_mib, d / PLANS / TIMING_CACHE, log)
+            build_plan(d / onnx_file, plan, profile, workspace_mib, d / PLANS / TIMING_CACHE, log, tf32)
             write_json(
                 meta, {"key": key, "sha256": sha256_file(plan), "onnx": onnx_file, "workspace_mib": workspace_mib}
             )

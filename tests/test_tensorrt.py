@@ -1,11 +1,12 @@
-"""TensorRT plans: cache keys and refusal messages (testable without TensorRT), the builder against a
-recording stand-in for the `tensorrt` module, and the clear 'unavailable' path of the trt engine."""
+"""TensorRT plans: cache keys and refusal messages (testable without TensorRT), the builder and the runtime
+against a strict stand-in for the `tensorrt` module (tests/trt_standin.py), and the clear 'unavailable' path."""
 
 import sys
-import types
-from typing import ClassVar
+from pathlib import Path
 
+import numpy as np
 import pytest
+from trt_standin import make_module
 from typer.testing import CliRunner
 
 from toolkit.artifact import Artifact
@@ -14,7 +15,7 @@ from toolkit.engines import open_engine
 from toolkit.engines.trt_engine import PlanError, batch_profile, find_plan, plan_key, plan_paths, unavailable_reason
 from toolkit.io import sha256_file, write_json
 
-H100 = {"compute_capability": "9.0", "tensorrt": "10.13.0"}
+H100 = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "tensorrt": "10.13.0"}
 
 
 def _fake_plan(art, m, precision, machine_info, batches, payload=b"plan bytes"):
@@ -86,68 +87,136 @@ def test_trt_engine_says_what_is_missing(art):
     assert Artifact.open(art).manifest["gates"]["fp32"]["passed"]  # the ONNX export before it is kept
 
 
-class _Recorder:
-    """Stand-in for the parts of the tensorrt module the builder touches; records each call."""
-
-    RETURNS: ClassVar[dict] = {
-        "parse_from_file": True,
-        "create_timing_cache": "cache",
-        "build_serialized_network": b"PLAN",
-    }
-
-    def __init__(self, strongly_typed: bool):
-        self.calls = []
-        rec = self
-
-        class Obj:
-            num_inputs = 1
-
-            def __init__(self, name):
-                self._name = name
-
-            def __getattr__(self, attr):
-                def call(*a, **k):
-                    rec.calls.append((f"{self._name}.{attr}", a, k))
-                    if attr.startswith("create_") and attr != "create_timing_cache":
-                        return Obj(attr.removeprefix("create_"))
-                    if attr == "get_input":
-                        return types.SimpleNamespace(name="images")
-                    if attr == "get_timing_cache":
-                        return types.SimpleNamespace(serialize=lambda: b"TIMING")
-                    return rec.RETURNS.get(attr)
-
-                return call
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, level):
-                pass
-
-        self.module = types.SimpleNamespace(
-            Logger=Logger,
-            Builder=lambda logger: Obj("builder"),
-            OnnxParser=lambda network, logger: Obj("parser"),
-            NetworkDefinitionCreationFlag=types.SimpleNamespace(**({"STRONGLY_TYPED": 5} if strongly_typed else {})),
-            MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
-        )
-
-
-@pytest.mark.parametrize("strongly_typed_flag", [True, False], ids=["trt10", "trt11"])
-def test_build_plan_uses_strong_typing_profile_workspace_and_timing_cache(tmp_path, monkeypatch, strongly_typed_flag):
+def _builder_calls(version, tmp_path, monkeypatch, tf32=False, payload=b"onnx"):
     from export.tensorrt import build_plan
 
-    rec = _Recorder(strongly_typed_flag)
-    monkeypatch.setitem(sys.modules, "tensorrt", rec.module)
+    mod = make_module(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
     prof = {"images": [[1, 3, 32, 32], [8, 3, 32, 32], [32, 3, 32, 32]]}
     onnx_file = tmp_path / "m.onnx"
-    onnx_file.write_bytes(b"onnx")
-    plan = build_plan(onnx_file, tmp_path / "p.plan", prof, 512, tmp_path / "timing.cache", log=lambda *_: None)
+    onnx_file.write_bytes(payload)
+    plan = build_plan(onnx_file, tmp_path / "p.plan", prof, 512, tmp_path / "timing.cache", lambda *_: None, tf32)
+    return mod, plan, onnx_file
+
+
+@pytest.mark.parametrize("version", [10, 11], ids=["trt10", "trt11"])
+def test_build_plan_uses_strong_typing_profile_workspace_and_timing_cache(tmp_path, monkeypatch, version):
+    """Against the strict stand-in (tests/trt_standin.py): an invented or misspelled TensorRT call raises there."""
+    mod, plan, onnx_file = _builder_calls(version, tmp_path, monkeypatch)
     assert plan.read_bytes() == b"PLAN" and (tmp_path / "timing.cache").read_bytes() == b"TIMING"
-    calls = {name: (a, k) for name, a, k in rec.calls}
-    assert calls["builder.create_network"][0] == ((1 << 5) if strongly_typed_flag else 0,)
-    assert calls["parser.parse_from_file"][0] == (str(onnx_file),)
-    assert calls["builder_config.set_memory_pool_limit"][0] == ("WORKSPACE", 512 << 20)
-    assert calls["optimization_profile.set_shape"][0] == ("images", (1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))
-    assert calls["builder_config.set_timing_cache"] == (("cache",), {"ignore_mismatch": False})
-    assert "builder_config.add_optimization_profile" in calls
+    calls = {name: (a, k) for name, a, k in mod.calls}
+    assert calls["Builder.create_network"][0] == (1 << mod.NetworkDefinitionCreationFlag.STRONGLY_TYPED.value,)
+    assert calls["OnnxParser.parse_from_file"][0] == (str(onnx_file),)
+    assert calls["IBuilderConfig.set_memory_pool_limit"][0] == (mod.MemoryPoolType.WORKSPACE, 512 << 20)
+    assert calls["IOptimizationProfile.set_shape"][0] == ("images", (1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))
+    assert calls["IBuilderConfig.set_timing_cache"][1] == {"ignore_mismatch": False}
+    assert "IBuilderConfig.add_optimization_profile" in calls
+
+
+@pytest.mark.parametrize("version", [10, 11], ids=["trt10", "trt11"])
+def test_fp32_plans_are_built_without_tf32(tmp_path, monkeypatch, version):
+    """Guards against TF32 left on (TensorRT's default) or switched on for fp32 plans: the flag is read at build."""
+    mod, _, _ = _builder_calls(version, tmp_path, monkeypatch)
+    built = [k for name, _, k in mod.calls if name == "Builder.build_serialized_network"]
+    assert built == [{"tf32": False}]
+    mod, _, _ = _builder_calls(version, tmp_path, monkeypatch, tf32=True)
+    assert [k for name, _, k in mod.calls if name == "Builder.build_serialized_network"] == [{"tf32": True}]
+
+
+def test_parse_failure_names_the_parser_errors(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match=r"could not parse .*m\.onnx: Failed to parse ONNX model"):
+        _builder_calls(11, tmp_path, monkeypatch, payload=b"not onnx")
+
+
+def _attribute_uses(path: Path, root: str) -> set[str]:
+    """Every `root.X.Y` attribute chain in a module (e.g. trt.BuilderFlag.TF32)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            parts, cur = [], node
+            while isinstance(cur, ast.Attribute):
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name) and cur.id == root:
+                found.add(".".join(reversed(parts)))
+    return found
+
+
+@pytest.mark.parametrize("version", [10, 11], ids=["trt10", "trt11"])
+def test_every_tensorrt_name_the_code_uses_exists_in_both_apis(version):
+    """Static check of every `trt.*` name in the builder and the engine, including branches no test runs."""
+    from pathlib import Path
+
+    mod = make_module(version)
+    root = Path(__file__).resolve().parents[1]
+    uses = _attribute_uses(root / "export/tensorrt.py", "trt") | _attribute_uses(
+        root / "toolkit/engines/trt_engine.py", "trt"
+    )
+    assert uses, "no trt.* use found: the check would pass vacuously"
+    for chain in sorted(uses):
+        obj = mod
+        for part in chain.split("."):
+            assert hasattr(obj, part), f"trt.{chain} is not in the TensorRT {version} API"
+            obj = getattr(obj, part)
+
+
+def _engine(monkeypatch, tmp_path, version=11, io=None):
+    from trt_standin import CpuDevice
+
+    from toolkit.engines.trt_engine import TrtEngine
+
+    mod = make_module(version, io=io)
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"PLAN")
+    return mod, TrtEngine(plan, device=CpuDevice(mod))
+
+
+@pytest.mark.parametrize("version", [10, 11], ids=["trt10", "trt11"])
+def test_trt_engine_binds_shapes_and_addresses_and_slices_outputs(monkeypatch, tmp_path, version):
+    """TrtEngine driven through the strict runtime stand-in: buffers at the profile maximum, the batch's shape
+    set per call, outputs cut to the batch, execute_async_v3 on the stream's handle."""
+    mod, eng = _engine(monkeypatch, tmp_path, version)
+    assert [s.name for s in eng.inputs] == ["images"] and [s.name for s in eng.outputs] == ["logit", "feature"]
+    assert eng.inputs[0].shape == ("batch", 3, 32, 32) and eng.outputs[1].dtype == "float32"
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    with eng:
+        assert tuple(eng._buffers["images"].shape) == (32, 3, 32, 32)
+        out = eng.infer({"images": x})
+        out3 = eng.infer({"images": x[:3]})
+        with pytest.raises(ValueError, match="batch 33 exceeds the plan's profile maximum 32"):
+            eng.infer({"images": np.zeros((33, 3, 32, 32), np.float32)})
+    np.testing.assert_allclose(out["logit"], x.reshape(5, -1).sum(1), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(out["feature"], x.reshape(5, -1)[:, :4])
+    assert out3["logit"].shape == (3,) and out3["feature"].shape == (3, 4)
+    shapes = [a for name, a, _ in mod.calls if name == "IExecutionContext.set_input_shape"]
+    assert shapes[0] == ("images", (32, 3, 32, 32)) and ("images", (5, 3, 32, 32)) in shapes
+    assert [a for name, a, _ in mod.calls if name == "IExecutionContext.execute_async_v3"] == [(1234,), (1234,)]
+
+
+def test_trt_engine_bf16_outputs_reach_the_host_as_float32_and_fp8_is_refused_by_name(monkeypatch, tmp_path):
+    prof = ((1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))
+    io = [("images", "INPUT", "BF16", (-1, 3, 32, 32), prof), ("logit", "OUTPUT", "BF16", (-1,), None),
+          ("feature", "OUTPUT", "HALF", (-1, 4), None)]  # fmt: skip
+    _, eng = _engine(monkeypatch, tmp_path, io=io)
+    assert [s.dtype for s in eng.inputs + eng.outputs] == ["float32", "float32", "float16"]
+    x = np.ones((2, 3, 32, 32), np.float32)
+    with eng:
+        out = eng.infer({"images": x})
+    assert out["logit"].dtype == np.float32 and out["logit"].tolist() == [3072.0, 3072.0]
+    io[1] = ("logit", "OUTPUT", "FP8", (-1,), None)
+    with pytest.raises(PlanError, match="'logit' has TensorRT type FP8"):
+        _engine(monkeypatch, tmp_path, io=io)
+
+
+def test_onnxruntime_provider_chain_tensorrt_then_cuda_then_cpu(tmp_path):
+    from toolkit.engines.onnxruntime_engine import provider_chain
+
+    assert provider_chain("cpu") == ["CPUExecutionProvider"]
+    assert provider_chain("cuda") == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    chain = provider_chain("tensorrt", tmp_path / "cache")
+    assert [c if isinstance(c, str) else c[0] for c in chain] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]  # fmt: skip
+    assert chain[0][1]["trt_engine_cache_path"] == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()

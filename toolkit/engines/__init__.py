@@ -22,7 +22,8 @@ def open_engine(
     """An engine for an artifact (an `Artifact`, or its directory, opened and verified here).
 
     torch: the PyTorch fp32 reference rebuilt from the artifact's source run (precision must be fp32);
-    onnxruntime: <kind>.<precision>.onnx on `provider` (cpu | cuda | tensorrt);
+    onnxruntime: <kind>.<precision>.onnx on `provider` (cpu | cuda | tensorrt: TensorRT, then CUDA, then CPU,
+    its engine cache in the artifact's plans/onnxruntime-trt/);
     openvino: the same file on OpenVINO's CPU plugin, executed in f32 (never its silent bf16 default);
     trt: the cached plan for <precision> matching this machine (and `batches`, if given).
     `threads` caps CPU threads (onnxruntime intra-op; torch's own pool), e.g. one engine per core in an actor pool.
@@ -50,7 +51,10 @@ def open_engine(
         if refused:
             raise RuntimeError(refused)
 
-        return OnnxRuntimeEngine(art.onnx_path(precision), provider=provider, threads=threads)
+        from toolkit.engines.trt_engine import PLANS
+
+        cache = art.dir / PLANS / "onnxruntime-trt" if provider == "tensorrt" else None
+        return OnnxRuntimeEngine(art.onnx_path(precision), provider=provider, threads=threads, cache_dir=cache)
     if kind == "openvino":
         from toolkit.engines.openvino_engine import OpenVinoEngine
 

@@ -5,9 +5,9 @@ network), so this only binds named tensors to device buffers and calls `execute_
 Device buffers are allocated once, at the profile's largest shapes, and reused across calls; host
 copies are part of `infer` (say so when timing it).
 
-Plans live beside the artifact in `plans/`, keyed by ONNX sha256 + GPU compute capability + TensorRT
-version + profile shapes (DESIGN.md). A plan whose key does not match this machine is refused with
-the reason; `toolkit export --trt` (or `toolkit bench --build-plans`) builds a fresh one.
+Plans live beside the artifact in `plans/`, keyed by ONNX sha256 + GPU model and compute capability +
+TensorRT version + profile shapes + whether TF32 was allowed (DESIGN.md). A plan whose key does not match
+this machine is refused with the reason; `toolkit export --trt` (or `toolkit bench --build-plans`) builds one.
 """
 
 from __future__ import annotations
@@ -21,6 +21,22 @@ import numpy as np
 from toolkit.engines.base import Engine, TensorSpec
 
 PLANS = "plans"
+KEY_FIELDS = ("onnx_sha256", "gpu", "compute_capability", "tensorrt", "tf32", "profile")
+
+# TensorRT I/O data type (DataType member name) -> (numpy dtype on the host, torch dtype on the device).
+# bf16 has no numpy type: the host side is float32 and the copy to / from the device converts. The 8-bit and
+# 4-bit float types (FP8, FP4, E8M0) and INT4 are refused by name: they belong inside a graph, between Q/DQ
+# nodes, never at its inputs or outputs (trt.nptype raises on them, so it is never called).
+_IO_DTYPES = {
+    "FLOAT": ("float32", "float32"),
+    "HALF": ("float16", "float16"),
+    "BF16": ("float32", "bfloat16"),
+    "INT64": ("int64", "int64"),
+    "INT32": ("int32", "int32"),
+    "INT8": ("int8", "int8"),
+    "UINT8": ("uint8", "uint8"),
+    "BOOL": ("bool", "bool"),
+}
 
 
 class PlanError(RuntimeError):
@@ -44,20 +60,23 @@ def unavailable_reason() -> str | None:
 
 
 def machine() -> dict:
-    """The parts of a plan key that come from this machine: GPU compute capability and TensorRT version."""
+    """The parts of a plan key that come from this machine: GPU model, compute capability, TensorRT version.
+    The model is there as well as the capability: an H100 and an H200 share 9.0 but not their kernels' timings."""
     import tensorrt as trt
     import torch
 
     major, minor = torch.cuda.get_device_capability()
-    return {"compute_capability": f"{major}.{minor}", "tensorrt": trt.__version__}
+    return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}", "tensorrt": trt.__version__}
 
 
-def plan_key(onnx_sha256: str, machine_info: dict, profile: dict[str, list[list[int]]]) -> dict:
+def plan_key(onnx_sha256: str, machine_info: dict, profile: dict[str, list[list[int]]], tf32: bool = False) -> dict:
     """Everything a plan depends on; `profile` maps input name -> [min, opt, max] shapes."""
     key = {
         "onnx_sha256": onnx_sha256,
+        "gpu": machine_info.get("gpu"),
         "compute_capability": machine_info["compute_capability"],
         "tensorrt": machine_info["tensorrt"],
+        "tf32": bool(tf32),
         "profile": {k: [list(map(int, s)) for s in v] for k, v in sorted(profile.items())},
     }
     key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -86,6 +105,7 @@ def find_plan(
     precision: str,
     machine_info: dict,
     batches: tuple[int, int, int] | None = None,
+    tf32: bool = False,
 ) -> Path:
     """The cached plan of an `Artifact` for `precision` matching this machine (and `batches`, if given)."""
     from toolkit.io import read_json, sha256_file
@@ -100,17 +120,14 @@ def find_plan(
     for meta_path in candidates:
         meta = read_json(meta_path)
         key = meta["key"]
-        want = plan_key(onnx_sha, machine_info, key["profile"] if batches is None else batch_profile(inputs, batches))
+        profile = key["profile"] if batches is None else batch_profile(inputs, batches)
+        want = plan_key(onnx_sha, machine_info, profile, tf32)
         if key == want:
             plan = meta_path.with_suffix(".plan")
             if not plan.is_file() or sha256_file(plan) != meta["sha256"]:
                 raise PlanError(f"{plan} is missing or does not match the sha256 in {meta_path}: refusing to run it")
             return plan
-        diffs = [
-            f"{k} {key[k]} (here {want[k]})"
-            for k in ("onnx_sha256", "compute_capability", "tensorrt", "profile")
-            if key[k] != want[k]
-        ]
+        diffs = [f"{k} {key.get(k)} (here {want[k]})" for k in KEY_FIELDS if key.get(k) != want[k]]
         mismatches.append(f"{meta_path.name}: " + ", ".join(diffs))
     hint = "build one with 'toolkit export RUN --out ARTIFACT --trt' or 'toolkit bench ... --engine trt --build-plans'"
     if not candidates:
@@ -118,49 +135,88 @@ def find_plan(
     raise PlanError(f"{artifact_dir}: no {precision} plan matches this machine: " + "; ".join(mismatches) + f"; {hint}")
 
 
+def io_dtypes(trt_dtype, tensor: str, path) -> tuple[str, str]:
+    """A TensorRT DataType of an I/O tensor -> (host numpy dtype name, device torch dtype name); refuses by name."""
+    name = getattr(trt_dtype, "name", str(trt_dtype)).rsplit(".", 1)[-1]
+    if name not in _IO_DTYPES:
+        raise PlanError(
+            f"{path}: I/O tensor {tensor!r} has TensorRT type {name}, which the trt engine cannot exchange with the "
+            f"host (it takes {', '.join(_IO_DTYPES)}); keep {name} inside the graph, between Q/DQ nodes"
+        )
+    return _IO_DTYPES[name]
+
+
+class CudaDevice:
+    """Where the engine's buffers and stream live: torch's CUDA allocator and streams (one GPU)."""
+
+    def __init__(self, index: int = 0):
+        self.name = f"cuda:{index}"
+
+    def stream(self):
+        import torch
+
+        return torch.cuda.Stream(device=self.name)
+
+    def on(self, stream):
+        import torch
+
+        return torch.cuda.stream(stream)
+
+    @staticmethod
+    def handle(stream) -> int:
+        return stream.cuda_stream
+
+    def empty(self, shape: tuple[int, ...], dtype: str):
+        import torch
+
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=self.name)
+
+
 class TrtEngine(Engine):
     kind = "trt"
 
-    def __init__(self, plan_path: str | Path, device: int = 0):
-        reason = unavailable_reason()
-        if reason:
-            raise RuntimeError(f"trt engine unavailable: {reason}")
+    def __init__(self, plan_path: str | Path, device: int | CudaDevice = 0):
+        """`device`: a GPU index, or a `CudaDevice`-like object (tests drive the engine with a CPU stand-in)."""
+        if not isinstance(device, CudaDevice) and isinstance(device, int):
+            reason = unavailable_reason()
+            if reason:
+                raise RuntimeError(f"trt engine unavailable: {reason}")
+            device = CudaDevice(device)
         import tensorrt as trt
 
         self.path = Path(plan_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} does not exist")
-        self._trt, self.device = trt, f"cuda:{device}"
+        self._trt, self.device = trt, device
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise PlanError(f"{self.path}: TensorRT could not deserialize the plan (built for another version or GPU?)")
-        ins, outs = [], []
+        ins, outs, self._device_dtype = [], [], {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))).name
+            host, dev = io_dtypes(self.engine.get_tensor_dtype(name), name, self.path)
+            self._device_dtype[name] = dev
             shape = tuple(
                 d if d >= 0 else ("batch" if j == 0 else f"d{j}")
                 for j, d in enumerate(self.engine.get_tensor_shape(name))
             )
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (ins if is_input else outs).append(TensorSpec(name, shape, dtype))
+            (ins if is_input else outs).append(TensorSpec(name, shape, host))
         super().__init__(ins, outs)
         self.context = None
         self._buffers: dict = {}
 
     def activate(self) -> None:
-        import torch
-
         self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream(device=self.device)
+        self.stream = self.device.stream()
         # inputs: the profile's max shape; outputs: their shape with every input at its max shape
         for spec in self.inputs:
-            self.context.set_input_shape(spec.name, self.engine.get_tensor_profile_shape(spec.name, 0)[2])
+            self._set_shape(spec.name, tuple(self.engine.get_tensor_profile_shape(spec.name, 0)[2]))
         for spec in [*self.inputs, *self.outputs]:
             shape = tuple(self.context.get_tensor_shape(spec.name))
-            self._buffers[spec.name] = torch.empty(shape, dtype=_torch_dtype(spec.dtype), device=self.device)
+            self._buffers[spec.name] = self.device.empty(shape, self._device_dtype[spec.name])
 
     def deactivate(self) -> None:
         self.synchronize()
@@ -171,10 +227,14 @@ class TrtEngine(Engine):
         if self.context is not None:
             self.stream.synchronize()
 
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if not self.context.set_input_shape(name, shape):
+            raise ValueError(f"{self.path}: TensorRT refused shape {shape} for input {name!r} (outside its profile?)")
+
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        with torch.cuda.stream(self.stream):
+        with self.device.on(self.stream):
             for spec in self.inputs:
                 x = feed[spec.name]
                 buf = self._buffers[spec.name]
@@ -183,27 +243,21 @@ class TrtEngine(Engine):
                         f"batch {x.shape[0]} exceeds the plan's profile maximum {buf.shape[0]} ({self.path})"
                     )
                 buf[: x.shape[0]].copy_(torch.from_numpy(np.ascontiguousarray(x)), non_blocking=False)
-                self.context.set_input_shape(spec.name, tuple(x.shape))
-                self.context.set_tensor_address(spec.name, buf.data_ptr())
+                self._set_shape(spec.name, tuple(x.shape))
+                if not self.context.set_tensor_address(spec.name, buf.data_ptr()):
+                    raise RuntimeError(f"{self.path}: TensorRT refused the address of input {spec.name!r}")
             shapes = {}
             for spec in self.outputs:
                 shapes[spec.name] = tuple(self.context.get_tensor_shape(spec.name))
-                self.context.set_tensor_address(spec.name, self._buffers[spec.name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                if not self.context.set_tensor_address(spec.name, self._buffers[spec.name].data_ptr()):
+                    raise RuntimeError(f"{self.path}: TensorRT refused the address of output {spec.name!r}")
+            if not self.context.execute_async_v3(self.device.handle(self.stream)):
                 raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.path}")
-            res = {n: self._buffers[n].flatten()[: int(np.prod(s))].view(s).cpu().numpy() for n, s in shapes.items()}
+            res = {}
+            for spec in self.outputs:
+                s = shapes[spec.name]
+                # an output's shape follows the inputs' batch: its valid part is the buffer's first prod(s) values
+                valid = self._buffers[spec.name].flatten()[: int(np.prod(s))].view(s)
+                res[spec.name] = valid.to(getattr(torch, spec.dtype)).cpu().numpy()
         self.stream.synchronize()
         return res
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return {
-        "float32": torch.float32,
-        "float16": torch.float16,
-        "int64": torch.int64,
-        "int32": torch.int32,
-        "int8": torch.int8,
-        "bool": torch.bool,
-    }[name]
