@@ -5,9 +5,11 @@
 2. No image may be in both sets: compared by the sha256 of the file bytes, refused with the names.
 3. `<kind>.int8.onnx` is written through onnxruntime.quantization (calibration/quantize.py).
 4. Report: AUC / AP / accuracy of int8 and fp32 (both in ONNX Runtime) on the held-out folder, feature
-   cosine, decision agreement. Gate (default): AUC drop at most 0.5 points. A failed gate removes the
-   int8 file, leaves the manifest untouched, keeps the report, and raises with the numbers.
-5. On success the manifest gains the int8 variant, its gate and the hashes of everything.
+   cosine, decision agreement. Gate (default): AUC drop at most 0.5 points. A failed gate drops the
+   int8 file (and an older int8 variant), keeps the report, and raises with the numbers.
+5. On success the manifest gains the int8 variant, its gate and the hashes of what was added.
+Everything is written into a staging copy of the artifact (toolkit/staging.py: hard links, onnxruntime's own
+temporaries inside it) and swapped in at the end, so a killed calibration leaves the artifact as it was.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _sample(paths: list, n: int | None, seed: int) -> list:
 
 
 def calibrate_artifact(
-    artifact: str | Path,
+    artifact,
     images: str | Path,
     eval_images: str | Path,
     cfg: QuantConfig | None = None,
@@ -67,13 +69,14 @@ def calibrate_artifact(
     log=print,
     no_vnni_n: int | None = 64,
 ) -> dict:
-    """-> the report dict (also written to <artifact>/int8_report.{json,md}); raises GateFailed when it fails."""
+    """`artifact`: an opened `Artifact` (not verified again) or its directory. -> the report dict (also written
+    to <artifact>/int8_report.{json,md}; the new Artifact under "artifact_object"); raises GateFailed on a failure."""
     from toolkit import kinds
-    from toolkit.artifact import Artifact
+    from toolkit.artifact import Artifact, GateFailed
     from toolkit.data.loader import discover_images, sample_labelled
 
     cfg, gate = cfg or QuantConfig(), gate or Int8Gate()
-    art = Artifact.open(artifact)
+    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
     kind = kinds.for_artifact(art)
     kind.require("int8", "int8 calibration")
     calib_paths = _sample(discover_images(images)[0], calib_n, seed)
@@ -83,26 +86,22 @@ def calibrate_artifact(
     if len(set(eval_labels.tolist())) < 2:
         raise ValueError(f"{eval_images}: the evaluation folder needs both real and generated images for AUC")
     check_overlap(calib_paths, eval_paths)
-    if "int8" in art.precisions:  # recalibrating: the old variant goes first, so a failure cannot leave a stale one
-        old = art.precisions["int8"]["file"]
-        (art.dir / old).unlink()
-        art = art.update(
-            precisions={k: v for k, v in art.precisions.items() if k != "int8"},
-            gates={k: v for k, v in art.gates.items() if k != "int8"},
-            drop_files=(old,),
-        )
-    try:  # an int8 file never outlives a failed or interrupted calibration (the artifact would refuse it)
-        return _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, batch,
-                          workers, progress, log, no_vnni_n)  # fmt: skip
-    except BaseException:
-        if "int8" not in Artifact.open(art.dir, verify_files=False).precisions:
-            (art.dir / f"{art.kind}.int8.onnx").unlink(missing_ok=True)
-        raise
+    failed = None
+    with art.edit(log=log) as ed:
+        if "int8" in art.precisions:  # recalibrating: the old variant goes, so a failure cannot leave a stale one
+            ed.drop(art.precisions["int8"]["file"])
+            ed.set(precisions={k: v for k, v in art.precisions.items() if k != "int8"},
+                   gates={k: v for k, v in art.gates.items() if k != "int8"})  # fmt: skip
+        report, failed = _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg,
+                                    gate, batch, workers, progress, log, no_vnni_n)  # fmt: skip
+    if failed:
+        raise GateFailed(failed)
+    return {**report, "artifact_object": ed.result}
 
 
-def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, batch, workers,
-               progress, log, no_vnni_n) -> dict:  # fmt: skip
-    from toolkit.artifact import GateFailed
+def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, batch, workers,
+               progress, log, no_vnni_n) -> tuple[dict, str | None]:  # fmt: skip
+    """Quantize into the staging copy `ed`, gate, record; -> (report, the failure message or None)."""
     from toolkit.compare import Comparator
     from toolkit.data.loader import batches, load_labelled
     from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
@@ -110,8 +109,8 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
     from toolkit.progress import progress_bar
 
     d = art.dir
-    fp32 = art.onnx_path("fp32")
-    int8 = d / f"{art.kind}.int8.onnx"
+    fp32 = ed.path(art.require("fp32")["file"])
+    int8 = ed.path(f"{art.kind}.int8.onnx")
     pre = art.preprocess
     log(f"calibrating ({cfg.method}) on {len(calib_paths)} images from {images} ...")
     with progress_bar("calibrate", len(calib_paths), progress) as advance:
@@ -146,19 +145,20 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
         "passed": res["passed"],
         "no_vnni": no_vnni,
     }
-    write_json(d / "int8_report.json", report)
-    write_text(d / "int8_report.md", report_markdown(report))
+    write_json(ed.path("int8_report.json"), report)
+    write_text(ed.path("int8_report.md"), report_markdown(report))
+    for name in REPORTS:
+        ed.add(name)
     if not res["passed"]:
-        int8.unlink(missing_ok=True)
-        art.update(extra_files=REPORTS)  # the reports are listed (the artifact stays valid), nothing else changes
-        raise GateFailed(
+        ed.drop(int8.name)  # the reports are listed (the artifact stays valid), the int8 file goes
+        return report, (
             f"int8 gate failed for {d}: AUC {100 * acc8['auc']:.2f} vs fp32 {100 * acc32['auc']:.2f} "
             f"(drop {stats['auc_drop_points']:.2f} points > {gate.max_auc_drop_points}); int8 file removed; "
             f"report in {d / 'int8_report.md'}"
         )
-    precisions = {**art.precisions, "int8": {"file": int8.name, **summary}}
+    precisions = {**ed.body["precisions"], "int8": {"file": int8.name, **summary}}
     gates = {
-        **art.gates,
+        **ed.body.get("gates", {}),
         "int8": {
             "passed": True,
             "gate": res["gate"],
@@ -172,8 +172,9 @@ def _calibrate(art, kind, images, eval_images, calib_paths, eval_paths, eval_lab
             ),
         },
     }
-    art.update(precisions=precisions, gates=gates, extra_files=REPORTS)
-    return report
+    ed.add(int8.name)
+    ed.set(precisions=precisions, gates=gates)
+    return report, None
 
 
 def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, log, progress) -> dict | None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def add_bf16(artifact: str | Path, eval_images: str | Path, gate=None, eval_n: int | None = 1000, seed: int = 0,
+def add_bf16(artifact, eval_images: str | Path, gate=None, eval_n: int | None = 1000, seed: int = 0,
              log=print) -> dict:  # fmt: skip
-    """Gate the bf16 execution of the fp32 graph on `eval_images`; on success add it to the manifest. -> result."""
+    """Gate the bf16 execution of the fp32 graph on `eval_images`; on success add it to the manifest. `artifact`: an
+    opened `Artifact` (not verified again) or its directory. -> result (the new artifact under "artifact_object")."""
 
     from toolkit import kinds
     from toolkit.artifact import Artifact, GateFailed
@@ -24,7 +25,7 @@ def add_bf16(artifact: str | Path, eval_images: str | Path, gate=None, eval_n: i
     from toolkit.engines.openvino_engine import OpenVinoEngine, bf16_unavailable_reason
 
     gate = gate or Bf16Gate()
-    art = Artifact.open(artifact)
+    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
     kind = kinds.for_artifact(art)
     kind.require("detects", "--precision bf16 (gated on AUC)")
     if reason := bf16_unavailable_reason():
@@ -47,5 +48,5 @@ def add_bf16(artifact: str | Path, eval_images: str | Path, gate=None, eval_n: i
     precisions = {**art.precisions, "bf16": {"file": file, "execution": "bf16", "engines": ["openvino"]}}
     gates = {**art.gates, "bf16": {"passed": True, "gate": res["gate"], "stats": stats, "engine": "openvino-cpu",
                                    "eval_images": str(Path(eval_images).resolve())}}  # fmt: skip
-    art.update(precisions=precisions, gates=gates)
-    return {"artifact": str(art.dir), **res}
+    new = art.update(precisions=precisions, gates=gates)
+    return {"artifact": str(art.dir), **res, "artifact_object": new}

@@ -7,9 +7,6 @@ detector or a purifier is; the one comparator (toolkit/compare.py) judges every 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_onnx
@@ -53,43 +50,26 @@ def export_run(
 
 def export_model(kind, spec, run_dir: Path, out_dir, precisions, gates: dict, log=print,
                  external_data_bytes: int = EXTERNAL_DATA_BYTES):  # fmt: skip
-    from toolkit.artifact import Artifact
+    """-> the exported `Artifact` at `out_dir`, verified as it was written (not re-opened)."""
+    from toolkit.artifact import UNLISTED_DIRS, Artifact
+    from toolkit.staging import Staging
 
     final = Path(out_dir)
     _check_out_dir(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # everything is written into a staging directory and swapped in at the end: a failed gate or a crash
-    # leaves an existing artifact at `out_dir` as it was
-    out_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
-    try:
-        _write_variants(kind, spec, run_dir, out_dir, precisions, gates, log, external_data_bytes)
-        _swap_in(out_dir, final)
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    return Artifact.open(final)
+    # everything is written into a staging directory beside `out_dir` and swapped in at the end: a failed gate,
+    # a crash or a kill leaves an existing artifact as it was; the next export removes what a killed one left
+    with Staging(final, carry_dirs=UNLISTED_DIRS, log=log) as st:
+        art = _write_variants(kind, spec, run_dir, st.dir, precisions, gates, log, external_data_bytes)
+        st.commit()
+    return Artifact(final, art.manifest)
 
 
 def _check_out_dir(out: Path) -> None:
     from toolkit.artifact import MANIFEST
+    from toolkit.safe_paths import check_not_link
 
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+    if check_not_link(out) and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
         raise ValueError(f"{out} exists and is not an artifact directory: choose another --out")
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    """Replace `final` by `staging`, carrying over the plan cache and bench reports of an older artifact."""
-    from toolkit.artifact import UNLISTED_DIRS
-
-    if final.exists():
-        for sub in UNLISTED_DIRS:
-            if (final / sub).is_dir():
-                os.replace(final / sub, staging / sub)
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
 
 
 def _write_variants(kind, spec, run_dir: Path, out_dir: Path, precisions, gates, log, external_data_bytes) -> None:
@@ -99,6 +79,7 @@ def _write_variants(kind, spec, run_dir: Path, out_dir: Path, precisions, gates,
     from toolkit.engines.torch_engine import TorchEngine
     from toolkit.io import sha256_file
 
+    """Write every precision file into `out_dir`, gate each, write the manifest; -> the Artifact there."""
     files = {p: f"{kind.name}.{p}.onnx" for p in ("fp32", *precisions)}
     log(f"exporting {kind.name} to ONNX (opset {OPSET}, dynamic batch) ...")
     inputs, outputs = export_onnx(
@@ -154,4 +135,4 @@ def _write_variants(kind, spec, run_dir: Path, out_dir: Path, precisions, gates,
         "verify_batches": [len(x) for x in spec.verify_feeds],
         "tool_versions": tool_versions(),
     }
-    Artifact.write(out_dir, body)
+    return Artifact.write(out_dir, body)

@@ -15,6 +15,7 @@ import torch
 
 from export.graph_passes import reorder_erf_gelu
 from toolkit.engines.base import TensorSpec
+from toolkit.io import umask
 
 OPSET = 18
 # weights go to one external-data file "<name>.onnx.data" above this size (protobuf's hard limit is 2 GiB)
@@ -94,7 +95,7 @@ def save_onnx(model, path: str | Path, external_data_bytes: int = EXTERNAL_DATA_
             onnx.save_model(model, str(staged))
         onnx.checker.check_model(str(staged), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(staged), str(Path(tmp) / "inferred.onnx"), strict_mode=True)
-        mode = 0o666 & ~_umask()
+        mode = 0o666 & ~umask()
         if external:
             os.chmod(Path(tmp) / data.name, mode)
             os.replace(Path(tmp) / data.name, data)
@@ -103,12 +104,6 @@ def save_onnx(model, path: str | Path, external_data_bytes: int = EXTERNAL_DATA_
         os.chmod(staged, mode)
         os.replace(staged, path)
     return [path, data] if external else [path]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _forward_args(module: torch.nn.Module) -> list[str]:

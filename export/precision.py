@@ -134,14 +134,13 @@ def write_fp16(
     keep_nodes = list(keep_nodes) + (tail_after_last(model, tail_after) if tail_after else [])
     m16 = convert_to_fp16(model, keep_ops, keep_nodes)
     sunk = sink_transpose_below_matmul(m16)  # a default onnxruntime CPU session crashes otherwise (graph_passes.py)
-    files = save_onnx(m16, dst, external_data_bytes)
+    save_onnx(m16, dst, external_data_bytes)
     kept = {n.name for n in model.graph.node if n.op_type in set(keep_ops) | ALWAYS_FP32} | set(keep_nodes)
     return {
         "keep_ops": sorted(set(keep_ops)),
         "fp32_tail_after": tail_after,
         "nodes_fp32": len(kept),
         "nodes_fp16": len(model.graph.node) - len(kept),
-        "external_data": len(files) > 1,
         "transposes_sunk_below_matmul": sunk,
         "casts_added": sum(n.op_type == "Cast" for n in m16.graph.node)
         - sum(n.op_type == "Cast" for n in model.graph.node),

@@ -66,14 +66,15 @@ def build_plan(
 
 
 def build_artifact_plans(
-    artifact_dir: str | Path,
+    artifact,
     batches: tuple[int, int, int] = (1, 8, 32),
     workspace_mib: int = 4096,
     precisions: tuple[str, ...] | None = None,
     log=print,
     tf32: bool = False,
 ) -> dict[str, Path]:
-    """Build (or reuse, when the key matches) one plan per precision of the artifact; -> precision -> plan path."""
+    """Build (or reuse, when the key matches) one plan per precision of the artifact (an opened `Artifact`, not
+    verified again, or its directory); -> precision -> plan path."""
     from toolkit.artifact import Artifact
     from toolkit.io import sha256_file, write_json
 
@@ -83,7 +84,7 @@ def build_artifact_plans(
     lo, mid, hi = batches
     if not 1 <= lo <= mid <= hi:
         raise ValueError(f"TensorRT profile batches must satisfy 1 <= min <= opt <= max, got {batches}")
-    art = Artifact.open(artifact_dir)
+    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
     d = art.dir
     here = machine()
     profile = batch_profile(art.manifest["inputs"], batches)

@@ -1,33 +1,41 @@
-"""The artifact type: a directory with `manifest.json`, opened and verified once (DESIGN.md: "An artifact is ...").
+"""The artifact type: a directory with `manifest.json`, opened and verified once per command.
 
 `Artifact.open(dir)` checks, before anything runs:
-- the manifest protects itself: `integrity` holds the sha256 of every top-level field (and of every entry of
-  the dict-valued ones) over canonical JSON; an edited threshold or a removed hash entry is refused, naming
-  the field. It is a checksum, not a signature: it stops edits by hand and tools that do not know the format,
-  while `Artifact.update` (the library's own writers: calibration, threshold) re-seals what it changes;
-- every listed file exists and matches its sha256, and every file in the directory is listed (except the
-  `plans/` cache, verified by its own keys, and `bench/` reports); names are relative to the artifact;
+- the seal: `integrity` holds the sha256 of every top-level field (and of every entry of the dict-valued ones)
+  over canonical JSON; an edited threshold or a removed hash entry is refused, naming the field. It is a
+  checksum, not a signature: it stops edits by hand and tools that do not know the format, while the library's
+  own writers (export, calibrate, bf16, threshold) re-seal what they change;
+- the schema (toolkit/manifest.py): every field's type, every file name relative and inside the artifact, every
+  precision file (and its external data) listed with its sha256;
+- every listed file is a regular file reached without following a link and matches its sha256, and every entry
+  of the directory is listed (except the `plans/` cache, verified by its own keys, `bench/` reports and
+  `tuning/` records); a symbolic link anywhere in it is refused;
 - the source run (the PyTorch reference) is recorded resolved; `reference_run()` fails loudly when it is gone.
+Commands open an artifact once and pass the `Artifact` on; writers change it through `Artifact.edit()` (a
+staged rewrite, toolkit/staging.py), which hashes only the files it adds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from toolkit.engines.base import TensorSpec
-from toolkit.io import read_json, sha256_file, write_json
+from toolkit.io import sha256_file, sha256_inside, write_json
+from toolkit.manifest import UNLISTED_DIRS, ManifestError, check_manifest
+from toolkit.safe_paths import SymlinkRefused, open_nofollow
 
 MANIFEST = "manifest.json"
 FORMAT = "causal-deploy-toolkit/artifact@2"  # @2: self-protecting manifest, resolved source run, every file listed
-# written into an artifact after export and not part of its identity: TensorRT plans carry their own keys
-# and hashes (toolkit/engines/trt_engine.py), bench reports are outputs, tuning records are per machine
-UNLISTED_DIRS = ("plans", "bench", "tuning")
 # the manifest fields that only the library writes and that `integrity` protects one level deep
 _NESTED = ("files", "precisions", "gates")
+
+__all__ = ["FORMAT", "MANIFEST", "UNLISTED_DIRS", "Artifact", "ArtifactError", "GateFailed", "ReferenceMissing"]
 
 
 class ArtifactError(ValueError):
@@ -76,6 +84,11 @@ def _seal(body: dict) -> dict:
     return {**body, "integrity": {"algorithm": "sha256 of canonical JSON", "fields": _field_digests(body)}}
 
 
+def seal_digest(manifest: dict) -> str:
+    """One digest of a whole verified manifest: what a run records to pin itself to this artifact."""
+    return _digest(manifest)
+
+
 def _check_seal(path: Path, m: dict) -> dict:
     integrity = m.pop("integrity", None)
     if not isinstance(integrity, dict) or not isinstance(integrity.get("fields"), dict):
@@ -99,11 +112,22 @@ def _check_seal(path: Path, m: dict) -> dict:
     return m
 
 
-def _safe_name(d: Path, name: str) -> Path:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise ArtifactError(f"{d / MANIFEST} lists {name!r}, which is not a path inside the artifact")
-    return d / p
+def _read_manifest(d: Path) -> dict:
+    path = d / MANIFEST
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ArtifactError(f"{d} has no {MANIFEST}; run 'toolkit export' first") from None
+    except SymlinkRefused as e:
+        raise ArtifactError(str(e)) from None
+    except ValueError:
+        raise ArtifactError(f"{path} is not a regular file") from None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -113,59 +137,49 @@ class Artifact:
     dir: Path
     manifest: dict
 
-    # ---- opening and writing ------------------------------------------------------------------------
+    # ---- opening --------------------------------------------------------------------------------------
     @classmethod
     def open(cls, artifact_dir: str | os.PathLike, verify_files: bool = True) -> Artifact:
         d = Path(artifact_dir)
-        path = d / MANIFEST
         if not d.is_dir():
             raise ArtifactError(f"{d} is not a directory; run 'toolkit export' first")
-        if not path.is_file():
-            raise ArtifactError(f"{d} has no {MANIFEST}; run 'toolkit export' first")
-        m = read_json(path)
+        path = d / MANIFEST
+        m = _read_manifest(d)
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             fmt = m.get("format") if isinstance(m, dict) else None
             raise ArtifactError(f"{path}: unknown artifact format {fmt!r} (want {FORMAT}); re-export it")
         m = _check_seal(path, m)
+        try:
+            check_manifest(path, m)
+        except ManifestError as e:
+            raise ArtifactError(str(e)) from None
         art = cls(d, m)
         if verify_files:
             art._verify_files()
         return art
 
-    @classmethod
-    def write(cls, artifact_dir: str | os.PathLike, body: dict, extra_files: tuple[str, ...] = ()) -> Artifact:
-        """Hash every precision file (+ its external data) and `extra_files`, seal, write atomically; -> opened."""
-        d = Path(artifact_dir)
-        names = [n for v in body["precisions"].values() for n in (v["file"], v.get("data_file")) if n]
-        names += list(extra_files)
-        body = {k: v for k, v in body.items() if k not in ("format", "files", "integrity")}
-        body = {"format": FORMAT, **body, "files": {n: sha256_file(_safe_name(d, n)) for n in names}}
-        write_json(d / MANIFEST, _seal(body))
-        return cls.open(d)
-
-    def update(self, drop_files: tuple[str, ...] = (), extra_files: tuple[str, ...] = (), **fields) -> Artifact:
-        """A new manifest with `fields` replaced (files re-hashed, re-sealed); -> the re-opened artifact.
-
-        Files listed besides the precision files (reports) stay listed unless in `drop_files`."""
-        body = {**self.manifest, **fields}
-
-        def model_files(m: dict) -> set[str]:
-            return {n for v in m["precisions"].values() for n in (v["file"], v.get("data_file")) if n}
-
-        precision_files = model_files(self.manifest) | model_files(body)
-        extras = [n for n in self.manifest["files"] if n not in precision_files and n not in drop_files]
-        return Artifact.write(self.dir, body, tuple(dict.fromkeys(extras + list(extra_files))))
-
     def _verify_files(self) -> None:
-        d, files = self.dir, self.manifest.get("files", {})
+        d, files = self.dir, self.files
         for name, digest in files.items():
-            f = _safe_name(d, name)
-            if not f.is_file():
-                raise ArtifactError(f"{f} is listed in {d / MANIFEST} but missing")
-            if sha256_file(f) != digest:
-                raise ArtifactError(f"{f} does not match the sha256 in {d / MANIFEST}: refusing to run a modified file")
-        for root, dirs, names in os.walk(d):
+            try:
+                got = sha256_inside(d, name)
+            except FileNotFoundError:
+                raise ArtifactError(f"{d / name} is listed in {d / MANIFEST} but missing") from None
+            except SymlinkRefused as e:
+                raise ArtifactError(f"{e}: an artifact holds regular files only; re-export it") from None
+            except (ValueError, NotADirectoryError) as e:
+                raise ArtifactError(f"{d / name}: {e}") from None
+            if got != digest:
+                raise ArtifactError(f"{d / name} does not match the sha256 in {d / MANIFEST}: refusing to run it")
+        for root, dirs, names in os.walk(d):  # never follows links: a link to a directory is in `dirs`, unopened
             rel_root = Path(root).relative_to(d)
+            for n in dirs + names:
+                p = Path(root) / n
+                if stat.S_ISLNK(os.lstat(p).st_mode):
+                    raise ArtifactError(
+                        f"{p} is a symbolic link: an artifact holds regular files only (nothing outside it is "
+                        "followed); remove it, or re-export"
+                    )
             if rel_root == Path("."):
                 dirs[:] = [x for x in dirs if x not in UNLISTED_DIRS]
             for n in names:
@@ -174,6 +188,51 @@ class Artifact:
                     raise ArtifactError(
                         f"{d / rel} is in the artifact but not listed in {d / MANIFEST}: remove it, or re-export"
                     )
+
+    # ---- writing --------------------------------------------------------------------------------------
+    @classmethod
+    def write(cls, artifact_dir: str | os.PathLike, body: dict, known: dict[str, str] | None = None,
+              extra_files: tuple[str, ...] = ()) -> Artifact:  # fmt: skip
+        """Seal and write the manifest of the files in `artifact_dir` (a staging directory, usually); -> the
+        Artifact, not re-verified (its files were just written or carried over). `known`: name -> sha256 of files
+        whose hash is already known (carried over from a verified artifact); every other file is hashed once."""
+        d, known = Path(artifact_dir), known or {}
+        names = [n for v in body["precisions"].values() for n in (v["file"], v.get("data_file")) if n]
+        names = list(dict.fromkeys(names + list(extra_files)))
+        body = {k: v for k, v in body.items() if k not in ("format", "files", "integrity")}
+        files = {n: known[n] if n in known else sha256_inside(d, n) for n in names}
+        body = {"format": FORMAT, **body, "files": files}
+        try:
+            check_manifest(d / MANIFEST, body)
+        except ManifestError as e:
+            raise ArtifactError(f"refusing to write it: {e}") from None
+        write_json(d / MANIFEST, _seal(body))
+        return cls(d, body)
+
+    @contextlib.contextmanager
+    def edit(self, log=lambda msg: None):
+        """A staged rewrite: `with art.edit() as ed:` add files under `ed.dir`, `ed.add(name)`, `ed.drop(name)`,
+        `ed.set(field=value)`; on leaving the block the new artifact replaces this one atomically (`ed.result`).
+        An error inside the block leaves this artifact as it was."""
+        from toolkit.staging import Staging
+
+        with Staging(self.dir, carry_dirs=UNLISTED_DIRS, log=log) as st:
+            ed = ArtifactEdit(self, st)
+            yield ed
+            ed._commit()
+
+    def update(self, drop_files: tuple[str, ...] = (), extra_files: tuple[str, ...] = (), **fields) -> Artifact:
+        """A new manifest with `fields` replaced (staged, re-sealed); -> the new artifact. Files listed besides
+        the precision files (reports) stay listed unless in `drop_files`; `extra_files` are new files already in
+        the artifact directory (reports written by an older flow) to list."""
+        with self.edit() as ed:
+            for n in drop_files:
+                ed.drop(n)
+            for n in extra_files:
+                if n not in self.files:
+                    ed.adopt(n)
+            ed.set(**fields)
+        return ed.result
 
     # ---- typed access ---------------------------------------------------------------------------------
     @property
@@ -213,6 +272,12 @@ class Artifact:
     def model_name(self) -> str:
         return self.manifest.get("model_name") or self.kind
 
+    @property
+    def seal(self) -> str:
+        """The digest of the verified manifest (it covers every file's sha256): a run started on this artifact
+        records it, and every process of the run checks it (toolkit/predict.py)."""
+        return seal_digest(self.manifest)
+
     def require(self, precision: str) -> dict:
         if precision not in self.precisions:
             raise ArtifactError(f"{self.dir} has no {precision} variant (it has {sorted(self.precisions)})")
@@ -226,16 +291,69 @@ class Artifact:
 
     def reference_run(self, weights_file: str) -> Path:
         """The source run holding the PyTorch reference, checked against the hash recorded at export."""
-        run = Path(self.manifest["source_run"])
+        run = Path(self.manifest.get("source_run") or "")
         hint = "pass --no-reference to run without the PyTorch reference"
-        if not (run / weights_file).is_file():
+        if not self.manifest.get("source_run") or not (run / weights_file).is_file():
             raise ReferenceMissing(
                 f"the PyTorch reference of {self.dir} is {run / weights_file}, which does not exist "
                 f"(moved or deleted?); {hint}"
             )
-        if sha256_file(run / weights_file) != self.manifest["source_sha256"]:
+        if sha256_file(run / weights_file) != self.manifest.get("source_sha256"):
             raise ReferenceMissing(
                 f"{run / weights_file} changed since {self.dir} was exported: "
                 f"it is not this artifact's reference; {hint}"
             )
         return run
+
+
+class ArtifactEdit:
+    """What a staged rewrite changes (see `Artifact.edit`): files carried over by hard link, new files hashed
+    once when added, fields replaced; the manifest is sealed and swapped in on commit."""
+
+    def __init__(self, art: Artifact, staging):
+        self.base, self.staging, self.dir = art, staging, staging.dir
+        self.known = dict(art.files)  # verified when `art` was opened: carried without re-hashing
+        self.body = {k: v for k, v in art.manifest.items() if k not in ("format", "files", "integrity")}
+        self.result: Artifact | None = None
+        for name in art.files:
+            staging.link(art.dir, name)
+
+    def path(self, name: str) -> Path:
+        """Where to write file `name` of the new artifact."""
+        p = self.dir / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def add(self, name: str) -> None:
+        """List file `name` (written under `self.dir`), hashed now."""
+        self.known[name] = sha256_inside(self.dir, name)
+
+    def adopt(self, name: str) -> None:
+        """List a file that sits in the current artifact but not in its manifest (a report an older flow wrote)."""
+        self.staging.link(self.base.dir, name)
+        self.add(name)
+
+    def drop(self, name: str) -> None:
+        (self.dir / name).unlink(missing_ok=True)
+        self.known.pop(name, None)
+
+    def set(self, **fields) -> None:
+        self.body.update(fields)
+
+    def _commit(self) -> None:
+        model = {n for v in self.body["precisions"].values() for n in (v["file"], v.get("data_file")) if n}
+        extras = tuple(n for n in self.known if n not in model)
+        for name in list(self.known):  # files dropped from the precisions and not kept as extras
+            if not (self.dir / name).exists():
+                self.known.pop(name)
+        art = Artifact.write(self.dir, self.body, self.known, tuple(n for n in extras if n in self.known))
+        keep = {*art.files, MANIFEST}
+        for root, dirs, names in os.walk(self.dir):  # an unlisted leftover would make the artifact refuse itself
+            rel = Path(root).relative_to(self.dir)
+            if rel == Path("."):
+                dirs[:] = [x for x in dirs if x not in (*UNLISTED_DIRS, "tmp")]
+            for n in names:
+                if (rel / n).as_posix() not in keep and not (rel == Path(".") and n.startswith(".owner")):
+                    (Path(root) / n).unlink()
+        final = self.staging.commit()
+        self.result = Artifact(final, art.manifest)

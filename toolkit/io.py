@@ -1,4 +1,9 @@
-"""Atomic file output (temp file in the same directory, then rename) and content hashing."""
+"""Atomic file output (temp file in the same directory, then rename) and content hashing.
+
+Files are created with the mode the umask gives any new file (0644 under the usual 022), whether written here or
+by a library, so an artifact's manifest, reports and ONNX files share one mode. `HASHED` counts the bytes hashed
+in this process (benchmarks/artifact_hashing.py reads it: an artifact is verified once per command).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would make this file differ from every other one
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -56,16 +62,48 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+HASHED = {"bytes": 0, "files": 0}
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_fd(fd: int, chunk: int = 1 << 20) -> str:
+    """sha256 of an open file from its start (the caller owns `fd`)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    os.lseek(fd, 0, os.SEEK_SET)
+    while block := os.read(fd, chunk):
+        h.update(block)
+        HASHED["bytes"] += len(block)
+    HASHED["files"] += 1
     return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file the user named (their data may be links); inside an artifact use `sha256_inside`."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return sha256_fd(fd, chunk)
+    finally:
+        os.close(fd)
+
+
+def sha256_inside(root: str | os.PathLike, name: str, chunk: int = 1 << 20) -> str:
+    """sha256 of `root/name`, reached without following any link below `root` (toolkit/safe_paths.py)."""
+    from toolkit.safe_paths import open_inside
+
+    fd = open_inside(root, name)
+    try:
+        return sha256_fd(fd, chunk)
+    finally:
+        os.close(fd)
 
 
 def display_path(path: str | os.PathLike) -> str:

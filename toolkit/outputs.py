@@ -25,15 +25,16 @@ from pathlib import Path
 
 from toolkit.data.images import Skipped
 from toolkit.io import display_path, read_json, write_json
+from toolkit.locks import OutputLocked, exclusive_lock
+from toolkit.safe_paths import is_regular_file, nofollow_opener, open_nofollow
+
+__all__ = ["OutputLocked", "OutputPaths", "PartitionedLog", "PredictionLog", "ResumeError", "exclusive_lock",
+           "open_log", "write_skipped_csv"]  # fmt: skip
 
 META_VERSION = "causal-deploy-toolkit/predictions@2"
 
 
 class ResumeError(ValueError):
-    pass
-
-
-class OutputLocked(ValueError):
     pass
 
 
@@ -98,47 +99,6 @@ def _read_keys(path: Path, fmt: str, size: int) -> list[str]:
     return [row["path"] for row in csv.DictReader(io.StringIO(text, newline=""))]
 
 
-class exclusive_lock:
-    """flock on `path` (created if needed), refused at once when another process holds it."""
-
-    def __init__(self, path: Path, what: str):
-        self.path, self.what, self.fd = path, what, None
-
-    def __enter__(self):
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise OutputLocked(
-                    f"{self.what} is being written by another run (pid {holder}, lock {self.path}); "
-                    "wait for it to finish or choose another --out"
-                ) from None
-            # the holder before us may have unlinked the lock file while we waited: lock the current one
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)  # while still holding it (see the inode check above)
-            os.close(self.fd)
-            self.fd = None
-
-
 class PredictionLog:
     """The rows and skipped files of one output, resumable; use as a context manager (takes the lock)."""
 
@@ -170,9 +130,11 @@ class PredictionLog:
         p = self.paths
         if self.overwrite:
             for f in (p.predictions, p.skipped, p.meta, p.summary):
-                f.unlink(missing_ok=True)
+                f.unlink(missing_ok=True)  # a link is removed, never followed
+        for f in (p.predictions, p.skipped, p.meta, p.summary):
+            is_regular_file(f)  # a link planted at a side file is refused, naming it
         committed = {"predictions": 0, "skipped": 0}
-        if p.meta.is_file():
+        if is_regular_file(p.meta):
             old = read_json(p.meta)
             if not isinstance(old, dict) or old.get("format") != META_VERSION:
                 raise ResumeError(f"{p.meta} was written by another version of the toolkit; use --overwrite")
@@ -180,19 +142,20 @@ class PredictionLog:
             if diff:
                 raise ResumeError(self._mismatch(old, diff))
             committed = old["committed"]
-        elif any(f.is_file() and f.stat().st_size > 0 for f in (p.predictions, p.skipped)):
+        elif any(is_regular_file(f) and f.stat().st_size > 0 for f in (p.predictions, p.skipped)):
             raise ResumeError(
                 f"{p.predictions} exists but has no {p.meta.name}: not written by 'toolkit infer'; use --overwrite"
             )
         for f, key in ((p.predictions, "predictions"), (p.skipped, "skipped")):
-            size = f.stat().st_size if f.is_file() else 0
+            size = f.stat().st_size if is_regular_file(f) else 0
             if size < committed[key]:
                 raise ResumeError(f"{f} is shorter than {p.meta.name} records: it was changed; use --overwrite")
             if size > committed[key]:  # a batch that was being written when the run stopped
-                with open(f, "r+b") as fh:
-                    fh.truncate(committed[key])
-        self._preds = open(p.predictions, "ab")  # noqa: SIM115 - closed in __exit__
-        self._skips = open(p.skipped, "ab")  # noqa: SIM115
+                fd = open_nofollow(f, os.O_RDWR)
+                os.ftruncate(fd, committed[key])
+                os.close(fd)
+        self._preds = open(p.predictions, "ab", opener=nofollow_opener)  # noqa: SIM115 - closed in __exit__
+        self._skips = open(p.skipped, "ab", opener=nofollow_opener)  # noqa: SIM115
         if committed["predictions"] == 0 and p.fmt == "csv":
             self._write(self._preds, (",".join(self.columns) + "\n").encode())
         if committed["skipped"] == 0:

@@ -47,11 +47,14 @@ def export_all(run: Path, out_dir: Path, opts: ExportOptions, log=print):
     if int8:  # the same path as 'toolkit calibrate', default settings
         from calibration.pipeline import calibrate_artifact
 
-        log(calibration_summary(calibrate_artifact(out_dir, opts.calib_images, opts.eval_images, log=log)))
+        r = calibrate_artifact(art, opts.calib_images, opts.eval_images, log=log)
+        art = r["artifact_object"]
+        log(calibration_summary(r))
     if bf16:  # the fp32 graph executed in bf16 by OpenVINO, gated like int8 (export/bf16.py)
         from export.bf16 import add_bf16
 
-        r = add_bf16(out_dir, opts.eval_images, log=log)
+        r = add_bf16(art, opts.eval_images, log=log)
+        art = r["artifact_object"]
         s = r["stats"]
         log(
             f"bf16 gate passed (OpenVINO): min feature cosine {s['min_cosine_feature']:.5f}, "
@@ -60,11 +63,9 @@ def export_all(run: Path, out_dir: Path, opts: ExportOptions, log=print):
     if opts.trt_batches:  # after the ONNX export, so a machine without TensorRT still keeps the gated ONNX files
         from export.tensorrt import build_artifact_plans
 
-        plans = build_artifact_plans(out_dir, opts.trt_batches, opts.workspace_mib, log=log)
+        plans = build_artifact_plans(art, opts.trt_batches, opts.workspace_mib, log=log)
         log("TensorRT plans: " + ", ".join(f"{p} -> {path}" for p, path in plans.items()))
-    from toolkit.artifact import Artifact
-
-    return Artifact.open(out_dir)
+    return art  # opened and verified once, at export; each later stage re-sealed what it wrote
 
 
 def bench_artifact(

@@ -36,6 +36,7 @@ class Scorer:
     train_generators: list[str] | None  # None when the target does not record them
     logits: Callable[[np.ndarray], np.ndarray]
     describe: str = ""
+    artifact: object = None  # the opened Artifact when the target is one (callers use it instead of re-opening)
 
 
 @dataclass
@@ -88,6 +89,7 @@ def open_scorer(target: str | Path, choice=None, batch: int = 32, what: str = "s
                 gens,
                 lambda x: path.run(x)["logit"],
                 describe=f"{path.choice.engine} {path.choice.precision}",
+                artifact=art,
             )
         return
     import torch
@@ -280,13 +282,13 @@ def robustness_to_files(
     progress: bool = True,
 ) -> tuple[dict, dict]:
     """`toolkit eval --perturb`: the matrix as <stem>.json / .md / .png (default: RUN/robustness, or
-    ARTIFACT.robustness beside an artifact, whose directory holds only listed files)."""
+    ARTIFACT/bench/robustness: inside an artifact, reports go to its unlisted bench/ directory, never beside it)."""
     from toolkit.io import write_json, write_text
 
     target = Path(target)
     rep = robustness_matrix(target, data, axes, choice, batch, workers, progress)
     if stem is None:
-        stem = target.parent / f"{target.name}.robustness" if is_artifact(target) else target / "robustness"
+        stem = target / "bench" / "robustness" if is_artifact(target) else target / "robustness"
     stem = Path(stem)
     label = f"{target.name} ({rep['scored_by']})"
     md = markdown_matrix({label: rep})

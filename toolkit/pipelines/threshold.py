@@ -54,7 +54,6 @@ def calibrate_threshold(
     progress: bool = True,
 ) -> dict:
     """Score DATA with the artifact, choose the threshold, re-seal the manifest (unless dry_run); -> summary."""
-    from toolkit.artifact import Artifact
     from toolkit.evaluation import binary_metrics
     from toolkit.pipelines.robustness import labelled_folder, open_scorer, score_folder
     from toolkit.progress import progress_bar
@@ -72,9 +71,9 @@ def calibrate_threshold(
         s = score_folder(scorer, ds, None, batch, workers, advance)
         engine = scorer.describe
         old = scorer.threshold
+        art = scorer.artifact  # opened and verified once, by the scorer
     t = choose(s.labels, s.logits, rule, target_fpr)
     before, after = binary_metrics(s.labels, s.logits, old), binary_metrics(s.labels, s.logits, t)
-    art = Artifact.open(artifact)
     provenance = {
         "rule": f"false-positive rate <= {target_fpr:g} on real images" if rule == "fpr" else "best accuracy",
         "target_fpr": target_fpr,

@@ -192,10 +192,18 @@ class TritonGuard:
             self._w = None
 
 
-def _default_log_file(port: int) -> str:
+def prepare_log_file(path: str | None, port: int) -> str:
+    """tritonserver's log file, created here without following a link. Default: a new private directory
+    (mkdtemp: mode 0700, a name nobody can plant in advance), so a link planted at a guessable name is never
+    written through; a path the user gives is refused in one line when it is a link."""
     import tempfile
 
-    return os.path.join(tempfile.gettempdir(), f"toolkit-serve-{port}.log")
+    from toolkit.safe_paths import open_nofollow
+
+    if path is None:
+        path = os.path.join(tempfile.mkdtemp(prefix=f"toolkit-serve-{port}-"), "tritonserver.log")
+    os.close(open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    return path
 
 
 def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) -> dict:
@@ -244,7 +252,7 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
         metrics_port=cfg.metrics_port,
         exit_timeout_secs=cfg.drain_s,
         log_verbose=0,
-        log_file=cfg.log_file or _default_log_file(cfg.grpc_port),
+        log_file=prepare_log_file(cfg.log_file, cfg.grpc_port),
     )
     with contextlib.ExitStack() as stack:
         opened = [stack.enter_context(p) for p in paths]  # engines open before the server answers
