@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
              f"`toolkit export --precision fp32 --precision fp16 --precision int8 --precision bf16` of a {args.clip} "
              "run (random weights, toy images), through `toolkit.cli.workflows.export_all` as the CLI calls it.", "",
              f"Command: `{record['command']}`  ", f"Machine: {cpu_line(record['environment'])}.", "",
-             "| tree | artifact (MB) | hashed (MB) | hashed / artifact | wall s |", "|---|---|---|---|---|"]  # fmt: skip
+             "| tree | artifact (MB) | hashed (MB) | hashed / artifact | wall s |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for r in record["rows"]:
         lines.append(f"| {r['label']} | {r['artifact_bytes'] / 1e6:.1f} | {r['hashed_bytes'] / 1e6:.1f} | "
                      f"{r['ratio']:.2f}x | {r['wall_s']:.0f} |")  # fmt: skip

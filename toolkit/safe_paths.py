@@ -68,7 +68,7 @@ def safe_name(name: object) -> PurePosixPath | None:
     if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
         return None
     p = PurePosixPath(name)
-    if p.is_absolute() or any(part in ("..", ".") for part in p.parts) or p.as_posix() != name:
+    if not p.parts or p.is_absolute() or any(part in ("..", ".") for part in p.parts) or p.as_posix() != name:
         return None
     return p
 

@@ -13,7 +13,10 @@ from toolkit.cli.common import out, user_errors
 def eval_command(
     target: Path = typer.Argument(..., help="run directory from 'toolkit train detector', or a detector artifact"),
     data: Path = typer.Argument(..., help="labelled test folder; one sub-folder per generator"),
-    report: Path | None = typer.Option(None, help="report path stem (default RUN/eval; with --perturb RUN/robustness; an artifact: ARTIFACT/bench/robustness)"),
+    report: Path | None = typer.Option(
+        None,
+        help="report stem (default RUN/eval; with --perturb RUN/robustness; an artifact: ARTIFACT/bench/robustness)",
+    ),
     cache_dir: Path | None = typer.Option(None, help="feature cache directory (run evaluation without --perturb)"),
     perturb: list[str] = typer.Option(
         [], help="robustness axis op:v1,v2,... (repeatable): jpeg:100,90,...,30 | blur:0,1,2,3,4 | resize:0.5,0.25"

@@ -25,7 +25,7 @@ def serve_command(
     instances: int = typer.Option(1, min=1, help="model instances, each with its own engines"),
     threads: int | None = typer.Option(None, min=1, help="engine threads per instance (default: cores / instances)"),
     drain_s: int = typer.Option(30, min=0, help="on SIGTERM: seconds in-flight requests may take to finish"),
-    log_file: Path | None = typer.Option(None, help="tritonserver's own log (default: tritonserver.log in a new private temp directory)"),
+    log_file: Path | None = typer.Option(None, help="tritonserver's own log (default: a new private temp directory)"),
 ) -> None:
     """Serve a detector (optionally behind a purifier) on Triton: models `detect` (encoded image bytes in)
     and `detect_tensor` (preprocessed float32 batches in), both running the same prediction path as
