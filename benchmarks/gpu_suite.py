@@ -44,7 +44,8 @@ from toolkit.io import write_json, write_text
 RESULTS = Path(__file__).parent / "results"
 GPU_CORES = 16  # the lent machine's CPU cores (the CPU reference runs there, on the CPU)
 # Throughput assumed for the estimates on an H200: 788 TFLOP/s was measured there for a bf16 8192^3 matmul
-# (device/KINDS.md); a ViT reaches a fraction of it. fp32 without TF32 runs on the CUDA cores (67 TFLOP/s).
+# (the notes of the workplace that lends it); a ViT reaches a fraction of it. fp32 without TF32 runs on the
+# CUDA cores (67 TFLOP/s).
 GPU_FLOPS = {"fp16": 788e12 * 0.3, "bf16": 788e12 * 0.3, "fp32": 67e12 * 0.5}
 LAUNCH_S = {"eager": 3e-3, "graph": 0.4e-3}  # per call at small batch: kernel launches of a 24-layer ViT
 

@@ -1,4 +1,4 @@
-"""DESIGN.md's import direction: export/, calibration/, benchmarks/ import toolkit core, never each other;
+"""docs/DESIGN.md: the import direction: export/, calibration/, benchmarks/ import toolkit core, never each other;
 the core never imports them (only toolkit/cli wires them together); heavy runtimes load lazily."""
 
 import ast
@@ -107,3 +107,19 @@ def test_core_does_not_import_up_into_flows():
     for name, deps in _module_imports().items():
         if name.startswith("toolkit.training"):
             assert not {d for d in deps if d.startswith("toolkit.pipelines")}, name
+
+
+def test_no_file_points_a_reader_outside_the_repository():
+    """A user who clones the project has no ../shared: README, docs and docstrings cite only files inside it."""
+    import re
+
+    pattern = re.compile(r"\.\./shared|(?<![\w/])(?:GPU|STYLE|KINDS|DEVELOPERS)\.md|(?<![\w/])DESIGN\.md")
+    bad = []
+    for f in [*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *(ROOT / p for p in ("Makefile", "pyproject.toml"))]:
+        bad += [f"{f.name}: {m.group(0)}" for m in pattern.finditer(f.read_text())]
+    for pkg in ("toolkit", "export", "calibration", "benchmarks", "tests"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            if f.name == "test_architecture.py":
+                continue
+            bad += [f"{f.relative_to(ROOT)}: {m.group(0)}" for m in pattern.finditer(f.read_text())]
+    assert not bad, bad

@@ -77,7 +77,7 @@ def test_r3_a_precision_file_must_be_hashed(art):
 def test_r4_a_link_at_a_side_file_is_refused_and_its_target_untouched(exported_artifact, tmp_path, side):
     """R4: a symlink at <out>.lock was followed (O_CREAT, ftruncate, pid written) and truncated its target; the
     same held for the skipped list, meta and summary files."""
-    from toolkit.outputs import OutputPaths
+    from toolkit.row_log import OutputPaths
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from toolkit.artifact import Artifact, ArtifactError
 from toolkit.cli import app
-from toolkit.outputs import ResumeError
 from toolkit.pipelines.infer import InferConfig, run_inference
+from toolkit.row_log import ResumeError
 
 CLI = [sys.executable, "-c", "from toolkit.cli import main; main()"]
 runner = CliRunner()
@@ -84,7 +84,7 @@ def test_d2_second_run_on_the_same_output_is_refused(exported_artifact, tmp_path
     import toolkit.data.loader as loader
 
     _images(tmp_path / "imgs", 12)
-    real, release = loader.batches, threading.Event()
+    real, release = loader.item_batches, threading.Event()
 
     def slow(*a, **k):  # the first run holds its output until the second has been refused
         for i, b in enumerate(real(*a, **k)):
@@ -92,7 +92,7 @@ def test_d2_second_run_on_the_same_output_is_refused(exported_artifact, tmp_path
             if i == 0:
                 release.wait(60)
 
-    monkeypatch.setattr(loader, "batches", slow)
+    monkeypatch.setattr(loader, "item_batches", slow)
     out = tmp_path / "p.jsonl"
     first = threading.Thread(
         target=run_inference,
@@ -117,13 +117,13 @@ def test_d3_same_folder_spelled_differently_resumes_another_folder_is_refused(ex
     import toolkit.data.loader as loader
 
     _images(tmp_path / "imgs", 12)
-    real = loader.batches
+    real = loader.item_batches
 
     out = tmp_path / "p.csv"
-    monkeypatch.setattr(loader, "batches", interrupting(real, 2))
+    monkeypatch.setattr(loader, "item_batches", interrupting(real, 2))
     with pytest.raises(KeyboardInterrupt):
         run_inference(tmp_path / "imgs", exported_artifact, out, InferConfig(batch=4, workers=0), progress=False)
-    monkeypatch.setattr(loader, "batches", real)
+    monkeypatch.setattr(loader, "item_batches", real)
     (tmp_path / "link").symlink_to(tmp_path / "imgs")
     monkeypatch.chdir(tmp_path)
     s = run_inference(Path("link/../imgs/./"), exported_artifact, out, InferConfig(workers=0), progress=False)
@@ -254,7 +254,7 @@ def test_d8_fifos_and_devices_are_skipped_not_read(exported_artifact, tmp_path):
     args = ["infer", str(tmp_path / "imgs"), "--artifact", str(exported_artifact), "--out", str(out), "--workers", "1"]
     res = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)  # a hang fails, not blocks
     assert res.returncode == 0, res.stderr
-    skipped = {r["path"]: r["reason"] for r in _csv(tmp_path / "p.skipped.csv")}
+    skipped = {r["path"]: r["reason"] for r in _csv(tmp_path / "p.csv.skipped.csv")}
     assert "not a regular file (a FIFO)" in skipped["fifo.png"]
     assert "not a regular file (a character device)" in skipped["zero.png"]
     assert len(_csv(out)) == 2
@@ -277,21 +277,37 @@ def test_d9_out_is_a_directory_and_disk_full_are_one_line(exported_artifact, tmp
     res = subprocess.run([*CLI, *args, "--out", str(tmp_path / "dir.csv")], capture_output=True, text=True)
     assert res.returncode == 2 and "is a directory" in _one_error_line(res.stderr)
 
-    from toolkit.outputs import PredictionLog
+    import toolkit.row_log as row_log
 
-    real, calls = PredictionLog._write, []
+    real_open, writes = open, []
 
-    def full_after_two(f, data):
-        calls.append(1)
-        if len(calls) > 4:  # headers, then two batches, then the disk is full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f.name)
-        real(f, data)
+    class FullDisk:
+        """A file whose 5th write fails as the OS reports it: ENOSPC, no file name (R9: the error must name it)."""
 
-    monkeypatch.setattr(PredictionLog, "_write", staticmethod(full_after_two))
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            writes.append(1)
+            if len(writes) > 4:  # headers, then two batches, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(row_log, "open", lambda *a, **k: FullDisk(real_open(*a, **k)), raising=False)
     out = tmp_path / "p.csv"
     res = runner.invoke(app, [*args, "--out", str(out)])
-    assert res.exit_code == 1 and "No space left on device" in _one_error_line(res.output), res.output
-    monkeypatch.setattr(PredictionLog, "_write", staticmethod(real))
+    line = _one_error_line(res.output)
+    assert res.exit_code == 1 and "No space left on device" in line and str(out) in line, res.output
+    monkeypatch.delattr(row_log, "open")
     kept = len(_csv(out))
     assert kept >= 2
     res = runner.invoke(app, [*args, "--out", str(out)])  # space again: resumes, nothing lost or doubled

@@ -80,7 +80,7 @@ def test_every_bad_file_kind_is_decoded_or_listed(exported_artifact, tmp_path):
     out = tmp_path / "p.csv"
     s = run_inference(tmp_path / "imgs", exported_artifact, out, InferConfig(batch=4, workers=0), progress=False)
     preds = {r["path"] for r in _rows(out)}
-    skipped = {r["path"]: r["reason"] for r in _rows(tmp_path / "p.skipped.csv")}
+    skipped = {r["path"]: r["reason"] for r in _rows(tmp_path / "p.csv.skipped.csv")}
     for rel, kind in matrix.items():  # rows are keyed by the path relative to the folder
         assert (rel in preds) == (kind == GOOD) and (rel in skipped) == (kind == BAD), rel
     assert "empty file" in skipped["bad/zero.png"]
@@ -92,7 +92,7 @@ def test_every_bad_file_kind_is_decoded_or_listed(exported_artifact, tmp_path):
     assert 0 < s["engine_open_s"] < s["wall_s"] and s["images_per_s_after_open"] > s["images_per_s"] > 0
     assert s["images_per_s"] == pytest.approx(14 / s["wall_s"])
     for r in _rows(out):
-        assert 0.0 <= float(r["p_generated"]) <= 1.0 and r["label"] in ("real", "generated")
+        assert 0.0 <= float(r["p_generated"]) <= 1.0 and r["prediction"] in ("real", "generated")
 
 
 def test_decoding_policy_for_rotated_cmyk_and_16bit(tmp_path):
@@ -110,9 +110,9 @@ def test_resume_after_interruption_and_torn_line(exported_artifact, tmp_path, mo
     import toolkit.data.loader as loader
 
     bad_file_matrix(tmp_path / "imgs")
-    real_batches = loader.batches
+    real_batches = loader.item_batches
 
-    monkeypatch.setattr(loader, "batches", interrupting(real_batches, 2))
+    monkeypatch.setattr(loader, "item_batches", interrupting(real_batches, 2))
     out = tmp_path / "p.csv"
     with pytest.raises(KeyboardInterrupt):
         run_inference(tmp_path / "imgs", exported_artifact, out, InferConfig(batch=4, workers=0), progress=False)
@@ -120,11 +120,11 @@ def test_resume_after_interruption_and_torn_line(exported_artifact, tmp_path, mo
     assert 0 < len(first) < 8
     with out.open("a") as f:  # a kill in the middle of a write
         f.write(first[0]["path"] + ",0.12")
-    monkeypatch.setattr(loader, "batches", real_batches)
+    monkeypatch.setattr(loader, "item_batches", real_batches)
     s = run_inference(tmp_path / "imgs", exported_artifact, out, InferConfig(batch=4, workers=0), progress=False)
     rows = _rows(out)
     assert len(rows) == len({r["path"] for r in rows}) == 8 == s["rows_total"]
-    skipped = _rows(tmp_path / "p.skipped.csv")
+    skipped = _rows(tmp_path / "p.csv.skipped.csv")
     assert len(skipped) == len({r["path"] for r in skipped}) == 6
     assert s["already_done"] > 0
 
@@ -208,4 +208,4 @@ def test_infer_cli_with_parallel_workers(exported_artifact, tmp_path):
     bad = CliRunner().invoke(
         app, ["infer", str(tmp_path / "imgs"), "--artifact", str(exported_artifact), "--out", str(tmp_path / "p.txt")]
     )
-    assert bad.exit_code == 2 and "must end in .csv or .jsonl" in bad.output
+    assert bad.exit_code == 2 and "predictions go to a .csv or .jsonl file, or a directory" in bad.output

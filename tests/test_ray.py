@@ -107,8 +107,8 @@ def test_same_rows_as_local_infer_and_bad_files_listed_alike(cluster, exported_a
     )
     key = lambda r: r["path"]  # noqa: E731
     assert sorted(_rows(tmp_path / "ray.csv"), key=key) == sorted(_rows(tmp_path / "local.csv"), key=key)
-    ray_skipped = sorted(_rows(tmp_path / "ray.skipped.csv"), key=key)
-    assert ray_skipped == sorted(_rows(tmp_path / "local.skipped.csv"), key=key) and len(ray_skipped) == 8
+    ray_skipped = sorted(_rows(tmp_path / "ray.csv.skipped.csv"), key=key)
+    assert ray_skipped == sorted(_rows(tmp_path / "local.csv.skipped.csv"), key=key) and len(ray_skipped) == 8
     assert s["rows_total"] == local["rows_total"] == 39 and s["skipped_total"] == 8
     assert "\udcff-latin1-\udce9.png" in {r["path"] for r in _rows(tmp_path / "ray.csv")}
 
@@ -205,3 +205,37 @@ def test_a_path_that_cannot_open_on_the_cluster_is_one_error_before_any_output(c
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "does not open on the cluster" in res.output, res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_r1_every_actor_is_pinned_to_the_artifact_the_run_started_with(cluster, exported_artifact, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """R1: `toolkit threshold` during a --ray run, then a restarted actor, labelled rows with the new threshold
+    while the meta kept the old one (2,315 of 17,820 rows), and resume could not tell. Here the threshold changes
+    after the driver opened the artifact and before any actor does: every actor refuses, the run stops in one
+    line, no row carries the new threshold, and a resume is refused (the seal is part of the output's identity)."""
+    from toolkit.artifact import Artifact
+    from toolkit.pipelines import ray_infer
+    from toolkit.predict import ArtifactChanged
+    from toolkit.row_log import ResumeError
+
+    art = tmp_path / "art"
+    shutil.copytree(exported_artifact, art)
+    with pytest.raises(ArtifactChanged, match="changed since this run started"):
+        ray_infer.Predictor(str(art), None, {"engine": "onnxruntime", "precision": "fp32", "provider": "cpu",
+                                              "threads": 1}, {"detector": "0" * 64})  # fmt: skip
+    imgs = _images(tmp_path / "imgs", 12)
+    real = ray_infer.RayTransport._write_todo
+
+    def then_change_the_threshold(self, chunks):
+        n = real(self, chunks)
+        Artifact.open(art).update(threshold=0.977)  # what `toolkit threshold` does, while the run goes on
+        return n
+
+    monkeypatch.setattr(ray_infer.RayTransport, "_write_todo", then_change_the_threshold)
+    out = tmp_path / "p.csv"
+    with pytest.raises(ArtifactChanged, match="changed since this run started"):
+        run_ray_inference(imgs, art, out, InferConfig(batch=4), _cfg(cluster), progress=False)
+    assert not out.exists() or _rows(out) == []
+    monkeypatch.setattr(ray_infer.RayTransport, "_write_todo", real)
+    with pytest.raises(ResumeError, match=r"detector\.seal"):
+        run_ray_inference(imgs, art, out, InferConfig(batch=4), _cfg(cluster), progress=False)

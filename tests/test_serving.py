@@ -254,8 +254,8 @@ def test_infer_server_equals_local_infer_with_the_same_contract(server, exported
     loc = {r["path"]: r for r in _csv(tmp_path / "l.csv")}
     assert len(srv) == s["rows_total"] == 30 and srv.keys() == loc.keys()
     assert max(abs(float(srv[k]["p_generated"]) - float(loc[k]["p_generated"])) for k in srv) <= 1e-5
-    assert all(srv[k]["label"] == loc[k]["label"] for k in srv)
-    skipped = {r["path"]: r["reason"] for r in _csv(tmp_path / "s.skipped.csv")}
+    assert all(srv[k]["prediction"] == loc[k]["prediction"] for k in srv)
+    skipped = {r["path"]: r["reason"] for r in _csv(tmp_path / "s.csv.skipped.csv")}
     assert set(skipped) == {"broken.png", "empty.jpg", "fifo.png"}
     assert "not a regular file" in skipped["fifo.png"] and "empty" in skipped["empty.jpg"]
     # resumable: a rerun does nothing; a second run on the same --out is refused while one holds it

@@ -43,7 +43,7 @@ def test_tune_then_auto_picks_the_fastest_gated_choice(art, toy_data, tmp_path):
     res = runner.invoke(app, ["infer", str(toy_data / "gan_b"), "--artifact", str(art), "--engine", "auto",
                               "--batch", "8", "--workers", "0", "--out", str(tmp_path / "p.csv")])  # fmt: skip
     assert res.exit_code == 0 and "--engine auto:" in res.output, res.output
-    s = json.loads((tmp_path / "p.summary.json").read_text())
+    s = json.loads((tmp_path / "p.csv.summary.json").read_text())
     assert (s["engine"], s["precision"]) == (best8["engine"], best8["precision"]) and s["rows_total"] == 24
     res = runner.invoke(app, [*args, "--engine", "auto", "--out", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output

@@ -32,18 +32,33 @@ def _open(artifact):
     return artifact if isinstance(artifact, Artifact) or artifact is None else Artifact.open(artifact)
 
 
+class ArtifactChanged(RuntimeError):
+    """An artifact is not the one the run started with (its seal differs): one line, the run stops."""
+
+
 class PredictionPath:
     """detector and/or purifier artifacts + one engine choice; use as a context manager to open the engines."""
 
-    def __init__(self, detector=None, purifier=None, choice: EngineChoice | None = None, batch: int | None = None):
+    def __init__(self, detector=None, purifier=None, choice: EngineChoice | None = None, batch: int | None = None,
+                 pins: dict[str, str] | None = None):  # fmt: skip
         """`choice.engine == "auto"`: the fastest gated engine x precision recorded for this machine at `batch`
-        (toolkit/tuning.py); `auto_reason` says what was chosen and why (or which fallback was taken)."""
+        (toolkit/tuning.py); `auto_reason` says what was chosen and why (or which fallback was taken).
+        `pins`: {"detector": seal, "purifier": seal} of the artifacts a run started with; another process of
+        the run (a Ray actor started or restarted later) refuses artifacts that have changed since."""
         from toolkit import kinds
 
         self.choice = choice or EngineChoice()
         self.detector, self.purifier = _open(detector), _open(purifier)
         if self.detector is None and self.purifier is None:
             raise ValueError("a prediction path needs a detector or a purifier artifact")
+        for role, seal in (pins or {}).items():
+            art = getattr(self, role)
+            if art is not None and art.seal != seal:
+                raise ArtifactChanged(
+                    f"{art.dir} changed since this run started (manifest seal {art.seal[:12]}, the run's "
+                    f"{seal[:12]}: re-exported, recalibrated or given a new threshold); the rows written so far "
+                    "are kept; rerun with the original artifact, or start again with --overwrite"
+                )
         self.auto_reason = None
         if self.choice.engine == "auto":
             from toolkit.tuning import resolve
@@ -84,6 +99,7 @@ class PredictionPath:
         out = {k: v for k, v in asdict(self.choice).items() if k != "threads"}  # threads do not change outputs
         if self.detector is not None:
             out["detector"] = {
+                "seal": self.detector.seal,  # the whole verified manifest: a changed artifact is another run
                 "files": {
                     self.detector.require(self.choice.precision)["file"]: self.detector.onnx_sha256(
                         self.choice.precision
@@ -95,10 +111,15 @@ class PredictionPath:
         if self.purifier is not None:
             p = self.purifier_precision
             out["purifier"] = {
+                "seal": self.purifier.seal,
                 "files": {self.purifier.require(p)["file"]: self.purifier.onnx_sha256(p)},
                 "source_sha256": self.purifier.manifest.get("source_sha256"),
             }
         return out
+
+    def pins(self) -> dict[str, str]:
+        """The seals to pin the other processes of a run to (`pins` of their PredictionPath)."""
+        return {r: a.seal for r, a in (("detector", self.detector), ("purifier", self.purifier)) if a is not None}
 
     # ---- engines --------------------------------------------------------------------------------------
     def __enter__(self) -> PredictionPath:

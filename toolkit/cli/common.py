@@ -34,7 +34,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        code = 1 if e.errno in ENVIRONMENT_ERRNOS else 2
+        # a server or cluster that stays unreachable is the environment too
+        code = 1 if e.errno in ENVIRONMENT_ERRNOS or isinstance(e, (ConnectionError, TimeoutError)) else 2
         err.print(f"[bold red]error:[/] {_escape(error_line(e))}", soft_wrap=True, highlight=False)
         raise typer.Exit(code) from None
     except (ValueError, RuntimeError) as e:

@@ -1,4 +1,4 @@
-"""Flows that wire the side packages together (DESIGN.md: only toolkit/cli/ may): export + int8 + TensorRT,
+"""Flows that wire the side packages together (docs/DESIGN.md: only toolkit/cli/ may): export + int8 + TensorRT,
 bench with plan building. Each CLI command stays a thin parser over one function here or in the library."""
 
 from __future__ import annotations

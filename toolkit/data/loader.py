@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ from toolkit.preprocess import PreprocessConfig, preprocess
 @dataclass
 class Batch:
     array: np.ndarray  # (n_ok, 3, s, s) float32
-    paths: list[str]  # the decoded files, in order, one per row of `array`
-    skipped: list[Skipped]
+    paths: list[str]  # the decoded items' keys (their paths, unless keys were given), one per row of `array`
+    skipped: list[Skipped]  # keyed the same way
 
 
 def discover_images(root: str | Path) -> tuple[list[Path], list[Path]]:
@@ -64,6 +65,12 @@ def load_batch(paths: Sequence[str], cfg: dict, max_pixels: int = MAX_PIXELS, pe
     """Files -> decode [-> perturb (toolkit/perturb.py)] -> preprocess; runs inside worker processes (arguments
     and result are picklable)."""
     return _prepare([(str(p), p) for p in paths], cfg, lambda p: load_image(p, max_pixels), perturb)
+
+
+def load_items(items: Sequence[tuple[str, str]], cfg: dict, max_pixels: int = MAX_PIXELS, perturb=None) -> Batch:
+    """(key, file) items -> the same as `load_batch`, with rows and skipped entries named by their keys (two
+    spellings of one file are two items)."""
+    return _prepare([(k, p) for k, p in items], cfg, lambda p: load_image(p, max_pixels), perturb)
 
 
 def decode_batch(items: Sequence[tuple[str, bytes]], cfg: dict, max_pixels: int = MAX_PIXELS) -> Batch:
@@ -121,7 +128,7 @@ def _worker_init(parent: int) -> None:
 
 
 def batches(
-    paths: Sequence[str | Path],
+    paths: Iterable[str | Path],
     cfg: dict,
     batch_size: int,
     workers: int = 2,
@@ -130,11 +137,26 @@ def batches(
     perturb=None,
 ) -> Iterator[Batch]:
     """Yield `Batch`es of `batch_size` paths in order; `workers` = 0 decodes in this process; `perturb` (a
-    toolkit.perturb.Perturbation) is applied to each decoded image before preprocessing."""
-    chunks = [[str(p) for p in paths[i : i + batch_size]] for i in range(0, len(paths), batch_size)]
+    toolkit.perturb.Perturbation) is applied to each decoded image before preprocessing. `paths` is consumed
+    lazily: at most `prefetch` batches are read ahead."""
+    yield from item_batches(((str(p), str(p)) for p in paths), cfg, batch_size, workers, prefetch, max_pixels, perturb)
+
+
+def item_batches(
+    items: Iterable[tuple[str, str]],
+    cfg: dict,
+    batch_size: int,
+    workers: int = 2,
+    prefetch: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    perturb=None,
+) -> Iterator[Batch]:
+    """`batches` over (key, path) items: rows and skipped entries carry the keys."""
+    it_items = iter(items)
+    chunks = iter(lambda: list(islice(it_items, batch_size)), [])
     if workers <= 0:
         for c in chunks:
-            yield load_batch(c, cfg, max_pixels, perturb)
+            yield load_items(c, cfg, max_pixels, perturb)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -146,19 +168,19 @@ def batches(
     )
     pending: deque = deque()
     try:
-        it = iter(chunks)
+        it = chunks
         # workers are started by the first submit; they inherit an ignored SIGINT, so a Ctrl-C while they are
         # still importing (before _worker_init runs) cannot print a KeyboardInterrupt traceback from them
         with _sigint_ignored():
             for c in it:
-                pending.append(pool.submit(load_batch, c, cfg, max_pixels, perturb))
+                pending.append(pool.submit(load_items, c, cfg, max_pixels, perturb))
                 if len(pending) >= prefetch:
                     break
         while pending:
             fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(load_batch, nxt, cfg, max_pixels, perturb))
+                pending.append(pool.submit(load_items, nxt, cfg, max_pixels, perturb))
             yield fut.result()
     finally:  # also on Ctrl-C or an early stop: drop what is queued, wait only for what is running
         pool.shutdown(wait=True, cancel_futures=True)

@@ -6,7 +6,7 @@ Device buffers are allocated once, at the profile's largest shapes, and reused a
 copies are part of `infer` (say so when timing it).
 
 Plans live beside the artifact in `plans/`, keyed by ONNX sha256 + GPU model and compute capability +
-TensorRT version + profile shapes + whether TF32 was allowed (DESIGN.md). A plan whose key does not match
+TensorRT version + profile shapes + whether TF32 was allowed (docs/DESIGN.md). A plan whose key does not match
 this machine is refused with the reason; `toolkit export --trt` (or `toolkit bench --build-plans`) builds one.
 """
 

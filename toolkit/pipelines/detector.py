@@ -13,7 +13,7 @@ from toolkit.data.folders import LabelledImages, describe, find_labelled_images
 from toolkit.data.images import Skipped
 from toolkit.models.backbone import BackboneConfig, ClipBackbone, load_backbone
 from toolkit.models.causal_clip import CausalCLIPConfig
-from toolkit.outputs import write_skipped_csv
+from toolkit.row_log import write_skipped_csv
 from toolkit.training.detector import TrainConfig, choose_threshold, predict_logits, train_head
 
 console = Console(stderr=True)

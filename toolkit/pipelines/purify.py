@@ -34,9 +34,10 @@ def run_purify(
 
     from toolkit.data.loader import batches, discover_images
     from toolkit.io import atomic_path, display_path
-    from toolkit.outputs import exclusive_lock, write_skipped_csv
+    from toolkit.locks import exclusive_lock
     from toolkit.predict import EngineChoice, PredictionPath
     from toolkit.progress import progress_bar
+    from toolkit.row_log import write_skipped_csv
 
     root, out = Path(images), Path(out_dir)
     if out.exists() and not out.is_dir():

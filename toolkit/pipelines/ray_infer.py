@@ -1,27 +1,34 @@
 """Distributed batch inference on Ray Data: `toolkit infer SOURCE --artifact A --ray local|auto|ray://HOST:PORT`.
 
-The same contract as local `infer` (toolkit/outputs.py): one row per readable file, unreadable files with
-their reason, a lock on the output, resumable after the driver is killed. Only transport is added here:
-- the driver ships file paths, never image bytes; an actor pool (one `PredictionPath`, i.e. one engine,
-  per actor, opened once and reused) reads, decodes and predicts (toolkit/predict.py, as everywhere);
-- results stream back to the driver, which appends and commits them batch by batch (resume = skip done keys);
-- a killed actor is restarted by Ray and its in-flight batch retried (Ray Data's actor pool restarts actors
-  and retries their tasks), so nothing is lost or doubled.
-Paths travel as bytes (`os.fsencode`), so any file name the OS can hold survives Arrow's UTF-8 strings.
+The transport of the one runner loop (toolkit/runner.py) for a Ray cluster. The driver streams the source through
+the output's done index (toolkit/row_log.py) and writes what is left, chunk by chunk, as Parquet parts in the
+output's work directory; Ray Data reads them with its own reader (`read_parquet`), so the driver never holds the
+list. An actor pool (one `PredictionPath`, i.e. one engine, per actor, opened once) reads, decodes and predicts
+(toolkit/predict.py, as everywhere); results stream back to the driver, which commits them.
+- A killed actor is restarted by Ray and its in-flight batch retried (Ray Data's actor pool), so nothing is lost
+  or doubled. Every actor is pinned to the artifacts the run started with (their manifest seals): an actor started
+  after `toolkit threshold` or a re-export refuses to predict, so no row is written under another threshold.
+- Paths and keys travel as bytes (`os.fsencode`), so any file name the OS can hold survives Arrow's UTF-8 strings.
+- The driver starts a local cluster for `--ray local` and shuts it down at the end. If the driver is SIGKILLed,
+  Ray's own agents of that local cluster (about 200 MB) linger for a few minutes: `ray stop --force` ends them.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from toolkit.data.images import Skipped
-from toolkit.pipelines.infer import COLUMNS, InferConfig, Tally, detection_rows, warn_if_empty
+from toolkit.pipelines.infer import InferConfig
+from toolkit.row_log import Todo
+from toolkit.runner import Result, check_out, open_output, run_loop, warn_if_empty
 
 
 @dataclass
@@ -33,46 +40,49 @@ class RayConfig:
     threads_per_actor: int | None = None  # engine threads; None: max(1, cpus_per_actor) so actors do not oversubscribe
     blocks_per_actor: int = 8  # input blocks per actor: smaller blocks stream sooner, more blocks cost scheduling
     object_store_mb: int = 512  # local clusters only
+    rows_per_part: int = 65536  # what is left to do, written for Ray Data to read
 
 
 class Predictor:
-    """Runs inside a Ray actor: one prediction path, opened once."""
+    """Runs inside a Ray actor: one prediction path, opened once, pinned to the run's artifacts."""
 
-    def __init__(self, detector: str | None, purifier: str | None, choice: dict):
+    def __init__(self, detector: str | None, purifier: str | None, choice: dict, pins: dict | None = None):
         from toolkit.predict import EngineChoice, PredictionPath
 
-        self.path = PredictionPath(detector, purifier, EngineChoice(**choice)).__enter__()
+        self.path = PredictionPath(detector, purifier, EngineChoice(**choice), pins=pins).__enter__()
 
     def __call__(self, batch: dict) -> dict:
-        from toolkit.data.loader import load_batch
+        from toolkit.data.loader import load_items
 
+        keys = [os.fsdecode(bytes(k)) for k in batch["key"]]
         files = [os.fsdecode(bytes(f)) for f in batch["file"]]
-        b = load_batch(files, self.path.preprocess)
+        b = load_items(list(zip(keys, files, strict=True)), self.path.preprocess)
         out = self.path.predict(b)
-        ok = {p: i for i, p in enumerate(b.paths)}
+        ok = {k: i for i, k in enumerate(b.paths)}
         reason = {s.path: s.reason for s in b.skipped}
-        idx = np.array([ok.get(f, -1) for f in files])
+        idx = np.array([ok.get(k, -1) for k in keys])
         take = np.maximum(idx, 0)
 
         def col(name: str, dtype) -> np.ndarray:
             if not b.paths:
-                return np.zeros(len(files), dtype)
+                return np.zeros(len(keys), dtype)
             return np.where(idx >= 0, out[name][take], 0).astype(dtype)
 
         return {
             "key": batch["key"],
+            "chunk": batch["chunk"],
             "logit": col("logit", np.float32),
             "p_generated": col("p_generated", np.float32),
             "is_generated": col("is_generated", bool),
-            "error": np.array([reason.get(f, "") for f in files], dtype=object),
+            "error": np.array([reason.get(k, "") for k in keys], dtype=object),
         }
 
 
-def _preflight(detector: str | None, purifier: str | None, choice: dict) -> str | None:
+def _preflight(detector: str | None, purifier: str | None, choice: dict, pins: dict) -> str | None:
     """Open the prediction path once where the actors will run: a bad engine or artifact is one clear error
     before any output is touched (and before an actor pool would retry it forever)."""
     try:
-        Predictor(detector, purifier, choice).path.__exit__(None, None, None)
+        Predictor(detector, purifier, choice, pins).path.__exit__(None, None, None)
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     return None
@@ -100,6 +110,80 @@ def connect(cfg: RayConfig, log=print) -> bool:
     return True
 
 
+class RayTransport:
+    """What is left, written as Parquet parts, read by Ray Data into an actor pool; results in completion order."""
+
+    def __init__(self, work: Path, args: tuple, batch: int, cfg: RayConfig, resources: dict, predictor=None):
+        """`predictor`: the actor class (Predictor; benchmarks/scale_sim.py passes a stand-in)."""
+        self.work, self.args, self.batch, self.cfg, self.resources = work, args, batch, cfg, resources
+        self.predictor = predictor or Predictor
+        self.timing: dict[str, float] = {}
+
+    def _write_todo(self, chunks: Iterator[list[Todo]]) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        shutil.rmtree(self.work, ignore_errors=True)  # what a killed driver left
+        self.work.mkdir(parents=True)
+        n, part, buf = 0, 0, []
+
+        def flush() -> None:
+            nonlocal part, buf
+            if buf:
+                table = pa.table({"file": pa.array([os.fsencode(t.path) for t in buf], pa.binary()),
+                                  "key": pa.array([os.fsencode(t.key) for t in buf], pa.binary()),
+                                  "chunk": pa.array([t.chunk for t in buf], pa.int64())})  # fmt: skip
+                pq.write_table(table, self.work / f"todo-{part:06d}.parquet")
+                part, buf = part + 1, []
+
+        for chunk in chunks:
+            buf += chunk
+            n += len(chunk)
+            if len(buf) >= self.cfg.rows_per_part:
+                flush()
+        flush()
+        return n
+
+    def map(self, chunks: Iterator[list[Todo]]) -> Iterator[Result]:
+        import ray
+
+        from toolkit.predict import ArtifactChanged
+
+        t = time.perf_counter()
+        n = self._write_todo(chunks)
+        self.timing["todo_write_s"] = time.perf_counter() - t
+        if not n:
+            return
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        blocks = max(1, min(n, self.cfg.actors * self.cfg.blocks_per_actor, math.ceil(n / self.batch)))
+        ds = ray.data.read_parquet(str(self.work), override_num_blocks=blocks)
+        res = ds.map_batches(
+            self.predictor,
+            fn_constructor_args=self.args,
+            compute=ray.data.ActorPoolStrategy(size=self.cfg.actors),
+            batch_size=self.batch,
+            batch_format="numpy",
+            **self.resources,
+        )
+        try:
+            for b in res.iter_batches(batch_size=None, batch_format="numpy"):
+                keys = [os.fsdecode(bytes(k)) for k in b["key"]]
+                ok = np.array([not e for e in b["error"]], bool)
+                outputs = {k: b[k][ok] for k in ("logit", "p_generated", "is_generated")}
+                chunk = b["chunk"].tolist()
+                good = [k for k, g in zip(keys, ok, strict=True) if g]
+                skipped = [Skipped(k, e) for k, e in zip(keys, b["error"], strict=True) if e]
+                chunks_ = [c for c, g in zip(chunk, ok, strict=True) if g] + [
+                    c for c, g in zip(chunk, ok, strict=True) if not g]  # fmt: skip
+                yield Result(good, outputs, skipped, chunks_)
+        except Exception as e:  # an actor that refused a changed artifact surfaces as a task error: one line
+            if "ArtifactChanged" in f"{type(e).__name__}: {e}":
+                first = next((ln for ln in str(e).splitlines() if "changed since this run started" in ln), str(e))
+                raise ArtifactChanged(first.split("ArtifactChanged: ")[-1].strip()) from None
+            raise
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def run_ray_inference(
     source: str | Path,
     artifact: str | Path,
@@ -113,9 +197,7 @@ def run_ray_inference(
     """Predict every image of `source` (folder or file list) on a Ray cluster; -> summary (as local infer's)."""
     import ray
 
-    from toolkit.outputs import open_log
     from toolkit.predict import EngineChoice, PredictionPath
-    from toolkit.progress import progress_bar
     from toolkit.sources import open_source
 
     cfg, ray_cfg, warn = cfg or InferConfig(), ray_cfg or RayConfig(), warn or log
@@ -123,15 +205,15 @@ def run_ray_inference(
         raise ValueError("need --actors >= 1 and non-negative --cpus-per-actor / --gpus-per-actor")
     threads = ray_cfg.threads_per_actor or max(1, int(ray_cfg.cpus_per_actor))
     choice = EngineChoice(cfg.engine, cfg.precision, cfg.provider, threads)
+    check_out(out)  # a bad --out is refused here, before the cluster starts
     path = PredictionPath(artifact, cfg.purify, choice, cfg.batch)  # verifies artifacts and kinds (no engine yet)
     if path.auto_reason:
         log(f"--engine auto: {path.auto_reason}")
     choice = path.choice  # auto resolved here, once, so every actor runs the same engine
-    args = (str(path.detector.dir), str(path.purifier.dir) if path.purifier else None, asdict(choice))
+    args = (str(path.detector.dir), str(path.purifier.dir) if path.purifier else None, asdict(choice), path.pins())
     src = open_source(source)
     warn_if_empty(src, source, warn)
-    # a bad --out is refused here, before the cluster starts; the log touches nothing until entered
-    plog = open_log(out, COLUMNS, path.identity(), src.root, cfg.overwrite)
+    plog = open_output(out, path.identity(), src.root, cfg.overwrite)  # touches nothing until entered
     t0 = time.perf_counter()
     started = connect(ray_cfg, log)
     try:
@@ -140,22 +222,8 @@ def run_ray_inference(
         if problem:
             raise RuntimeError(f"the prediction path does not open on the cluster: {problem}")
         t_ready = time.perf_counter()
-        tally = Tally()
-        with plog:
-            done_before = len(plog.done)
-            todo = [(p, k) for p, k in src.items if k not in plog.done]
-            if done_before:
-                log(f"resuming: {done_before} of {len(src)} files already done, {len(todo)} to go")
-            with progress_bar("infer (ray)", len(todo), progress) as advance:
-                for b in _stream(todo, args, cfg.batch, ray_cfg, resources):
-                    keys = [os.fsdecode(bytes(k)) for k in b["key"]]
-                    ok = np.array([not e for e in b["error"]], bool)
-                    outputs = {k: b[k][ok] for k in ("logit", "p_generated", "is_generated")}
-                    rows = detection_rows([k for k, good in zip(keys, ok, strict=True) if good], outputs)
-                    skipped = [Skipped(k, e) for k, e in zip(keys, b["error"], strict=True) if e]
-                    plog.append(rows, skipped)
-                    tally.add(rows, skipped, outputs)
-                    advance(len(keys), skipped=tally.n_skip)
+        transport = RayTransport(plog.paths.work, args, cfg.batch, ray_cfg, resources)
+        tally, done_before = run_loop(src, plog, transport, "infer (ray)", progress, log)
     finally:
         if started:
             ray.shutdown()
@@ -168,26 +236,5 @@ def run_ray_inference(
         engine=choice.engine,
         precision=choice.precision,
         auto=path.auto_reason,
-        ray=asdict(ray_cfg),
+        ray={**asdict(ray_cfg), **transport.timing},
     )
-
-
-def _stream(todo: list[tuple[str, str]], args: tuple, batch: int, cfg: RayConfig, resources: dict):
-    """Result batches (numpy dicts) of the actor pool over `todo`, in completion order."""
-    import ray
-
-    if not todo:
-        return
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    items = [{"file": os.fsencode(p), "key": os.fsencode(k)} for p, k in todo]
-    blocks = max(1, min(len(items), cfg.actors * cfg.blocks_per_actor, math.ceil(len(items) / batch)))
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
-    res = ds.map_batches(
-        Predictor,
-        fn_constructor_args=args,
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        batch_size=batch,
-        batch_format="numpy",
-        **resources,
-    )
-    yield from res.iter_batches(batch_size=None, batch_format="numpy")

@@ -22,8 +22,8 @@ MODEL = "detect"
 RETRIED = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
 
 
-class ServerUnavailable(RuntimeError):
-    pass
+class ServerUnavailable(ConnectionError):
+    """The server did not answer for the whole retry window: the environment, not the input (exit 1)."""
 
 
 class ServerChanged(RuntimeError):
@@ -136,13 +136,14 @@ class DetectClient:
                     raise ServerError(f"the server at grpc://{self.address} refused {what}: {first}") from None
                 last = e
                 self._reset()
-            if time.monotonic() - t0 + wait > self.cfg.retry_s:
+            left = self.cfg.retry_s - (time.monotonic() - t0)
+            if left <= 0:  # the whole window was tried: a last attempt ends it, never a wait cut short
                 first = str(last).splitlines()[0] if str(last) else type(last).__name__
                 raise ServerUnavailable(
                     f"the server at grpc://{self.address} did not answer ({what}: {first}) "
                     f"after {tries} tries over {time.monotonic() - t0:.0f} s"
                 ) from None
-            time.sleep(wait)
+            time.sleep(min(wait, left))
             wait = min(wait * 2, 4.0)
 
     def detect(self, payloads: list[bytes]) -> dict[str, np.ndarray]:
