@@ -85,13 +85,24 @@ def child(mode: str, lst: Path, out: Path) -> dict:
     return {"mode": mode, "done_before": before, "rows_now": tally.n_rows, "wall_s": wall,
             "rows_per_s": tally.n_rows / wall if wall else None,
             "first_new_row_s": None if first is None else first - t0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}  # fmt: skip
+            "peak_rss_mb": peak_rss_mb(), **extra}  # fmt: skip
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since its exec (VmHWM). getrusage's ru_maxrss would include the RSS of
+    the parent it was forked from, before the exec (Linux keeps it across execve)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_list(work: Path, n: int) -> Path:
+    from toolkit.io import atomic_path
+
     lst = work / f"list-{n}.txt"
-    if not lst.is_file():
-        with open(lst, "w") as f:
+    if not lst.is_file():  # atomic: a list cut short by a killed run would be reused
+        with atomic_path(lst) as tmp, open(tmp, "w") as f:
             for i in range(n):
                 f.write(f"shard{i % 1000:04d}/image_{i:010d}.jpg\n")
     return lst

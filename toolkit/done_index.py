@@ -6,8 +6,11 @@ inputs) and the output offsets up to which the table is complete. The output fil
 fsync'ed and committed first, the index follows; after a kill the next run adds the keys between the index's
 offsets and the committed ones (the tail), or rebuilds the index from the output when it is missing or
 unreadable. The index runs without fsync (WAL, synchronous off): a process kill cannot corrupt it, and an OS
-crash at worst leaves an index that is rebuilt. Keys claimed by the running process (in flight, not committed)
-live in a temporary table, so a key listed twice is predicted once.
+crash at worst leaves an index that is rebuilt.
+A Bloom filter in memory (12 bits per expected key, 1.5 MB per million; 4 probes: about 0.4% false positives)
+answers "certainly not seen" for most keys, so a fresh key costs no SQLite lookup; a positive is checked exactly,
+against the table (committed keys) and the set of keys in flight (taken by this run, not yet committed, bounded
+by what a transport holds), so a key listed twice is predicted once and no two keys are ever merged.
 Measured (2 cores): 176,000 inserts/s in sorted batches, 174,000 lookups/s, 44 bytes of disk per key.
 """
 
@@ -25,11 +28,87 @@ def _b(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
+class Bloom:
+    """A Bloom filter over str keys (Python's hash, stable within a process), numpy bit array, vectorised."""
+
+    def __init__(self, expected: int, bits_per_key: int = 12, probes: int = 4):
+        import numpy as np
+
+        self.m = max(1 << 16, int(expected) * bits_per_key)
+        self.bits = np.zeros((self.m + 7) // 8, np.uint8)
+        self.k = probes
+
+    def _positions(self, keys: list[str]):
+        import numpy as np
+
+        h = np.array([hash(k) for k in keys], dtype=np.int64).view(np.uint64)
+        h1, h2 = h & np.uint64(0xFFFFFFFF), (h >> np.uint64(32)) | np.uint64(1)
+        steps = np.arange(self.k, dtype=np.uint64)[:, None]
+        return ((h1[None, :] + steps * h2[None, :]) % np.uint64(self.m)).astype(np.int64)  # (k, n)
+
+    def add(self, keys: list[str]) -> None:
+        import numpy as np
+
+        if keys:
+            pos = self._positions(keys).ravel()
+            np.bitwise_or.at(self.bits, pos >> 3, (1 << (pos & 7)).astype(np.uint8))
+
+    def maybe(self, keys: list[str]):
+        """-> bool array: False where the key was certainly never added."""
+        import numpy as np
+
+        if not keys:
+            return np.zeros(0, bool)
+        pos = self._positions(keys)
+        return ((self.bits[pos >> 3] >> (pos & 7).astype(np.uint8)) & 1).all(axis=0).astype(bool)
+
+
+class InFlight:
+    """Keys taken by this run and not yet committed: a set in memory, spilled to a temporary table past `limit`
+    (a Ray run takes every key before the first result comes back), so memory stays bounded."""
+
+    def __init__(self, db_of, limit: int = 200_000):
+        self.db_of, self.limit = db_of, limit  # db_of(): the index's open connection
+        self.mem: set[str] = set()
+        self.spilled = 0
+
+    def add(self, key: str) -> None:
+        self.mem.add(key)
+        if len(self.mem) >= self.limit:
+            db = self.db_of()
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS flight (key BLOB PRIMARY KEY) WITHOUT ROWID")
+            db.execute("BEGIN")
+            db.executemany("INSERT OR IGNORE INTO temp.flight VALUES (?)", [(_b(k),) for k in sorted(self.mem)])
+            db.execute("COMMIT")
+            self.spilled += len(self.mem)
+            self.mem.clear()
+
+    def __contains__(self, key: str) -> bool:
+        if key in self.mem:
+            return True
+        if not self.spilled:
+            return False
+        q = "SELECT 1 FROM temp.flight WHERE key = ?"
+        return self.db_of().execute(q, (_b(key),)).fetchone() is not None
+
+    def difference_update(self, keys) -> None:
+        keys = list(keys)
+        self.mem.difference_update(keys)
+        if self.spilled:
+            db = self.db_of()
+            db.executemany("DELETE FROM temp.flight WHERE key = ?", [(_b(k),) for k in keys])
+
+    def __len__(self) -> int:
+        return len(self.mem) + self.spilled
+
+
 class DoneIndex:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.db: sqlite3.Connection | None = None
         self.empty = True  # nothing committed when the run started: lookups can be skipped
+        self.bloom: Bloom | None = None
+        self.in_flight = InFlight(lambda: self.db)  # taken by this run, not yet committed
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def open(self) -> dict | None:
@@ -54,7 +133,6 @@ class DoneIndex:
             self.db.execute(f"PRAGMA {pragma}")
         self.db.execute("CREATE TABLE IF NOT EXISTS done (key BLOB PRIMARY KEY) WITHOUT ROWID")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS claimed (key BLOB PRIMARY KEY) WITHOUT ROWID")
 
     def reset(self) -> None:
         self.close()
@@ -68,20 +146,33 @@ class DoneIndex:
             self.db.close()
             self.db = None
 
+    def start(self, expected: int) -> None:
+        """Size the in-memory filter for a run over `expected` inputs and load the committed keys into it."""
+        self.bloom = Bloom(expected + self.count())
+        if not self.empty:
+            cur = self.db.execute("SELECT key FROM done")
+            while rows := cur.fetchmany(100_000):
+                self.bloom.add([k.decode("utf-8", "surrogateescape") for (k,) in rows])
+
     # ---- writing -------------------------------------------------------------------------------------------
     def add(self, keys: Iterable[str], upto: dict) -> None:
         """Record committed keys and the output offsets they reach, in one transaction."""
+        keys = list(keys)
         batch = sorted({_b(k) for k in keys})
         self.db.execute("BEGIN")
         self.db.executemany("INSERT OR IGNORE INTO done VALUES (?)", [(k,) for k in batch])
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('upto', ?)", (json.dumps(upto),))
         self.db.execute("COMMIT")
+        self.in_flight.difference_update(keys)
         if batch:
             self.empty = False
 
     # ---- reading -------------------------------------------------------------------------------------------
     def done(self, keys: list[str]) -> set[str]:
         """The subset of `keys` already committed."""
+        return self._lookup(keys)
+
+    def _lookup(self, keys: list[str]) -> set[str]:
         if self.empty or not keys:
             return set()
         out = set()
@@ -92,20 +183,25 @@ class DoneIndex:
         return out
 
     def claim(self, keys: list[str]) -> list[bool]:
-        """Mark keys as taken by this run; -> for each, whether it was new (False: listed earlier in the run)."""
-        new: set[bytes] = set()
-        self.db.execute("BEGIN")
-        for i in range(0, len(keys), _BATCH):
-            sub = list(dict.fromkeys(_b(k) for k in keys[i : i + _BATCH]))
-            q = f"INSERT OR IGNORE INTO temp.claimed VALUES {','.join(['(?)'] * len(sub))} RETURNING key"
-            new.update(k for (k,) in self.db.execute(q, sub))
-        self.db.execute("COMMIT")
-        out = []
-        for k in keys:
-            b = _b(k)
-            out.append(b in new)
-            new.discard(b)  # a key twice in one chunk: only the first is new
+        """Take keys for this run; -> for each, whether it is new (False: committed already, or taken earlier in
+        this run). A Bloom negative is certain; a positive is checked against the table and the keys in flight."""
+        maybe = self.bloom.maybe(keys) if self.bloom is not None else [True] * len(keys)
+        check = [k for k, m in zip(keys, maybe, strict=True) if m and k not in self.in_flight]
+        done = self._lookup(check)
+        out, now = [], set()  # now: taken in this call (the filter has not seen them yet)
+        for k, m in zip(keys, maybe, strict=True):
+            new = k not in now and not (m and (k in self.in_flight or k in done))
+            if new:
+                now.add(k)
+                self.in_flight.add(k)
+            out.append(new)
+        if self.bloom is not None:
+            self.bloom.add([k for k, n in zip(keys, out, strict=True) if n])
         return out
+
+    def release(self, keys: Iterable[str]) -> None:
+        """Keys taken but never committed (the run stopped): free them (the filter may keep a false positive)."""
+        self.in_flight.difference_update(keys)
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM done").fetchone()[0]

@@ -77,7 +77,7 @@ class OutputPaths:
 def encode_rows(rows: list[dict], columns: tuple[str, ...], fmt: str) -> bytes:
     buf = io.StringIO()
     if fmt == "csv":
-        csv.DictWriter(buf, fieldnames=columns, lineterminator="\n").writerows(rows)
+        csv.writer(buf, lineterminator="\n").writerows([r[c] for c in columns] for r in rows)
     else:
         buf.writelines(json.dumps({c: r[c] for c in columns}, ensure_ascii=True) + "\n" for r in rows)
     return buf.getvalue().encode("utf-8", "surrogateescape")
@@ -187,6 +187,7 @@ class ResumableOutput:
         from toolkit.sources import CHUNK
 
         skip = self._verified_prefix(src)
+        self.index.start(len(src))
         h = hashlib.sha256()
         n_seen = 0
         for i, chunk in enumerate(src.chunks(chunk_size or CHUNK)):
@@ -196,11 +197,8 @@ class ResumableOutput:
             if n_seen <= skip:  # wholly inside the prefix committed before: no lookups
                 self.tracker.opened(i, len(chunk), 0, h.hexdigest())
                 continue
-            keys = [k for _, k in chunk]
-            done = self.index.done(keys)
-            fresh = self.index.claim([k for k in keys if k not in done])
-            it = iter(fresh)
-            todo = [Todo(p, k, i) for p, k in chunk if k not in done and next(it)]
+            new = self.index.claim([k for _, k in chunk])
+            todo = [Todo(p, k, i) for (p, k), n in zip(chunk, new, strict=True) if n]
             self.tracker.opened(i, len(chunk), len(todo), h.hexdigest())
             if todo:
                 yield todo

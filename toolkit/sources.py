@@ -114,10 +114,10 @@ def _lines(p: Path) -> Iterator[str]:
 
 
 def _text_list(p: Path) -> Iterator[Item]:
-    base = p.resolve().parent
+    base = str(p.resolve().parent).rstrip("/") + "/"  # os.path.join(base, key) without its per-call cost
     for key in _lines(p):
         if key.strip():
-            yield (key if os.path.isabs(key) else os.path.join(base, key)), key
+            yield (key if key.startswith("/") else base + key), key
 
 
 def _check_parquet(p: Path) -> None:
