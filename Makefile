@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint install clean gpu-wheels
+.PHONY: demo test lint install clean gpu-wheels mutation
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: lint
 # the wheels the lent GPU machine lacks, for its Python 3.12 (benchmarks/gpu_wheels.py; README "GPU")
 gpu-wheels: $(STAMP)
 	$(BIN)/python -m benchmarks.gpu_wheels .whl
+
+# mutation testing of the critical modules (pyproject [tool.mutmut]; about 30 minutes on 2 cores); not in `make test`
+mutation: $(STAMP)
+	$(BIN)/pip install -q mutmut==3.8.1
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/python -m benchmarks.mutation_report
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import signal
@@ -55,7 +56,7 @@ class NullPredictor:
                 "error": np.array([""] * n, dtype=object)}  # fmt: skip
 
 
-def child(mode: str, lst: Path, out: Path) -> dict:
+def child(mode: str, lst: Path, out: Path, ray_batch: int = 4096) -> dict:
     """One driver run (resuming if `out` has a committed part); -> its figures."""
     from toolkit.runner import open_output, run_loop
     from toolkit.sources import open_source
@@ -76,7 +77,7 @@ def child(mode: str, lst: Path, out: Path) -> dict:
         cfg = RayConfig(address="local", actors=2, cpus_per_actor=0.5, rows_per_part=262_144)
         connect(cfg)
         t_ray = time.perf_counter()
-        transport = RayTransport(plog.paths.work, (), 4096, cfg, {"num_cpus": 0.5}, predictor=NullPredictor)
+        transport = RayTransport(plog.paths.work, (), ray_batch, cfg, {"num_cpus": 0.5}, predictor=NullPredictor)
         tally, before = run_loop(src, plog, transport, "sim", progress=False, log=lambda *_: None)
         first = None
         extra = {"ray_start_s": t_ray - t0, **transport.timing}
@@ -149,21 +150,31 @@ def _one_row_per_input(out: Path, n: int) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
+        batch = int(os.environ.get("RAY_BATCH", 4096))
+        print(json.dumps(child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), batch)))
         return
     from benchmarks.environment import cpu_line, environment
     from benchmarks.report import command_line
     from toolkit.io import write_json, write_text
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", nargs="+", type=int, default=[100_000, 1_000_000, 10_000_000])
-    ap.add_argument("--ray-n", nargs="+", type=int, default=[100_000, 1_000_000])
+    ap.add_argument("--n", nargs="*", type=int, default=[100_000, 1_000_000, 10_000_000])
+    ap.add_argument("--ray-n", nargs="*", type=int, default=[100_000, 1_000_000, 10_000_000])
+    ap.add_argument("--ray-batch", type=int, default=4096, help="rows per Ray Data batch")
+    ap.add_argument("--append", action="store_true", help="add to the runs already in --out's JSON")
     ap.add_argument("--kills", type=int, default=1_000_000, help="N of the 5-random-kills check (0: skip)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/scale_sim"))
     ap.add_argument("--out", type=Path, default=RESULTS / "scale_sim")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    os.environ["RAY_BATCH"] = str(args.ray_batch)
     record = {"command": command_line("benchmarks.scale_sim", argv), "environment": environment(), "runs": []}
+    if args.append and args.out.with_suffix(".json").is_file():
+        old = json.loads(args.out.with_suffix(".json").read_text())
+        record["runs"] = old["runs"]
+        record["random_kills"] = old.get("random_kills")
+        record["command"] = old["command"] + "; then " + record["command"]
+        record = {k: v for k, v in record.items() if v is not None}
 
     def save() -> None:
         write_json(args.out.with_suffix(".json"), record)
