@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     write_json(args.out.with_suffix(".json"), {"per_module": {m: dict(c) for m, c in per.items()},
                                                "survivors": survivors, "environment": env})  # fmt: skip
-    print("\n".join(lines[:12 + len(per)]))
+    print("\n".join(lines[: 12 + len(per)]))
 
 
 if __name__ == "__main__":

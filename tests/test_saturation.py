@@ -110,3 +110,18 @@ def test_seven_bit_weights_cannot_saturate():
     q_act = np.clip(np.round(x / 0.05), -128, 127).astype(np.int64)
     np.testing.assert_allclose(got["y0"], u8s8_reference(q_act, w_q) * 0.05 * 0.01, rtol=1e-5, atol=1e-5)
     assert model.graph.node[-1].op_type == "MatMul"  # the caller's model is left as it was
+
+
+def test_a_pair_at_the_smallest_saturating_size_is_a_candidate():
+    """|w_e| + |w_o| = 129 is the smallest same-sign pair that can saturate (255 * 129 = 32,895 > 32,767): the
+    emulator must treat it as a candidate (a survivor of `make mutation`: `size >= 129` -> `size > 129`)."""
+    w_q = np.zeros((4, 2), np.int8)
+    w_q[:, 0] = [127, 2, 64, 65]  # pairs (127, 2) and (64, 65): sizes 129, both saturate at u = 255
+    w_q[:, 1] = [1, 1, 1, 1]
+    model = _model([(w_q, np.full(2, 0.01), 0.05, False)], 4)
+    x = np.full((3, 4), 127 * 0.05, np.float32)  # q = 127, u = 255 everywhere
+    got, counts = NoVnniEmulator(model).run("x", [x])
+    assert counts["candidate_pairs"] >= 2 and counts["saturated_fraction"] > 0
+    q = np.full((3, 4), 127, np.int64)
+    np.testing.assert_allclose(got["y0"], u8s8_reference(q, w_q) * 0.05 * 0.01, rtol=1e-5, atol=1e-5)
+    assert (u8s8_reference(q, w_q)[:, 0] == 2 * 32767 - 128 * 258).all()  # both pairs clipped at 32,767

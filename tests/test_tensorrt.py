@@ -87,15 +87,16 @@ def test_trt_engine_says_what_is_missing(art):
     assert Artifact.open(art).manifest["gates"]["fp32"]["passed"]  # the ONNX export before it is kept
 
 
-def _builder_calls(version, tmp_path, monkeypatch, tf32=False, payload=b"onnx"):
+def _builder_calls(version, tmp_path, monkeypatch, tf32=None, payload=b"onnx", prof=None):
     from export.tensorrt import build_plan
 
     mod = make_module(version)
     monkeypatch.setitem(sys.modules, "tensorrt", mod)
-    prof = {"images": [[1, 3, 32, 32], [8, 3, 32, 32], [32, 3, 32, 32]]}
+    prof = prof or {"images": [[1, 3, 32, 32], [8, 3, 32, 32], [32, 3, 32, 32]]}
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(payload)
-    plan = build_plan(onnx_file, tmp_path / "p.plan", prof, 512, tmp_path / "timing.cache", lambda *_: None, tf32)
+    extra = {} if tf32 is None else {"tf32": tf32}  # None: the default, which must be TF32 off
+    plan = build_plan(onnx_file, tmp_path / "p.plan", prof, 512, tmp_path / "timing.cache", lambda *_: None, **extra)
     return mod, plan, onnx_file
 
 
@@ -116,16 +117,27 @@ def test_build_plan_uses_strong_typing_profile_workspace_and_timing_cache(tmp_pa
 @pytest.mark.parametrize("version", [10, 11], ids=["trt10", "trt11"])
 def test_fp32_plans_are_built_without_tf32(tmp_path, monkeypatch, version):
     """Guards against TF32 left on (TensorRT's default) or switched on for fp32 plans: the flag is read at build."""
-    mod, _, _ = _builder_calls(version, tmp_path, monkeypatch)
+    mod, _, _ = _builder_calls(version, tmp_path, monkeypatch)  # the default
     built = [k for name, _, k in mod.calls if name == "Builder.build_serialized_network"]
     assert built == [{"tf32": False}]
+    mod, _, _ = _builder_calls(version, tmp_path, monkeypatch, tf32=False)
+    assert [k for name, _, k in mod.calls if name == "Builder.build_serialized_network"] == [{"tf32": False}]
     mod, _, _ = _builder_calls(version, tmp_path, monkeypatch, tf32=True)
     assert [k for name, _, k in mod.calls if name == "Builder.build_serialized_network"] == [{"tf32": True}]
 
 
 def test_parse_failure_names_the_parser_errors(tmp_path, monkeypatch):
-    with pytest.raises(RuntimeError, match=r"could not parse .*m\.onnx: Failed to parse ONNX model"):
+    with pytest.raises(RuntimeError, match=r"could not parse .*m\.onnx: Failed to parse ONNX model; no graph$"):
         _builder_calls(11, tmp_path, monkeypatch, payload=b"not onnx")
+
+
+def test_the_timing_cache_of_one_build_seeds_the_next_and_a_missing_profile_is_named(tmp_path, monkeypatch):
+    mod, _, _ = _builder_calls(11, tmp_path, monkeypatch)
+    assert [a for n, a, _ in mod.calls if n == "IBuilderConfig.create_timing_cache"] == [(b"",)]  # no cache yet
+    mod, _, _ = _builder_calls(11, tmp_path, monkeypatch)
+    assert [a for n, a, _ in mod.calls if n == "IBuilderConfig.create_timing_cache"] == [(b"TIMING",)]
+    with pytest.raises(ValueError, match=r"input 'images' has no profile shapes \(profile has \['x'\]\)"):
+        _builder_calls(11, tmp_path, monkeypatch, prof={"x": [[1], [1], [1]]})
 
 
 def _attribute_uses(path: Path, root: str) -> set[str]:

@@ -84,6 +84,8 @@ def make_module(version: int = 10, network_inputs=(("images", (-1, 3, 32, 32)),)
         INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = 0, 1, 2, 3, 4
 
         def __init__(self, min_severity=WARNING):
+            if not isinstance(min_severity, int):
+                raise TypeError("Logger(): min_severity must be a Logger.Severity")
             self.min_severity = min_severity
 
     class Dims(tuple):
@@ -133,6 +135,7 @@ def make_module(version: int = 10, network_inputs=(("images", (-1, 3, 32, 32)),)
 
     class OnnxParser:
         def __init__(self, network: INetworkDefinition, logger: ILogger):
+            _typed("OnnxParser", network=(network, INetworkDefinition), logger=(logger, ILogger))
             self.network = network
             self._errors: list[ParserError] = []
 
@@ -141,7 +144,7 @@ def make_module(version: int = 10, network_inputs=(("images", (-1, 3, 32, 32)),)
             with open(model, "rb") as f:
                 bad = f.read() == b"not onnx"
             if bad:
-                self._errors = [ParserError("Failed to parse ONNX model")]
+                self._errors = [ParserError("Failed to parse ONNX model"), ParserError("no graph")]
                 return False
             return True
 
@@ -217,11 +220,14 @@ def make_module(version: int = 10, network_inputs=(("images", (-1, 3, 32, 32)),)
             return sum(1 << f.value for f in self._flags)
 
         def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+            _typed("add_optimization_profile", profile=(profile, IOptimizationProfile))
             self.profiles.append(profile)
             record("IBuilderConfig.add_optimization_profile", profile)
             return len(self.profiles) - 1
 
         def create_timing_cache(self, serialized_timing_cache) -> ITimingCache:
+            _typed("create_timing_cache", serialized_timing_cache=(serialized_timing_cache, (bytes, bytearray)))
+            record("IBuilderConfig.create_timing_cache", bytes(serialized_timing_cache))
             return ITimingCache(bytes(serialized_timing_cache))
 
         def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
@@ -234,6 +240,7 @@ def make_module(version: int = 10, network_inputs=(("images", (-1, 3, 32, 32)),)
 
     class Builder:
         def __init__(self, logger: ILogger):
+            _typed("Builder", logger=(logger, ILogger))
             self.logger = logger
 
         @property
@@ -251,6 +258,7 @@ def make_module(version: int = 10, network_inputs=(("images", (-1, 3, 32, 32)),)
             return IOptimizationProfile()
 
         def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig):
+            _typed("build_serialized_network", network=(network, INetworkDefinition), config=(config, IBuilderConfig))
             record("Builder.build_serialized_network", network, config, tf32=config.get_flag(BuilderFlag.TF32))
             if not config.profiles:
                 return None
@@ -334,6 +342,7 @@ def make_module(version: int = 10, network_inputs=(("images", (-1, 3, 32, 32)),)
 
     class Runtime:
         def __init__(self, logger: ILogger):
+            _typed("Runtime", logger=(logger, ILogger))
             self.logger = logger
 
         def deserialize_cuda_engine(self, serialized_engine):
@@ -353,6 +362,13 @@ def make_module(version: int = 10, network_inputs=(("images", (-1, 3, 32, 32)),)
     mod.calls = calls
     mod.memory = memory
     return mod
+
+
+def _typed(call: str, **args) -> None:
+    """The bindings check argument types (pybind11): None or another type raises TypeError."""
+    for name, (value, kind) in args.items():
+        if not isinstance(value, kind):
+            raise TypeError(f"{call}(): incompatible {name} {value!r}")
 
 
 class CpuDevice:

@@ -113,10 +113,16 @@ def connect(cfg: RayConfig, log=print) -> bool:
 class RayTransport:
     """What is left, written as Parquet parts, read by Ray Data into an actor pool; results in completion order."""
 
-    def __init__(self, work: Path, args: tuple, batch: int, cfg: RayConfig, resources: dict, predictor=None):
-        """`predictor`: the actor class (Predictor; benchmarks/scale_sim.py passes a stand-in)."""
+    def __init__(self, work: Path, args: tuple, batch: int, cfg: RayConfig, resources: dict, predictor=None,
+                 expected: int | None = None):  # fmt: skip
+        """`predictor`: the actor class (Predictor; benchmarks/scale_sim.py passes a stand-in). `expected`: about
+        how many inputs are left; the parts are sized so that every actor gets `blocks_per_actor` of them (Ray Data
+        reads one part as one block, and a block goes to one actor: one part would keep the others idle)."""
         self.work, self.args, self.batch, self.cfg, self.resources = work, args, batch, cfg, resources
         self.predictor = predictor or Predictor
+        blocks = cfg.actors * cfg.blocks_per_actor
+        self.rows_per_part = cfg.rows_per_part if not expected else max(
+            batch, min(cfg.rows_per_part, math.ceil(expected / blocks)))  # fmt: skip
         self.timing: dict[str, float] = {}
 
     def _write_todo(self, chunks: Iterator[list[Todo]]) -> int:
@@ -139,8 +145,10 @@ class RayTransport:
         for chunk in chunks:
             buf += chunk
             n += len(chunk)
-            if len(buf) >= self.cfg.rows_per_part:
+            while len(buf) >= self.rows_per_part:
+                rest, buf = buf[self.rows_per_part :], buf[: self.rows_per_part]
                 flush()
+                buf = rest
         flush()
         return n
 
@@ -156,7 +164,11 @@ class RayTransport:
             return
         ray.data.DataContext.get_current().enable_progress_bars = False
         blocks = max(1, min(n, self.cfg.actors * self.cfg.blocks_per_actor, math.ceil(n / self.batch)))
-        ds = ray.data.read_parquet(str(self.work), override_num_blocks=blocks)
+        # read before the actor pool exists: its actors may take every CPU of a small cluster, and Ray Data's
+        # file-listing and read tasks then wait for a slot forever (measured: 2 actors x 1 CPU on 2 cores never
+        # started). The read blocks live in Ray's object store (spilled to disk past its size), not the driver.
+        # repartitioned so that every actor gets blocks (a small read comes back as one block, i.e. one actor)
+        ds = ray.data.read_parquet(str(self.work), override_num_blocks=blocks).repartition(blocks).materialize()
         res = ds.map_batches(
             self.predictor,
             fn_constructor_args=self.args,
@@ -222,7 +234,7 @@ def run_ray_inference(
         if problem:
             raise RuntimeError(f"the prediction path does not open on the cluster: {problem}")
         t_ready = time.perf_counter()
-        transport = RayTransport(plog.paths.work, args, cfg.batch, ray_cfg, resources)
+        transport = RayTransport(plog.paths.work, args, cfg.batch, ray_cfg, resources, expected=len(src))
         tally, done_before = run_loop(src, plog, transport, "infer (ray)", progress, log)
     finally:
         if started:
