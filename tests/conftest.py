@@ -32,6 +32,15 @@ def write_forensynths(root: Path, generators: dict[str, int], seed: int = 0) -> 
     return root
 
 
+def noise_images(root: Path, n: int, size: int = 40, seed: int = 1) -> Path:
+    """root/0000.png ... : n seeded noise images (inputs for runners, whose content does not matter)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"{i:04d}.png")
+    return root
+
+
 def kill_after_lines(cmd: list[str], out: Path, lines: int, timeout: float, poll: float = 0.01, env=None) -> bool:
     """Start `cmd`, SIGKILL it once `out` holds `lines` lines (a kill at an arbitrary moment of a real run);
     -> whether it was killed (False: it finished first)."""

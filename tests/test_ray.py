@@ -17,13 +17,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 ray = pytest.importorskip("ray")
 
-from conftest import kill_after_lines  # noqa: E402
+from conftest import kill_after_lines, noise_images  # noqa: E402
 
 from toolkit.pipelines.infer import InferConfig, run_inference  # noqa: E402
 from toolkit.pipelines.ray_infer import RayConfig, run_ray_inference  # noqa: E402
@@ -74,11 +72,7 @@ def _cfg(address: str, **kw) -> RayConfig:
 
 
 def _images(root: Path, n: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / f"{i:04d}.png")
-    return root
+    return noise_images(root, n)
 
 
 def _rows(path: Path) -> list[dict]:

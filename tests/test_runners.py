@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from conftest import noise_images
 from typer.testing import CliRunner
 
 from toolkit.cli import app
@@ -25,11 +24,7 @@ CLI = [sys.executable, "-c", "from toolkit.cli import main; main()"]
 
 
 def _images(root: Path, n: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(2)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(root / f"{i:04d}.png")
-    return root
+    return noise_images(root, n, size=36, seed=2)
 
 
 def _csv(path: Path) -> list[dict]:

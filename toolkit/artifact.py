@@ -221,16 +221,9 @@ class Artifact:
             yield ed
             ed._commit()
 
-    def update(self, drop_files: tuple[str, ...] = (), extra_files: tuple[str, ...] = (), **fields) -> Artifact:
-        """A new manifest with `fields` replaced (staged, re-sealed); -> the new artifact. Files listed besides
-        the precision files (reports) stay listed unless in `drop_files`; `extra_files` are new files already in
-        the artifact directory (reports written by an older flow) to list."""
+    def update(self, **fields) -> Artifact:
+        """A new manifest with `fields` replaced (staged, re-sealed, every file carried over); -> the new artifact."""
         with self.edit() as ed:
-            for n in drop_files:
-                ed.drop(n)
-            for n in extra_files:
-                if n not in self.files:
-                    ed.adopt(n)
             ed.set(**fields)
         return ed.result
 
@@ -327,11 +320,6 @@ class ArtifactEdit:
     def add(self, name: str) -> None:
         """List file `name` (written under `self.dir`), hashed now."""
         self.known[name] = sha256_inside(self.dir, name)
-
-    def adopt(self, name: str) -> None:
-        """List a file that sits in the current artifact but not in its manifest (a report an older flow wrote)."""
-        self.staging.link(self.base.dir, name)
-        self.add(name)
 
     def drop(self, name: str) -> None:
         (self.dir / name).unlink(missing_ok=True)

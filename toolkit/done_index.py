@@ -170,9 +170,6 @@ class DoneIndex:
     # ---- reading -------------------------------------------------------------------------------------------
     def done(self, keys: list[str]) -> set[str]:
         """The subset of `keys` already committed."""
-        return self._lookup(keys)
-
-    def _lookup(self, keys: list[str]) -> set[str]:
         if self.empty or not keys:
             return set()
         out = set()
@@ -187,7 +184,7 @@ class DoneIndex:
         this run). A Bloom negative is certain; a positive is checked against the table and the keys in flight."""
         maybe = self.bloom.maybe(keys) if self.bloom is not None else [True] * len(keys)
         check = [k for k, m in zip(keys, maybe, strict=True) if m and k not in self.in_flight]
-        done = self._lookup(check)
+        done = self.done(check)
         out, now = [], set()  # now: taken in this call (the filter has not seen them yet)
         for k, m in zip(keys, maybe, strict=True):
             new = k not in now and not (m and (k in self.in_flight or k in done))
@@ -198,10 +195,6 @@ class DoneIndex:
         if self.bloom is not None:
             self.bloom.add([k for k, n in zip(keys, out, strict=True) if n])
         return out
-
-    def release(self, keys: Iterable[str]) -> None:
-        """Keys taken but never committed (the run stopped): free them (the filter may keep a false positive)."""
-        self.in_flight.difference_update(keys)
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM done").fetchone()[0]

@@ -107,16 +107,6 @@ class PartitionedLog(ResumableOutput):
             raise
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.flush()  # what was predicted before an error or Ctrl-C is kept
-        except OSError:
-            if exc_type is None:
-                raise
-        finally:
-            self.index.close()
-            self._lock.__exit__()
-
     def append(self, rows: list[dict], skipped: list[Skipped], chunks: list[int] | None = None) -> None:
         self._rows += rows
         self._skips += skipped

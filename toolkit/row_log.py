@@ -182,6 +182,22 @@ class ResumableOutput:
         self.n_rows = self.n_skipped = 0
         self._resume_prefix: dict | None = None
 
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.commit()  # what was predicted before an error or Ctrl-C is kept
+        except OSError:
+            if exc_type is None:
+                raise
+        finally:
+            self._close_files()
+            self._lock.__exit__()
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def _close_files(self) -> None:
+        self.index.close()
+
     def todo(self, src, chunk_size: int | None = None) -> Iterator[list[Todo]]:
         """The source's chunks without the keys already committed or already taken by this run."""
         from toolkit.sources import CHUNK
@@ -244,16 +260,6 @@ class PredictionLog(ResumableOutput):
             self._lock.__exit__()
             raise
         return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.commit()  # what was predicted before an error or Ctrl-C is kept
-        except OSError:
-            if exc_type is None:
-                raise
-        finally:
-            self._close_files()
-            self._lock.__exit__()
 
     def _close_files(self) -> None:
         for f, _, _ in self._files.values():
