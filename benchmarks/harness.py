@@ -11,6 +11,11 @@ Latency (trtexec's conventions):
 - end-to-end: files -> decode + preprocess (in `workers` processes, as `toolkit infer` does) ->
   engine, timed over a folder of images; throughput only, since decoding is pipelined.
 Warm-up iterations are run and discarded; then a fixed count or a fixed duration.
+
+Sized by the model (`size_run`): the reference's cost of one batch is measured first, and what the user left
+unset (parity images, warm-up, iterations, end-to-end images) is chosen so the whole run fits `budget_s`; the
+plan and its estimate are printed before the work starts, with what to pass to shorten it when even the
+smallest sensible run does not fit. At the defaults a ViT-L/14 run on 2 cores was 35 minutes (issue 25).
 """
 
 from __future__ import annotations
@@ -30,18 +35,94 @@ class BenchConfig:
     precisions: tuple[str, ...] | None = None  # None: every precision the artifact holds
     provider: str = "cpu"  # onnxruntime execution provider
     batches: tuple[int, ...] = (1, 8)
-    warmup: int = 5
-    iterations: int = 30
+    warmup: int | None = None  # None: sized by the budget (at most 5)
+    iterations: int | None = None  # None: sized by the budget (5 to 30)
     duration_s: float | None = None  # if set: iterate for this long per (target, batch) instead of a count
     parity_images: str | None = None  # labelled (0_real/1_fake) or plain folder; None: seeded noise
-    parity_n: int = 256
+    parity_n: int | None = None  # None: sized by the budget (32 to 256)
     e2e_images: str | None = None  # folder for end-to-end throughput; None: skipped
-    e2e_n: int = 256
+    e2e_n: int | None = None  # None: sized by the budget (16 to 256)
     workers: int = 2
     build_plans: bool = False  # trt: build a missing/stale plan instead of reporting it
     no_reference: bool = False  # run without the PyTorch reference (parity against onnxruntime fp32 instead)
+    budget_s: float = 600.0  # what the unset sizes are chosen to fit
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+PARITY_N, E2E_N, ITERATIONS, WARMUP = (32, 256), (16, 256), (5, 30), 5  # (least, most) when sized
+PARITY_SHARE, E2E_SHARE = 0.4, 0.2  # of the budget, when unset; latency gets the rest
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What a bench run will do, and about how long it takes: from the reference's measured cost per image."""
+
+    per_image_s: float
+    targets: int
+    parity_n: int
+    e2e_n: int
+    warmup: dict[int, int]
+    iterations: dict[int, int]
+    estimate_s: float
+    budget_s: float
+
+    def line(self) -> str:
+        lat = ", ".join(f"{self.warmup[b]}+{self.iterations[b]} at batch {b}" for b in self.iterations)
+        head = (f"bench plan: {self.targets} target(s), parity on {self.parity_n} images, latency {lat} "
+                f"(warm-up+timed)" + (f", end-to-end on {self.e2e_n} images" if self.e2e_n else "")
+                + f": about {_minutes(self.estimate_s)} at {self.per_image_s * 1e3:.0f} ms per image")  # fmt: skip
+        if self.estimate_s <= self.budget_s * 1.1:
+            return head
+        return (f"{head}, over the {_minutes(self.budget_s)} budget. To shorten it: fewer targets (--engine, "
+                "--precision), fewer batches (--batch 1), --parity-n 32 --iterations 5; "
+                "--max-minutes to accept it")  # fmt: skip
+
+
+def size_run(cfg: BenchConfig, targets: int, per_image_s: float) -> Sizing:
+    """Choose what `cfg` leaves unset so `targets` targets fit cfg.budget_s at `per_image_s` each; what the user
+    set is kept, and counted. The estimate charges every target the reference's cost (onnxruntime fp16 on a CPU
+    can be slower, int8 faster)."""
+    c, budget, batches = max(per_image_s, 1e-6), cfg.budget_s, tuple(cfg.batches)
+
+    def fit(value, share, bounds):
+        return value if value is not None else _clamp(int(share * budget / (targets * c)), *bounds)
+
+    parity_n = fit(cfg.parity_n, PARITY_SHARE, PARITY_N)
+    e2e_n = fit(cfg.e2e_n, E2E_SHARE, E2E_N) if cfg.e2e_images else 0
+    spent = targets * c * (parity_n + e2e_n * len(batches))
+    # every point gets its least (1 warm-up + 5 timed) first, then an equal share of what is left of the budget
+    least = ITERATIONS[0] + 1
+    extra = max(budget - spent - targets * least * c * sum(batches), 0) / (targets * len(batches))
+    warmup, iterations, latency = {}, {}, 0.0
+    for b in batches:
+        calls = least + extra / (b * c)
+        it = cfg.iterations if cfg.iterations is not None else _clamp(int(calls / 1.2), *ITERATIONS)
+        w = cfg.warmup if cfg.warmup is not None else _clamp(it // 5, 1, WARMUP)  # warm-up ~ a fifth of the timed
+        warmup[b], iterations[b] = w, it
+        timed = cfg.duration_s if cfg.duration_s else it * b * c
+        latency += targets * (w * b * c + timed)
+    return Sizing(per_image_s, targets, parity_n, e2e_n, warmup, iterations, spent + latency, budget)
+
+
+def _clamp(v: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, v))
+
+
+def _minutes(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+
+
+def probe(engine, input_name: str, size: int, batch: int) -> float:
+    """Seconds per image of `engine` at `batch`: one warm-up call, then one timed."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), np.float32)
+    with engine:
+        engine.infer({input_name: x})
+        engine.synchronize()
+        t = time.perf_counter()
+        engine.infer({input_name: x})
+        engine.synchronize()
+        return (time.perf_counter() - t) / batch
 
 
 def time_engine(
@@ -91,7 +172,7 @@ def reference_target(cfg: BenchConfig) -> tuple[str, str]:
     return ("onnxruntime", "fp32") if cfg.no_reference else REFERENCE
 
 
-def _parity_inputs(art, cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _parity_inputs(art, cfg: BenchConfig, n: int) -> tuple[np.ndarray, np.ndarray | None, str]:
     """-> (inputs, labels or None, description). Noise is uniform pixels through the artifact's normalisation,
     so it lies in every kind's input domain."""
     from toolkit.data.loader import discover_images, load_batch, load_labelled, sample_labelled
@@ -99,15 +180,15 @@ def _parity_inputs(art, cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray | None
     pre = art.preprocess
     size = pre["size"]
     if not cfg.parity_images:
-        u = np.random.default_rng(cfg.seed).uniform(0, 1, (cfg.parity_n, 3, size, size)).astype(np.float32)
+        u = np.random.default_rng(cfg.seed).uniform(0, 1, (n, 3, size, size)).astype(np.float32)
         mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
-        return ((u - mean) / std).astype(np.float32), None, f"{cfg.parity_n} seeded noise images"
+        return ((u - mean) / std).astype(np.float32), None, f"{n} seeded noise images"
     root = Path(cfg.parity_images)
     try:
-        paths, labels = sample_labelled(root, cfg.parity_n, cfg.seed)
+        paths, labels = sample_labelled(root, n, cfg.seed)
     except ValueError:  # not a labelled layout: parity only
-        paths, labels = discover_images(root)[0][: cfg.parity_n], None
+        paths, labels = discover_images(root)[0][:n], None
     if labels is None:
         x = load_batch([str(p) for p in paths], pre).array
     else:  # one batch, decoded here, as the parity inputs always were
@@ -149,14 +230,8 @@ def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, p
     kind = kinds.for_artifact(art)
     if not cfg.no_reference:
         art.reference_run(kind.weights_file)  # a missing reference fails here, loudly, not as an empty parity table
-    x, labels, parity_desc = _parity_inputs(art, cfg)
     detects = kind.capabilities.detects
     size = art.preprocess["size"]
-    e2e_paths = []
-    if cfg.e2e_images:
-        from toolkit.data.loader import discover_images
-
-        e2e_paths = discover_images(cfg.e2e_images)[0][: cfg.e2e_n]
     ref_target = reference_target(cfg)
     report = {
         "reference_target": _name(*ref_target, cfg),
@@ -168,7 +243,6 @@ def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, p
         "reference": "/".join(ref_target),
         "environment": environment(),
         "config": asdict(cfg),
-        "parity_inputs": parity_desc,
         "targets": {},
     }
     todo = targets(art, cfg)
@@ -182,6 +256,17 @@ def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, p
             log(f"--engine auto at batch {b}: {why}")
             if (engine, precision) not in todo:
                 todo.append((engine, precision))
+    ref = _open(art, *ref_target, cfg)  # the reference must run: its failure is the run's
+    sizing = size_run(cfg, len(todo), probe(ref, kind.input_name, size, min(max(cfg.batches), 8)))
+    log(sizing.line())
+    report["sizing"] = asdict(sizing)
+    x, labels, parity_desc = _parity_inputs(art, cfg, sizing.parity_n)
+    report["parity_inputs"] = parity_desc
+    e2e_paths = []
+    if cfg.e2e_images:
+        from toolkit.data.loader import discover_images
+
+        e2e_paths = discover_images(cfg.e2e_images)[0][: sizing.e2e_n]
     chunk = max(cfg.batches)
     comparator = Comparator(kind, [x[i : i + chunk] for i in range(0, len(x), chunk)], art.threshold, labels)
     for engine_kind, precision in todo:
@@ -189,7 +274,7 @@ def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, p
         log(f"{name}: parity on {parity_desc}, latency at batch {list(cfg.batches)} ...")
         try:
             try:
-                eng = _open(art, engine_kind, precision, cfg)
+                eng = ref if (engine_kind, precision) == ref_target else _open(art, engine_kind, precision, cfg)
             except _NeedPlans:
                 if plan_builder is None:
                     raise
@@ -219,7 +304,7 @@ def run_bench(artifact: str | Path, cfg: BenchConfig | None = None, log=print, p
             for b in cfg.batches:
                 u = np.random.default_rng(cfg.seed).standard_normal((b, 3, size, size), np.float32)
                 entry["latency"][str(b)] = time_engine(
-                    eng, {kind.input_name: u}, cfg.warmup, cfg.iterations, cfg.duration_s
+                    eng, {kind.input_name: u}, sizing.warmup[b], sizing.iterations[b], cfg.duration_s
                 )
         if e2e_paths:
             entry["e2e"] = {str(b): _e2e(art, kind, engine_kind, precision, cfg, e2e_paths, b) for b in cfg.batches}

@@ -14,10 +14,12 @@ temporaries inside it) and swapped in at the end, so a killed calibration leaves
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from calibration.memory import GIB, choose_batch, graph_sizes
 from calibration.quantize import QuantConfig, quantize
 from calibration.saturation import NoVnniEmulator
 from toolkit.compare import Int8Gate
@@ -26,6 +28,7 @@ __all__ = ["Int8Gate", "OverlapError", "calibrate_artifact", "check_overlap", "r
 
 
 REPORTS = ("int8_report.json", "int8_report.md")
+EVAL_BATCH = 32
 NO_VNNI = "onnxruntime-cpu without VNNI (emulated)"
 
 
@@ -62,7 +65,7 @@ def calibrate_artifact(
     gate: Int8Gate | None = None,
     calib_n: int | None = 256,
     eval_n: int | None = 1000,
-    batch: int = 16,
+    batch: int | None = None,
     workers: int = 2,
     seed: int = 0,
     progress: bool = True,
@@ -86,6 +89,9 @@ def calibrate_artifact(
     if len(set(eval_labels.tolist())) < 2:
         raise ValueError(f"{eval_images}: the evaluation folder needs both real and generated images for AUC")
     check_overlap(calib_paths, eval_paths)
+    # refused before anything is written when it cannot fit this machine's memory (calibration/memory.py)
+    est = choose_batch(graph_sizes(art.onnx_path("fp32"), cfg.op_types), cfg.method, batch,
+                       eval_batch=EVAL_BATCH)  # fmt: skip
     failed = None
     with art.edit(log=log) as ed:
         if "int8" in art.precisions:  # recalibrating: the old variant goes, so a failure cannot leave a stale one
@@ -93,13 +99,13 @@ def calibrate_artifact(
             ed.set(precisions={k: v for k, v in art.precisions.items() if k != "int8"},
                    gates={k: v for k, v in art.gates.items() if k != "int8"})  # fmt: skip
         report, failed = _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg,
-                                    gate, batch, workers, progress, log, no_vnni_n)  # fmt: skip
+                                    gate, est, workers, progress, log, no_vnni_n)  # fmt: skip
     if failed:
         raise GateFailed(failed)
     return {**report, "artifact_object": ed.result}
 
 
-def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, batch, workers,
+def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, est, workers,
                progress, log, no_vnni_n) -> tuple[dict, str | None]:  # fmt: skip
     """Quantize into the staging copy `ed`, gate, record; -> (report, the failure message or None)."""
     from toolkit.compare import Comparator
@@ -112,14 +118,16 @@ def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval
     fp32 = ed.path(art.require("fp32")["file"])
     int8 = ed.path(f"{art.kind}.int8.onnx")
     pre = art.preprocess
-    log(f"calibrating ({cfg.method}) on {len(calib_paths)} images from {images} ...")
+    log(f"calibrating ({cfg.method}, batch {est.batch}, about {est.peak / GIB:.1f} GiB) on {len(calib_paths)} "
+        f"images from {images} ...")  # fmt: skip
     with progress_bar("calibrate", len(calib_paths), progress) as advance:
-        stream = (b.array for b in batches(calib_paths, pre, batch, workers) if len(b.paths))
-        n_batches = -(-len(calib_paths) // batch)
-        summary = quantize(fp32, int8, stream, n_batches, kind.input_name, cfg, advance)
+        stream = (b.array for b in batches(calib_paths, pre, est.batch, workers) if len(b.paths))
+        with tempfile.TemporaryDirectory(prefix="calibrate-") as work:  # inside the staging directory
+            summary = quantize(fp32, int8, stream, kind.input_name, cfg, work, advance)
+    summary["memory_estimate"] = est.as_dict()
 
     log(f"evaluating int8 against fp32 on {len(eval_paths)} held-out images from {eval_images} ...")
-    arrays, labels = load_labelled(eval_paths, eval_labels, pre, 32, workers)
+    arrays, labels = load_labelled(eval_paths, eval_labels, pre, EVAL_BATCH, workers)
     comparator = Comparator(kind, arrays, art.threshold, labels)
     with OnnxRuntimeEngine(fp32) as ref:
         comparator.set_reference(ref)

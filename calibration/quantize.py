@@ -75,86 +75,99 @@ def sensitive_nodes(model, cfg: QuantConfig) -> list[str]:
     return names + list(cfg.exclude_nodes)
 
 
-class FolderReader:
-    """onnxruntime.quantization CalibrationDataReader over a stream of preprocessed batches.
+def collect_ranges(fp32_path: str | Path, batches: Iterator[np.ndarray], input_name: str, cfg: QuantConfig,
+                   workdir: Path, advance=lambda n: None):  # fmt: skip
+    """-> onnxruntime's TensorsData for `fp32_path` from `batches`, one batch at a time: onnxruntime's own
+    calibrators (MinMax merges ranges, Entropy/Percentile merge histograms), fed batch by batch, so memory
+    depends on the batch and not on the number of images (quantize_static would hold its calibrator, the fp32
+    ModelProto and a temporary directory in $TMPDIR for the whole run). The augmented model goes to `workdir`."""
+    import contextlib
+    import io
 
-    Memory stays bounded: with `CalibStridedMinMax` = 1 onnxruntime calls `set_range` + `collect_data`
-    once per batch and merges the statistics (min/max ranges, or histograms for entropy/percentile)
-    as it goes, instead of holding every intermediate tensor of the whole set.
-    """
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-    def __init__(self, batches: Iterator[np.ndarray], n_batches: int, input_name: str, advance=lambda n: None):
-        self._it, self._n, self._name, self._advance = batches, n_batches, input_name, advance
-        self._left = n_batches
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.method]  # fmt: skip
+    options = {"symmetric": True}  # zero point 0 for activations (TensorRT)
+    if cfg.method == "percentile":
+        options["percentile"] = cfg.percentile
+    calibrator = create_calibrator(
+        Path(fp32_path),
+        list(cfg.op_types),
+        augmented_model_path=str(workdir / "augmented.onnx"),
+        calibrate_method=method,
+        use_external_data_format=True,  # the augmented copy's weights in a file, not in this process's memory
+        providers=["CPUExecutionProvider"],
+        extra_options=options,
+    )
+    calibrator.model = None  # the ModelProto is not needed once the session exists
+    n = 0
+    for x in batches:
+        with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints a line per batch
+            calibrator.collect_data(_OneBatch({input_name: x}))
+        n += len(x)
+        advance(len(x))
+    if n == 0:
+        raise ValueError("no calibration batches")
+    with contextlib.redirect_stdout(io.StringIO()):
+        ranges = calibrator.compute_data()
+    calibrator.infer_session = None
+    return ranges
 
-    def __len__(self) -> int:
-        return self._n
 
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._left = end_index - start_index
+class _OneBatch:
+    """A CalibrationDataReader over one feed: collect_data reads it to the end, once per batch."""
+
+    def __init__(self, feed: dict):
+        self._feed = feed
 
     def get_next(self) -> dict | None:
-        if self._left <= 0:
-            return None
-        x = next(self._it, None)
-        if x is None:
-            return None
-        self._left -= 1
-        self._advance(len(x))
-        return {self._name: x}
+        feed, self._feed = self._feed, None
+        return feed
 
 
 def quantize(
     fp32_path: str | Path,
     int8_path: str | Path,
     batches: Iterator[np.ndarray],
-    n_batches: int,
     input_name: str,
     cfg: QuantConfig,
+    workdir: str | Path,
     advance=lambda n: None,
 ) -> dict:
-    """Write `int8_path` (Q/DQ) calibrated on `batches`; -> summary (method, kept nodes, Q/DQ counts)."""
+    """Write `int8_path` (Q/DQ) calibrated on `batches`; -> summary (method, kept nodes, Q/DQ counts).
+    Temporary files (the augmented model, the ranges) go to `workdir`, which the caller removes."""
+    import gc
+
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationMethod, save_tensors_data
 
     from toolkit.io import atomic_path
 
-    model = onnx.load(str(fp32_path))
-    keep = sensitive_nodes(model, cfg)
-
-    class Reader(FolderReader, CalibrationDataReader):
-        pass
-
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[cfg.method]
+    workdir = Path(workdir)
+    keep = sensitive_nodes(onnx.load(str(fp32_path), load_external_data=False), cfg)
+    ranges = collect_ranges(fp32_path, batches, input_name, cfg, workdir, advance)
+    gc.collect()  # the calibration session goes before the quantizer loads the weights again
+    cache = workdir / "ranges.json"
+    save_tensors_data(ranges, cache)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.method]  # fmt: skip
     extra = {
         "ActivationSymmetric": True,  # zero point 0 for activations (TensorRT)
         "WeightSymmetric": True,
-        "CalibTensorRangeSymmetric": True,
-        "CalibStridedMinMax": 1,  # statistics merged batch by batch (see FolderReader)
         # Q/DQ on the inputs of weighted ops only, as TensorRT's placement advice has it. onnxruntime's
         # default also re-quantizes every MatMul/Gemm/Conv output: an extra int8 round trip of accuracy,
         # and in ORT a requantize + dequantize per GEMM plus QLinearSoftmax (ViT-B/16 batch 1 on the
         # 2-core CPU: 137 ms with output Q/DQ, 126 ms without; fp32 220 ms).
         "OpTypesToExcludeOutputQuantization": list(cfg.op_types),
     }
-    if cfg.method == "percentile":
-        extra["CalibPercentile"] = cfg.percentile
     reduce_range, why = choose_reduce_range(cfg)
     with atomic_path(Path(int8_path)) as tmp:
         quantize_static(
             str(fp32_path),
             str(tmp),
-            Reader(batches, n_batches, input_name, advance),
+            None,
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
@@ -164,6 +177,7 @@ def quantize(
             calibrate_method=method,
             reduce_range=reduce_range,
             extra_options=extra,
+            calibration_cache_path=cache,
         )
         q = onnx.load(str(tmp))
         onnx.checker.check_model(q, full_check=True)

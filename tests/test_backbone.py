@@ -40,3 +40,21 @@ def test_unknown_model_and_tag():
         load_backbone(BackboneConfig(name="ViT-Nope"))
     with pytest.raises(ValueError, match="no pretrained tag"):
         load_backbone(BackboneConfig(name="tiny-vit-32", pretrained="openai"))
+
+
+def test_a_real_architecture_without_weights_is_named_random_at_training(toy_data, tmp_path, monkeypatch):
+    """Issue 25: nothing said the weights were random when --pretrained was left out."""
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+    from toolkit.models.backbone import random_weights_warning
+
+    assert random_weights_warning(BackboneConfig(name="tiny-vit-32")) is None
+    assert random_weights_warning(BackboneConfig(name="ViT-L-14", pretrained="openai")) is None
+    assert "ViT-L-14 has random weights" in random_weights_warning(BackboneConfig(name="ViT-L-14"))
+    import toolkit.pipelines.detector as det
+
+    monkeypatch.setattr(det, "train_detector", lambda *a, **k: (_ for _ in ()).throw(ValueError("stopped here")))
+    res = CliRunner().invoke(app, ["train", "detector", str(toy_data), "--clip", "ViT-B-16", "--out",
+                                   str(tmp_path / "run")])  # fmt: skip
+    assert "ViT-B-16 has random weights" in " ".join(res.output.split()) and "stopped here" in res.output

@@ -116,3 +116,38 @@ def test_bench_cli(exported_artifact, tmp_path):
     }
     bad = CliRunner().invoke(app, ["bench", str(exported_artifact), "--precision", "int8"])
     assert bad.exit_code == 2 and "no ['int8'] variant" in bad.output
+
+
+def test_unset_sizes_fit_the_budget_and_what_the_user_set_is_kept():
+    """Issue 25: the fixed defaults (256 parity images, 5+30 iterations at batches 1 and 8) were 35 minutes at
+    ViT-L/14 on 2 cores, with no warning."""
+    from benchmarks.harness import size_run
+
+    vitl = size_run(BenchConfig(), targets=5, per_image_s=1.2)  # torch + 4 onnxruntime/openvino targets
+    assert vitl.parity_n == 40 and vitl.iterations == {1: 7, 8: 5} and vitl.estimate_s <= 600
+    assert "over the" not in vitl.line() and "about 9.6 min" in vitl.line()
+    tiny = size_run(BenchConfig(), targets=3, per_image_s=0.001)
+    assert (tiny.parity_n, tiny.iterations, tiny.warmup) == (256, {1: 30, 8: 30}, {1: 5, 8: 5})
+    fixed = size_run(BenchConfig(parity_n=256, iterations=30, warmup=5), targets=5, per_image_s=1.2)
+    assert fixed.parity_n == 256 and fixed.estimate_s > 1800
+    assert "over the 10.0 min budget. To shorten it" in fixed.line() and "--parity-n 32" in fixed.line()
+    slow = size_run(BenchConfig(), targets=5, per_image_s=20.0)  # even the least sensible run does not fit
+    assert slow.parity_n == 32 and "over the" in slow.line()
+
+
+def test_bench_prints_its_plan_before_the_work_and_tune_keeps_the_last_report(exported_artifact, tmp_path):
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(exported_artifact, art)
+    args = ["bench", str(art), "--batch", "2", "--precision", "fp32", "--max-minutes", "0.2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert text.index("bench plan:") < text.index("parity on"), text
+    first = (art / "bench" / "bench.json").read_bytes()
+    sizing = json.loads(first)["sizing"]
+    assert sizing["parity_n"] >= 32 and sizing["iterations"]["2"] >= 5
+    res = CliRunner().invoke(app, [*args, "--tune"])
+    assert res.exit_code == 0, res.output
+    assert (art / "bench" / "bench.json").read_bytes() == first and (art / "bench" / "tune" / "bench.json").is_file()

@@ -4,8 +4,9 @@ from PIL import Image
 
 from tests.conftest import toy_image, write_forensynths
 from toolkit.data.features import extract_features
-from toolkit.data.folders import find_labelled_images
+from toolkit.data.folders import UNNAMED, find_labelled_images
 from toolkit.data.images import ImageDecodeError, load_image
+from toolkit.evaluation import markdown_table, per_generator_report
 
 
 def test_forensynths_layout_nested_per_generator(tmp_path):
@@ -38,10 +39,18 @@ def test_genimage_layout(tmp_path):
     assert ds.counts() == {"midjourney": {"real": 3, "fake": 2}, "sdv4": {"real": 0, "fake": 1}}
 
 
-def test_label_folder_at_root_uses_root_name(tmp_path):
-    root = write_forensynths(tmp_path / "mygan", {".": 2})
-    ds = find_labelled_images(root)
-    assert set(ds.generators) == {"mygan"}
+def test_label_folders_at_a_split_named_root_name_no_generator_and_count_neither_seen_nor_unseen(tmp_path):
+    """Issue 25: `train/0_real` named its generator "train" (a split), so a flat test folder was an "unseen
+    generator" called "test". A root named otherwise is the generator's folder (training on one generator)."""
+    assert set(find_labelled_images(write_forensynths(tmp_path / "mygan", {".": 2})).generators) == {"mygan"}
+    train = find_labelled_images(write_forensynths(tmp_path / "train", {".": 2}))
+    test = find_labelled_images(write_forensynths(tmp_path / "test", {".": 3}))
+    assert set(train.generators) == set(test.generators) == {UNNAMED}
+    rep = per_generator_report(np.array(test.labels), np.linspace(-1, 1, len(test)), test.generators, 0.0,
+                               train.generators)  # fmt: skip
+    assert rep["generators"][UNNAMED]["seen_in_training"] is None
+    assert rep["mean_unseen"]["auc"] is None
+    assert "| (no generator folder) | - |" in markdown_table({"probe": rep})
 
 
 def test_folder_without_labels_is_a_clear_error(tmp_path):

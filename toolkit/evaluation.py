@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolkit.data.folders import top_generator
+from toolkit.data.folders import UNNAMED, top_generator
 
 METRICS = ("acc_real", "acc_fake", "acc", "ap", "auc")
 
@@ -81,8 +81,9 @@ def per_generator_report(
     rows = {}
     for g in sorted(set(tops)):
         sel = tops == g
-        rows[g] = {"seen_in_training": g in seen, **binary_metrics(labels[sel], logits[sel], threshold)}
-    unseen = [r for r in rows.values() if not r["seen_in_training"]]
+        known = None if g == UNNAMED else g in seen  # a flat folder names no generator: neither seen nor unseen
+        rows[g] = {"seen_in_training": known, **binary_metrics(labels[sel], logits[sel], threshold)}
+    unseen = [r for r in rows.values() if r["seen_in_training"] is False]
     mean_unseen = {}
     for m in METRICS:
         vals = [r[m] for r in unseen if r[m] is not None]
@@ -94,6 +95,10 @@ def per_generator_report(
         "mean_unseen": mean_unseen,
         "overall": binary_metrics(labels, logits, threshold),
     }
+
+
+def _seen(row: dict) -> str:
+    return {True: "train", False: "unseen", None: "-"}[row["seen_in_training"]]
 
 
 def _pct(v: float | None) -> str:
@@ -111,7 +116,7 @@ def markdown_table(reports: dict[str, dict]) -> str:
             row = reports[m]["generators"].get(g)
             if row is None:
                 continue
-            seen = "train" if row["seen_in_training"] else "unseen"
+            seen = _seen(row)
             vals = " | ".join(_pct(row[k]) for k in METRICS)
             lines.append(f"| {g} | {seen} | {m} | {vals} |")
     for m in methods:
@@ -131,7 +136,7 @@ def rich_table(reports: dict[str, dict], title: str = "per-generator results (%)
         for m, r in reports.items():
             row = r["generators"].get(g)
             if row:
-                t.add_row(g, "train" if row["seen_in_training"] else "unseen", m, *(_pct(row[k]) for k in METRICS))
+                t.add_row(g, _seen(row), m, *(_pct(row[k]) for k in METRICS))
         t.add_section()
     for m, r in reports.items():
         t.add_row("mean unseen", "", m, *(_pct(r["mean_unseen"][k]) for k in METRICS), style="bold")

@@ -17,6 +17,9 @@ def calibrate_command(
     percentile: float = typer.Option(99.999, help="percentile method: the percentile kept"),
     calib_n: int = typer.Option(256, min=1, help="calibration images used (a seeded sample)"),
     eval_n: int = typer.Option(1000, min=2, help="evaluation images used (a seeded sample)"),
+    calib_batch: int | None = typer.Option(
+        None, min=1, help="calibration batch (default: the largest of 16, 8, 4, 2, 1 whose activations fit 2 GiB)"
+    ),
     exclude: list[str] = typer.Option([], help="node names to keep in float (repeatable)"),
     quantize_patch_embedding: bool = typer.Option(False, help="also quantize the patch embedding"),
     quantize_head: bool = typer.Option(False, help="also quantize the post-LayerNorm head"),
@@ -35,6 +38,10 @@ def calibrate_command(
     the numbers, removes the int8 file and leaves the manifest as it was. The gate also judges the file for
     x86 CPUs without VNNI (onnxruntime's int8 GEMM saturates int16 pair sums there), by an exact emulation
     on --no-vnni-n of the evaluation images; a file that fails it is refused on such CPUs.
+
+    Memory depends on the batch, not on --calib-n: statistics are merged batch by batch. Before anything is
+    written, the peak is estimated from the graph's activation sizes and the run is refused (exit 1) when it
+    would not fit the memory available, with the batch that would.
 
     Example: toolkit calibrate artifacts/causal --images data/calib --eval-images data/test --method entropy
     """
@@ -60,6 +67,7 @@ def calibrate_command(
             Int8Gate(max_auc_drop_points=max_auc_drop),
             calib_n=calib_n,
             eval_n=eval_n,
+            batch=calib_batch,
             workers=workers,
             log=out.print,
             no_vnni_n=no_vnni_n,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import out, user_errors
+from toolkit.cli.common import err, out, user_errors
 
 app = typer.Typer(help="Train models.", no_args_is_help=True)
 
@@ -42,17 +42,20 @@ def detector(
     Adversarial prompt tuning (APT): --method prompt --adv-eps 4 (PGD on the training images, refreshed every
     --adv-refresh epochs against the prompts as they are).
     """
-    from toolkit.models.backbone import BackboneConfig
+    from toolkit.models.backbone import BackboneConfig, random_weights_warning
     from toolkit.models.causal_clip import CausalCLIPConfig
     from toolkit.pipelines.detector import train_detector
     from toolkit.training.detector import TrainConfig
 
+    backbone_cfg = BackboneConfig(name=clip, pretrained=pretrained, seed=seed)
+    if warning := random_weights_warning(backbone_cfg):
+        err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     with user_errors():
         res = train_detector(
             data,
             out_dir,
             val_dir=val,
-            backbone_cfg=BackboneConfig(name=clip, pretrained=pretrained, seed=seed),
+            backbone_cfg=backbone_cfg,
             causal_cfg=CausalCLIPConfig(hsic_weight=hsic_weight, keep_ratio=keep_ratio),
             train_cfg=TrainConfig(
                 method=method,

@@ -50,13 +50,21 @@ class LabelledImages:
         return sorted({top_generator(g) for g in self.generators})
 
 
+# The generator of images whose label folders sit at a root named like a split (`train/0_real`, `test/1_fake`): the
+# layout names none, and "train" is not a generator. Never counted as seen or unseen. A root with another name
+# (`progan/0_real`) is taken as the generator's folder, as in training on one ForenSynths generator.
+UNNAMED = "(no generator folder)"
+
+
 def top_generator(generator: str) -> str:
     return generator.split("/")[0]
 
 
 def _generator_name(root: Path, label_dir: Path) -> str:
     parts = [p for p in label_dir.parent.relative_to(root).parts if p.lower() not in SPLIT_DIRS]
-    return "/".join(parts) if parts else root.name
+    if parts:
+        return "/".join(parts)
+    return UNNAMED if root.resolve().name.lower() in SPLIT_DIRS else root.resolve().name
 
 
 def find_labelled_images(root: str | Path) -> LabelledImages:

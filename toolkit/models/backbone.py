@@ -76,6 +76,19 @@ class ClipBackbone(nn.Module):
         return nn.functional.normalize(f, dim=-1)
 
 
+def random_weights_warning(cfg: BackboneConfig) -> str | None:
+    """A line for the user when a real CLIP architecture is asked for without weights: open_clip then initialises
+    it randomly, its features carry no meaning, and everything downstream still runs (tiny presets are random by
+    design)."""
+    if cfg.pretrained is not None or cfg.name in TINY_PRESETS:
+        return None
+    return (
+        f"{cfg.name} has random weights (seed {cfg.seed}): no --pretrained was given. Its features mean nothing; "
+        f"fine for timing and tests. For a real detector pass --pretrained openai (needs the download) or a local "
+        f".safetensors file."
+    )
+
+
 def load_backbone(cfg: BackboneConfig) -> ClipBackbone:
     """Build the frozen image encoder through open_clip's own factory and loader."""
     model = create_clip_model(cfg)
