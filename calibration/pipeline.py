@@ -115,7 +115,7 @@ def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval
     from toolkit.progress import progress_bar
 
     d = art.dir
-    fp32 = ed.path(art.require("fp32")["file"])
+    fp32 = art.onnx_path("fp32")  # the artifact's own file: the staging copy is linked only at commit
     int8 = ed.path(f"{art.kind}.int8.onnx")
     pre = art.preprocess
     log(f"calibrating ({cfg.method}, batch {est.batch}, about {est.peak / GIB:.1f} GiB) on {len(calib_paths)} "

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import numpy as np
@@ -112,7 +113,7 @@ def test_export_cli(trained_run, tmp_path):
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["kind"] == "detector"
 
 
-def test_external_data_weights_are_written_hashed_and_run(trained_run, tmp_path):
+def test_external_data_weights_are_written_hashed_calibrated_and_run(trained_run, toy_data, tmp_path):
     from toolkit.engines import open_engine
 
     art = tmp_path / "ext"
@@ -125,6 +126,13 @@ def test_external_data_weights_are_written_hashed_and_run(trained_run, tmp_path)
         assert m["gates"][p]["passed"]
     with open_engine(art, "onnxruntime", "fp16") as e:
         assert e.infer({"images": np.zeros((2, 3, 32, 32), np.float32)})["logit"].shape == (2,)
+    # issue 25 (ViT-L/14): calibrating read the fp32 weights through the staging directory's hard link, which
+    # onnx refuses ("multiple hard links, indicating a potential hardlink attack"); threshold rewrites too
+    from calibration.pipeline import calibrate_artifact
+
+    r = calibrate_artifact(art, toy_data / "gan_a", toy_data / "gan_b", workers=0, progress=False, no_vnni_n=0)
+    assert r["artifact_object"].precisions["int8"]
+    assert {os.stat(art / f).st_nlink for f in r["artifact_object"].files} == {1}
     data = art / m["precisions"]["fp32"]["data_file"]
     data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ArtifactError, match="does not match the sha256"):

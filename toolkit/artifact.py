@@ -301,18 +301,22 @@ class Artifact:
 
 class ArtifactEdit:
     """What a staged rewrite changes (see `Artifact.edit`): files carried over by hard link, new files hashed
-    once when added, fields replaced; the manifest is sealed and swapped in on commit."""
+    once when added, fields replaced; the manifest is sealed and swapped in on commit.
+
+    The files carried over are linked into the staging directory only at commit: until then each has one link,
+    so libraries that refuse multiply-linked external data (onnx >= 1.17 reading `.onnx.data`: "a potential
+    hardlink attack") read them from the artifact itself (`self.base`), as every writer does."""
 
     def __init__(self, art: Artifact, staging):
         self.base, self.staging, self.dir = art, staging, staging.dir
         self.known = dict(art.files)  # verified when `art` was opened: carried without re-hashing
         self.body = {k: v for k, v in art.manifest.items() if k not in ("format", "files", "integrity")}
         self.result: Artifact | None = None
-        for name in art.files:
-            staging.link(art.dir, name)
+        self._carry = set(art.files)  # linked at commit unless written anew or dropped meanwhile
 
     def path(self, name: str) -> Path:
-        """Where to write file `name` of the new artifact."""
+        """Where to write file `name` of the new artifact (read the current files from `self.base`)."""
+        self._carry.discard(name)
         p = self.dir / name
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
@@ -322,6 +326,7 @@ class ArtifactEdit:
         self.known[name] = sha256_inside(self.dir, name)
 
     def drop(self, name: str) -> None:
+        self._carry.discard(name)
         (self.dir / name).unlink(missing_ok=True)
         self.known.pop(name, None)
 
@@ -329,6 +334,9 @@ class ArtifactEdit:
         self.body.update(fields)
 
     def _commit(self) -> None:
+        for name in sorted(self._carry):
+            if name in self.known:
+                self.staging.link(self.base.dir, name)
         model = {n for v in self.body["precisions"].values() for n in (v["file"], v.get("data_file")) if n}
         extras = tuple(n for n in self.known if n not in model)
         for name in list(self.known):  # files dropped from the precisions and not kept as extras
