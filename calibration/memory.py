@@ -24,12 +24,17 @@ from pathlib import Path
 GIB = 1 << 30
 MIB = 1 << 20
 
-# Fitted on the measured peaks of `toolkit calibrate` (benchmarks/results/vitl_resources.md, 2-core Xeon):
-# an onnxruntime CPU session holds the weights about twice (the initializers and MLAS's pre-packed GEMM copies);
-# the interpreter with torch, onnx and onnxruntime imported is about 0.6 GiB before any model is loaded.
-SESSION_WEIGHTS = 2.0
-QUANTIZE_WEIGHTS = 2.5  # the fp32 ModelProto, its quantized initializers and the serialised output
+# Fitted on the measured phases of `toolkit calibrate` at ViT-L/14 (1.13 GiB of weights), batch 16, on the 2-core
+# Xeon (benchmarks/results/vitl_resources.md): the interpreter with torch, onnx and onnxruntime imported is
+# ~0.6 GiB; a loaded session ~1.3x the weights (2.1 GiB before the first batch); a batch adds ~37 MiB per image in
+# the calibration session (liveness walk: 13.7 MiB) and ~57 MiB in the fused evaluation session at batch 32
+# (3.9 GiB); quantizing held 1.4-1.6 GiB; the evaluation peaked at 4.7 GiB while the fp32 session's memory was
+# being returned as the int8 one loaded. The factors below round those up.
 BASE_BYTES = 600 * MIB
+SESSION_WEIGHTS = 1.3
+LIVE_FACTOR = 4  # onnxruntime's kernel scratch and arena rounding over the liveness walk's figure
+QUANTIZE_WEIGHTS = 1.5  # the fp32 ModelProto, its quantized initializers and the serialised output
+EVALUATE_WEIGHTS = 2.0  # one session, and what the one before it has not yet returned
 # A histogram batch is copied about three times while merged (np.asarray over the list, flatten, absolute value).
 HISTOGRAM_COPIES = 3
 DEFAULT_BATCHES = (16, 8, 4, 2, 1)
@@ -81,16 +86,21 @@ def graph_sizes(model_path: str | Path, op_types: tuple[str, ...]) -> GraphSizes
     weights = sum(_numel(t.dims) * ITEMSIZE.get(t.data_type, 4) for t in model.graph.initializer)
     inferred = onnx.shape_inference.infer_shapes(model)
     g = inferred.graph
-    init = {t.name for t in g.initializer}
+    init = {t.name for t in g.initializer} | {i.name for i in model.graph.initializer}
     size = {}
     for vi in [*g.input, *g.value_info, *g.output]:
         tt = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]  # symbolic (batch) -> 1
         size[vi.name] = _numel(dims) * ITEMSIZE.get(tt.elem_type, 4)
+    const = set(init)  # weights and what is computed from weights alone (transposed copies): not per image
+    for n in g.node:
+        if n.op_type == "Constant" or all(t in const for t in n.input if t):
+            const.update(n.output)
+    size = {t: b for t, b in size.items() if t not in const}
     calibrated = set()
     for n in g.node:
         if n.op_type in op_types:
-            calibrated.update(t for t in [*n.input, *n.output] if t in size and t not in init)
+            calibrated.update(t for t in [*n.input, *n.output] if t in size)
     last_use = {}
     for i, n in enumerate(g.node):
         for t in n.input:
@@ -109,12 +119,12 @@ def graph_sizes(model_path: str | Path, op_types: tuple[str, ...]) -> GraphSizes
 
 
 def estimate(sizes: GraphSizes, method: str, batch: int, eval_batch: int = 32) -> Estimate:
-    per_batch = sizes.peak_live
+    per_batch = LIVE_FACTOR * sizes.peak_live
     if method != "minmax":
         per_batch += HISTOGRAM_COPIES * sizes.calibrated
     collect = BASE_BYTES + int(SESSION_WEIGHTS * sizes.weights) + batch * per_batch
     quantize = BASE_BYTES + int(QUANTIZE_WEIGHTS * sizes.weights)
-    evaluate = BASE_BYTES + int(SESSION_WEIGHTS * sizes.weights) + eval_batch * sizes.peak_live
+    evaluate = BASE_BYTES + int(EVALUATE_WEIGHTS * sizes.weights) + eval_batch * LIVE_FACTOR * sizes.peak_live
     return Estimate(method, batch, collect, quantize, evaluate, sizes)
 
 

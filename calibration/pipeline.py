@@ -129,10 +129,8 @@ def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval
     log(f"evaluating int8 against fp32 on {len(eval_paths)} held-out images from {eval_images} ...")
     arrays, labels = load_labelled(eval_paths, eval_labels, pre, EVAL_BATCH, workers)
     comparator = Comparator(kind, arrays, art.threshold, labels)
-    with OnnxRuntimeEngine(fp32) as ref:
-        comparator.set_reference(ref)
-    with OnnxRuntimeEngine(int8) as eng:
-        res = comparator.compare(eng, gate, "onnxruntime-cpu")
+    comparator.reference = comparator.run(lambda: OnnxRuntimeEngine(fp32))
+    res = comparator.compare(comparator.run(lambda: OnnxRuntimeEngine(int8)), gate, "onnxruntime-cpu")
     stats = dict(res["stats"])
     acc32, acc8 = stats.pop("reference_metrics"), stats.pop("metrics")
     no_vnni = _no_vnni_verdict(int8, kind, comparator, res, gate, no_vnni_n, log, progress)

@@ -37,10 +37,8 @@ def add_bf16(artifact, eval_images: str | Path, gate=None, eval_n: int | None = 
     log(f"gating bf16 (OpenVINO) against f32 on {len(labels)} held-out images from {eval_images} ...")
     comparator = Comparator(kind, feeds, art.threshold, labels)
     fp32 = art.onnx_path("fp32")
-    with OpenVinoEngine(fp32, "f32") as ref:
-        comparator.set_reference(ref)
-    with OpenVinoEngine(fp32, "bf16") as eng:
-        res = comparator.compare(eng, gate, "openvino-cpu-bf16")
+    comparator.reference = comparator.run(lambda: OpenVinoEngine(fp32, "f32"))
+    res = comparator.compare(comparator.run(lambda: OpenVinoEngine(fp32, "bf16")), gate, "openvino-cpu-bf16")
     stats = {k: v for k, v in res["stats"].items() if k not in ("metrics", "reference_metrics")}
     if not res["passed"]:
         raise GateFailed(f"bf16 gate failed for {art.dir}: " + "; ".join(res["failures"]))

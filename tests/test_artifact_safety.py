@@ -275,3 +275,54 @@ def test_r11_a_killed_exports_staging_is_removed_by_the_next_but_a_live_one_is_k
     assert left == [".art.staging-1-live"], left
     os.close(fd)
     Artifact.open(out)
+
+
+@pytest.mark.parametrize("command", ["calibrate", "export"])
+def test_a_writer_killed_at_random_moments_leaves_a_usable_artifact_and_no_temporary_file(
+    command, art, trained_run, toy_data, tmp_path
+):
+    """Issue 25: a SIGKILLed calibrate left a 0-byte `.detector.int8.onnx.<random>.tmp` inside the artifact (every
+    later command refused it) and 1.2 GB of onnxruntime's `ort.quant.*` in $TMPDIR. Kill moments are drawn (seeded)
+    over the length of a full run; after each kill the artifact opens and holds exactly its listed files, $TMPDIR
+    holds no file of ours (what any killed Python using these libraries leaves: multiprocessing's empty `pymp-*`
+    directory, and onnxruntime's 51-byte `.ses` written at import under one fixed name), and the next run removes
+    what the killed ones left beside the artifact."""
+    import signal
+    import time
+
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    args = {
+        "calibrate": ["calibrate", str(art), "--images", str(toy_data / "gan_a"), "--eval-images",
+                      str(toy_data / "gan_b"), "--workers", "0", "--calib-n", "16", "--no-vnni-n", "8"],
+        "export": ["export", str(trained_run), "--out", str(art)],
+    }[command]  # fmt: skip
+    cmd = [sys.executable, "-c", "import sys; from toolkit.cli import main; sys.argv[0] = 'toolkit'; main()", *args]
+
+    def full_run() -> float:
+        t = time.monotonic()
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return time.monotonic() - t
+
+    def check() -> None:
+        a = Artifact.open(art)
+        top = {p.name for p in art.iterdir() if p.name not in ("bench", "plans")}
+        assert top == {*a.files, MANIFEST}, top ^ {*a.files, MANIFEST}
+        left = [p for p in tmpdir.rglob("*") if not (p.is_dir() and p.name.startswith("pymp-")) and p.name != ".ses"]
+        assert not left, left
+
+    length = full_run()
+    check()
+    killed = 0
+    for delay in np.random.default_rng(25).uniform(0.15, 0.95, 3) * length:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        killed += proc.wait() == -signal.SIGKILL
+        check()
+    assert killed >= 2, "the runs finished before they could be killed"
+    full_run()
+    check()
+    assert not [p.name for p in art.parent.iterdir() if p.name.startswith(".art.")], "a killed run's staging is left"

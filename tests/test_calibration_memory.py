@@ -55,7 +55,7 @@ def test_graph_sizes_count_weights_live_and_calibrated_activations_per_image(tmp
 
 def test_the_batch_is_chosen_to_fit_and_an_oversized_run_is_refused_with_what_fits():
     gib = memory.GIB
-    sizes = GraphSizes(weights=gib, peak_live=20 * memory.MIB, calibrated=400 * memory.MIB, largest=4 * memory.MIB)
+    sizes = GraphSizes(weights=gib, peak_live=20 * memory.MIB, calibrated=2000 * memory.MIB, largest=4 * memory.MIB)
     assert choose_batch(sizes, "minmax", None, available=64 * gib).batch == 16
     # entropy holds every calibrated tensor of a batch: the automatic batch keeps that under the budget
     auto = choose_batch(sizes, "entropy", None, available=64 * gib)

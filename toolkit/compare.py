@@ -108,6 +108,13 @@ class Comparator:
     def outputs(self, engine) -> dict[str, np.ndarray]:
         return run_feeds(engine, self.kind.input_name, self.feeds)
 
+    def run(self, open_engine) -> dict[str, np.ndarray]:
+        """Outputs of the engine `open_engine()` makes, on the feeds; the engine (its weights) is released on return,
+        before the next one loads. A `with` block leaves its name bound: the fp32 and int8 sessions of a ViT-L/14
+        calibration were both alive, 8.0 GiB of its peak."""
+        with open_engine() as engine:
+            return self.outputs(engine)
+
     def compare(self, candidate, gate=None, engine_name: str = "") -> dict:
         """`candidate`: an open engine or its outputs on the feeds -> {stats, passed, failures, gate, engine}."""
         if self.reference is None:
