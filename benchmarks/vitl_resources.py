@@ -58,9 +58,11 @@ def du(path: Path) -> int:
 
 
 def run_step(name: str, cmd: list[str], log_dir: Path) -> dict:
-    """Run `cmd` with a private $TMPDIR; -> wall time, peak tree RSS, exit code, what it left in $TMPDIR."""
+    """Run `cmd` with a private $TMPDIR and an empty feature cache (training encodes every image, as a first run
+    does); -> wall time, peak tree RSS, exit code, what it left in $TMPDIR."""
     tmp = Path(tempfile.mkdtemp(prefix=f"vitl-{name}-"))
-    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+    cache = Path(tempfile.mkdtemp(prefix=f"vitl-cache-{name}-", dir=log_dir))
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1", "TOOLKIT_CACHE": str(cache)}
     log = log_dir / f"{name}.log"
     print(f"[{name}] {' '.join(cmd)}", flush=True)
     t = time.perf_counter()
@@ -80,6 +82,7 @@ def run_step(name: str, cmd: list[str], log_dir: Path) -> dict:
     wall = time.perf_counter() - t
     left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
     tail = log.read_text(errors="replace").splitlines()[-3:]
     row = {"step": name, "command": " ".join(cmd), "exit": rc, "wall_s": round(wall, 1), "peak_rss_gib": round(
         peak[0] / GIB, 2), "tmpdir_left": left[:10], "log_tail": tail}  # fmt: skip
@@ -163,7 +166,7 @@ def markdown(record: dict, cpu: str) -> str:
     for r in record["steps"]:
         cmd = "toolkit " + r["command"].split("toolkit ", 1)[-1]
         lines.append(f"| {r['step']} | {r['exit']} | {r['wall_s']:.0f} s | {r['peak_rss_gib']:.2f} GiB | "
-                     f"{r['disk_gib']:.2f} GiB | {len(r['tmpdir_left'])} | `{cmd}` |")  # fmt: skip
+                     f"{r['disk_gib']:.2f} GiB | {', '.join(r['tmpdir_left']) or '-'} | `{cmd}` |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,7 @@ BASE_BYTES = 600 * MIB
 SESSION_WEIGHTS = 1.3
 LIVE_FACTOR = 4  # onnxruntime's kernel scratch and arena rounding over the liveness walk's figure
 QUANTIZE_WEIGHTS = 1.5  # the fp32 ModelProto, its quantized initializers and the serialised output
-EVALUATE_WEIGHTS = 2.0  # one session, and what the one before it has not yet returned
+EVALUATE_WEIGHTS = 2.2  # one session, and what the one before it has not yet returned (+ margin)
 # A histogram batch is copied about three times while merged (np.asarray over the list, flatten, absolute value).
 HISTOGRAM_COPIES = 3
 DEFAULT_BATCHES = (16, 8, 4, 2, 1)
@@ -58,14 +58,17 @@ class Estimate:
     quantize: int
     evaluate: int
     sizes: GraphSizes
+    emulate_batch: int = 1  # the no-VNNI emulation's batch (calibration/saturation.py holds every GEMM's input)
+    emulate: int = 0
 
     @property
     def peak(self) -> int:
-        return max(self.collect, self.quantize, self.evaluate)
+        return max(self.collect, self.quantize, self.evaluate, self.emulate)
 
     def as_dict(self) -> dict:
         return {"method": self.method, "batch": self.batch, "peak_bytes": self.peak, "collect_bytes": self.collect,
-                "quantize_bytes": self.quantize, "evaluate_bytes": self.evaluate, **asdict(self.sizes)}  # fmt: skip
+                "quantize_bytes": self.quantize, "evaluate_bytes": self.evaluate, "emulate_batch": self.emulate_batch,
+                "emulate_bytes": self.emulate, **asdict(self.sizes)}  # fmt: skip
 
 
 class DoesNotFit(OSError):
@@ -125,7 +128,11 @@ def estimate(sizes: GraphSizes, method: str, batch: int, eval_batch: int = 32) -
     collect = BASE_BYTES + int(SESSION_WEIGHTS * sizes.weights) + batch * per_batch
     quantize = BASE_BYTES + int(QUANTIZE_WEIGHTS * sizes.weights)
     evaluate = BASE_BYTES + int(EVALUATE_WEIGHTS * sizes.weights) + eval_batch * LIVE_FACTOR * sizes.peak_live
-    return Estimate(method, batch, collect, quantize, evaluate, sizes)
+    # the emulation exposes every weighted GEMM's input and adds a correction to its output: about the calibrated set
+    per_image = LIVE_FACTOR * sizes.peak_live + sizes.calibrated
+    emulate_batch = next((b for b in DEFAULT_BATCHES if b * per_image <= ACTIVATION_BUDGET), 1)
+    emulate = BASE_BYTES + int(EVALUATE_WEIGHTS * sizes.weights) + emulate_batch * per_image
+    return Estimate(method, batch, collect, quantize, evaluate, sizes, emulate_batch, emulate)
 
 
 def available_bytes() -> int:

@@ -133,7 +133,7 @@ def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval
     res = comparator.compare(comparator.run(lambda: OnnxRuntimeEngine(int8)), gate, "onnxruntime-cpu")
     stats = dict(res["stats"])
     acc32, acc8 = stats.pop("reference_metrics"), stats.pop("metrics")
-    no_vnni = _no_vnni_verdict(int8, kind, comparator, res, gate, no_vnni_n, log, progress)
+    no_vnni = _no_vnni_verdict(int8, kind, comparator, res, gate, no_vnni_n, log, progress, est.emulate_batch)
     report = {
         "artifact": str(d),
         "calibration_images": str(images),
@@ -183,7 +183,8 @@ def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval
     return report, None
 
 
-def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, log, progress) -> dict | None:
+def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, log, progress,
+                     batch: int = 32) -> dict | None:  # fmt: skip
     """The int8 gate for x86 CPUs without VNNI, where onnxruntime's int8 GEMM saturates int16 pair sums, judged
     by an exact emulation on any CPU (calibration/saturation.py) on a seeded, class-balanced sample of `n` of the
     evaluation images (all when None). It costs one forward per saturating layer per batch: about 14 s per
@@ -210,7 +211,7 @@ def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, 
     per_class = max(1, (n or len(x)) // 2)
     idx = np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:per_class] for c in (0, 1)]))
     xs = x[idx]
-    sub = Comparator(kind, [xs[i : i + 32] for i in range(0, len(xs), 32)], comparator.threshold, labels[idx])
+    sub = Comparator(kind, [xs[i : i + batch] for i in range(0, len(xs), batch)], comparator.threshold, labels[idx])
     sub.reference = {k: v[idx] for k, v in comparator.reference.items()}
     log(f"judging int8 for x86 CPUs without VNNI (emulated) on {len(idx)} of the evaluation images ...")
     with progress_bar("no-VNNI emulation", len(idx), progress) as advance:

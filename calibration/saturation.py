@@ -187,6 +187,7 @@ class NoVnniEmulator:
         layers, outputs = self.layers, self.outputs
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # node order: tensors freed early (quantize.py)
         session = ort.InferenceSession(self.model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         acts = list(dict.fromkeys(layer.activation for layer in layers))
         names = outputs + [a for a in acts if a not in outputs]
