@@ -54,6 +54,7 @@ class WeightedGemm:
     cand_wo: np.ndarray
     cand_key: np.ndarray  # j * 512 - s, ascending: where a pair's candidates with s above a bound end
     cand_start: np.ndarray  # (K'/2 + 1,) where each pair's candidates begin
+    output: str = ""  # the GEMM's output as the int8 graph names it (in the instrumented copy: after the correction)
 
 
 def _static_candidates(w: np.ndarray) -> dict[str, np.ndarray]:
@@ -107,7 +108,8 @@ def instrument(model) -> tuple[object, list[WeightedGemm]]:
         sw = np.broadcast_to(sw, (w.shape[1],)).copy()
         i = len(layers)
         sa = float(numpy_helper.to_array(inits[act_dq.input[1]]))
-        layer = WeightedGemm(act_dq.output[0], f"no_vnni_delta_{i}", sa, sw, w, **_static_candidates(w))
+        layer = WeightedGemm(act_dq.output[0], f"no_vnni_delta_{i}", sa, sw, w, **_static_candidates(w),
+                             output=node.output[0])  # fmt: skip
         layers.append(layer)
         out = node.output[0]
         node.output[0] = f"no_vnni_exact_{i}"
@@ -178,21 +180,33 @@ class NoVnniEmulator:
             "pairs": int(sum(layer.w.size // 2 for layer in self.layers)),
         }
 
-    def run(self, input_name: str, feeds: list[np.ndarray], advance=lambda n: None) -> tuple[dict, dict]:
+    def run(self, input_name: str, feeds: list[np.ndarray], advance=lambda n: None,
+            extra: tuple[str, ...] = ()) -> tuple[dict, dict]:  # fmt: skip
         """The int8 model's outputs as an x86 CPU without VNNI computes them, on any CPU (module docstring) ->
-        (outputs concatenated over the feeds, as `compare.run_feeds`; `counts` + max_passes and
-        saturated_fraction: the share of all (row, output) GEMM sums that lost something to saturation)."""
+        (outputs concatenated over the feeds, as `compare.run_feeds`; `counts` + max_passes, saturated_fraction:
+        the share of all (row, output) GEMM sums that lost something to saturation, and per_layer: that share
+        for each weighted GEMM, by its output's name). `extra`: intermediate tensors of the int8 graph to return
+        too, as the emulated CPU computes them (toolkit debug)."""
         import onnxruntime as ort
 
-        layers, outputs = self.layers, self.outputs
+        layers = self.layers
+        outputs = self.outputs + [e for e in extra if e not in self.outputs]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # node order: tensors freed early (quantize.py)
-        session = ort.InferenceSession(self.model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        model = self.model
+        if extra:
+            import onnx
+
+            model = onnx.ModelProto.FromString(model.SerializeToString())
+            have = {o.name for o in model.graph.output}
+            model.graph.output.extend(onnx.ValueInfoProto(name=e) for e in dict.fromkeys(extra) if e not in have)
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         acts = list(dict.fromkeys(layer.activation for layer in layers))
         names = outputs + [a for a in acts if a not in outputs]
         zero = np.zeros((1,), np.float32)
         got, max_passes, saturated, formed = [], 0, 0, 0
+        per_layer = np.zeros((len(layers), 2), np.int64)  # (saturated, formed) sums of each layer
         for x in feeds:
             deltas = {layer.delta: zero for layer in layers}
             done, n_pass = 0, 0  # layers[:done] have their final correction
@@ -206,6 +220,7 @@ class NoVnniEmulator:
                     a = res[layer.activation]
                     rows = np.rint(a / layer.sa).astype(np.int64).reshape(-1, a.shape[-1]) + U8_OFFSET
                     lost = lost_to_saturation(rows, layer)
+                    per_layer[done] += (int(np.count_nonzero(lost)), lost.size)
                     done += 1
                     formed += lost.size
                     if lost.any():
@@ -218,7 +233,9 @@ class NoVnniEmulator:
             max_passes = max(max_passes, n_pass)
             got.append({k: res[k] for k in outputs})
             advance(len(x))
-        counts = {**self.counts, "max_passes": max_passes, "saturated_fraction": saturated / max(formed, 1)}
+        shares = {layer.output: float(s / max(f, 1)) for layer, (s, f) in zip(layers, per_layer, strict=True)}
+        counts = {**self.counts, "max_passes": max_passes, "saturated_fraction": saturated / max(formed, 1),
+                  "per_layer": shares}  # fmt: skip
         return {k: np.concatenate([o[k] for o in got]) for k in outputs}, counts
 
 

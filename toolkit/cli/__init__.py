@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from toolkit.cli import attack, bench, calibrate, data, demo, evaluate, export, infer, purify, serve, threshold, train
+from toolkit.cli import (
+    attack,
+    bench,
+    calibrate,
+    data,
+    debug,
+    demo,
+    evaluate,
+    export,
+    infer,
+    purify,
+    serve,
+    threshold,
+    train,
+)
 
 app = typer.Typer(
     help="CausalCLIP detector + diffusion purifier: train, evaluate, export, benchmark.\n\nExample: toolkit demo",
@@ -20,6 +34,7 @@ app.command("calibrate")(calibrate.calibrate_command)
 app.command("threshold")(threshold.threshold_command)
 app.command("attack")(attack.attack_command)
 app.command("bench")(bench.bench_command)
+app.command("debug")(debug.debug_command)
 app.command("infer")(infer.infer_command)
 app.command("purify")(purify.purify_command)
 app.command("serve")(serve.serve_command)

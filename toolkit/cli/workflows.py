@@ -94,6 +94,19 @@ def bench_artifact(
     return report, files
 
 
+def debug_precision(artifact: Path, precision: str, engine: str, images, n: int, no_vnni: bool, out_dir,
+                    min_sqnr_db, min_cosine, log=print) -> tuple[dict, list]:  # fmt: skip
+    """`toolkit debug`: toolkit/layerwise.py, with the no-VNNI emulation of calibration/saturation.py when asked."""
+    from toolkit.artifact import Artifact
+    from toolkit.layerwise import debug_artifact
+
+    emulator = None
+    if no_vnni:
+        from calibration.saturation import NoVnniEmulator as emulator
+    art = Artifact.open(artifact)
+    return debug_artifact(art, precision, engine, images, n, emulator, out_dir, min_sqnr_db, min_cosine, log=log)
+
+
 def write_tuning_record(artifact: Path, report: dict, command: str | None) -> Path:
     """The bench's gated targets, per batch, as the machine's tuning record (toolkit/tuning.py)."""
     from toolkit.artifact import Artifact
