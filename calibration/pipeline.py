@@ -15,6 +15,7 @@ temporaries inside it) and swapped in at the end, so a killed calibration leaves
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,7 @@ def calibrate_artifact(
     progress: bool = True,
     log=print,
     no_vnni_n: int | None = 64,
+    no_vnni_minutes: float = 10.0,
 ) -> dict:
     """`artifact`: an opened `Artifact` (not verified again) or its directory. -> the report dict (also written
     to <artifact>/int8_report.{json,md}; the new Artifact under "artifact_object"); raises GateFailed on a failure."""
@@ -99,14 +101,14 @@ def calibrate_artifact(
             ed.set(precisions={k: v for k, v in art.precisions.items() if k != "int8"},
                    gates={k: v for k, v in art.gates.items() if k != "int8"})  # fmt: skip
         report, failed = _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg,
-                                    gate, est, workers, progress, log, no_vnni_n)  # fmt: skip
+                                    gate, est, workers, progress, log, no_vnni_n, no_vnni_minutes)  # fmt: skip
     if failed:
         raise GateFailed(failed)
     return {**report, "artifact_object": ed.result}
 
 
 def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, est, workers,
-               progress, log, no_vnni_n) -> tuple[dict, str | None]:  # fmt: skip
+               progress, log, no_vnni_n, no_vnni_minutes) -> tuple[dict, str | None]:  # fmt: skip
     """Quantize into the staging copy `ed`, gate, record; -> (report, the failure message or None)."""
     from toolkit.compare import Comparator
     from toolkit.data.loader import batches, load_labelled
@@ -133,7 +135,8 @@ def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval
     res = comparator.compare(comparator.run(lambda: OnnxRuntimeEngine(int8)), gate, "onnxruntime-cpu")
     stats = dict(res["stats"])
     acc32, acc8 = stats.pop("reference_metrics"), stats.pop("metrics")
-    no_vnni = _no_vnni_verdict(int8, kind, comparator, res, gate, no_vnni_n, log, progress, est.emulate_batch)
+    no_vnni = _no_vnni_verdict(int8, kind, comparator, res, gate, no_vnni_n, log, progress, est.emulate_batch,
+                               no_vnni_minutes)  # fmt: skip
     report = {
         "artifact": str(d),
         "calibration_images": str(images),
@@ -184,12 +187,14 @@ def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval
 
 
 def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, log, progress,
-                     batch: int = 32) -> dict | None:  # fmt: skip
+                     batch: int = 32, minutes: float = 10.0) -> dict | None:  # fmt: skip
     """The int8 gate for x86 CPUs without VNNI, where onnxruntime's int8 GEMM saturates int16 pair sums, judged
     by an exact emulation on any CPU (calibration/saturation.py) on a seeded, class-balanced sample of `n` of the
     evaluation images (all when None). It costs one forward per saturating layer per batch: about 14 s per
     ViT-B/16 image with random 8-bit weights on 2 cores (25 s with other jobs running), where nearly every sum
-    saturates. None when n == 0 (not judged).
+    saturates, and 280 s per ViT-L/14 image (92% of its GEMM sums saturate, 97 forwards per batch). So it stops
+    after `minutes` and judges the images emulated by then (real and generated alternate, so any prefix is
+    balanced). None when n == 0 or fewer than one image of each class was emulated (not judged).
     With no weight pair that can saturate (7-bit weights) the native verdict is that CPU's verdict.
     `open_engine` refuses a file that failed it on such a CPU."""
     import onnx
@@ -209,22 +214,54 @@ def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, 
     labels = np.asarray(comparator.labels)
     rng = np.random.default_rng(0)
     per_class = max(1, (n or len(x)) // 2)
-    idx = np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:per_class] for c in (0, 1)]))
+    real, fake = (rng.permutation(np.nonzero(labels == c)[0])[:per_class] for c in (0, 1))
+    k = min(len(real), len(fake))  # classes alternate, so the images a time budget leaves out keep the balance
+    idx = np.concatenate([np.stack([real[:k], fake[:k]], 1).ravel(), real[k:], fake[k:]])
     xs = x[idx]
-    sub = Comparator(kind, [xs[i : i + batch] for i in range(0, len(xs), batch)], comparator.threshold, labels[idx])
-    sub.reference = {k: v[idx] for k, v in comparator.reference.items()}
-    log(f"judging int8 for x86 CPUs without VNNI (emulated) on {len(idx)} of the evaluation images ...")
+    feeds = [xs[i : i + batch] for i in range(0, len(xs), batch)]
+    log(f"judging int8 for x86 CPUs without VNNI (emulated: up to {counts['weighted_gemms'] + 1} forwards per batch "
+        f"of {batch}, at most {minutes:g} min) on {len(idx)} of the evaluation images ...")  # fmt: skip
+    until = time.monotonic() + 60 * minutes
     with progress_bar("no-VNNI emulation", len(idx), progress) as advance:
-        outputs, counts = emulator.run(kind.input_name, sub.feeds, advance)
+        outputs, counts = emulator.run(kind.input_name, feeds, _projecting(advance, len(idx), minutes, log),
+                                       until=until)  # fmt: skip
+    idx = idx[: sum(len(f) for f in feeds[: counts["feeds_done"]])]
+    if len(set(labels[idx].tolist())) < 2:
+        log(f"[yellow]not judged for x86 CPUs without VNNI: {minutes:g} min emulated fewer than one image of each "
+            "class; raise --no-vnni-minutes")  # fmt: skip
+        return None
+    sub = Comparator(kind, [], comparator.threshold, labels[idx])
+    sub.reference = {k: v[idx] for k, v in comparator.reference.items()}
     nv = sub.compare(outputs, gate, NO_VNNI)
+    cut = f" of {len(xs)} (the --no-vnni-minutes budget ended it)" if len(idx) < len(xs) else ""
     verdict = {"passed": nv["passed"], "failures": nv["failures"], "engine": NO_VNNI,
-               "judged": f"emulated on {len(idx)} images", **counts, **nv["stats"]}  # fmt: skip
+               "judged": f"emulated on {len(idx)} images{cut}", **counts, **nv["stats"]}  # fmt: skip
     if not verdict["passed"]:
         log(
             f"[yellow]int8 would fail its gate on x86 CPUs without VNNI ({', '.join(nv['failures'])}; emulated): "
             "it is refused there; calibrate on such a machine, or pass --reduce-range, for a file that runs on both"
         )
     return verdict
+
+
+def _projecting(advance, total: int, minutes: float, log):
+    """`advance`, which after the first batch says how long the rest will take and how to shorten it (at ViT-L/14
+    with 8-bit weights nearly every GEMM saturates: minutes per image on 2 cores)."""
+    t0, told = time.perf_counter(), [False]
+
+    def step(n: int) -> None:
+        advance(n)
+        if not told[0] and n < total:
+            told[0] = True
+            per = (time.perf_counter() - t0) / n
+            rest = per * (total - n) / 60
+            stop = f", so the {minutes:g} min budget ends it after about {int(60 * minutes / per)} images" if (
+                rest > minutes) else ""  # fmt: skip
+            log(f"no-VNNI emulation: {per:.0f} s per image measured, about {rest:.0f} min for the other "
+                f"{total - n}{stop}; --no-vnni-n / --no-vnni-minutes size it (--no-vnni-n 0 skips the verdict), and "
+                "--reduce-range (7-bit weights) needs none: nothing can saturate")  # fmt: skip
+
+    return step
 
 
 def report_markdown(r: dict) -> str:

@@ -46,7 +46,7 @@ class WeightedGemm:
     delta: str  # the graph input added to its output
     sa: float  # activation scale
     sw: np.ndarray  # (N,) weight scales
-    w: np.ndarray  # (K', N) int64 weights, K' even (MLAS pads K with a zero row)
+    w: np.ndarray  # (K', N) int8 weights, K' even (MLAS pads K with a zero row)
     # the static candidates, sorted by pair j, then by s = |w_e| + |w_o| descending: (M,) each
     cand_j: np.ndarray
     cand_n: np.ndarray
@@ -67,8 +67,10 @@ def _static_candidates(w: np.ndarray) -> dict[str, np.ndarray]:
     key = j * 512 - size[j, n]  # |w_e| + |w_o| <= 255 < 512
     order = np.argsort(key, kind="stable")
     j, n, key = j[order], n[order], key[order]
-    return {"cand_j": j.astype(np.int64), "cand_n": n.astype(np.int64), "cand_we": we[j, n], "cand_wo": wo[j, n],
-            "cand_key": key.astype(np.int64),
+    # held for the emulator's life, so stored at their ranges' widths: ViT-L/14 has 37 M candidates (0.6 GB at 16
+    # bytes each; 1.5 GB as int64) and 151 M weight pairs (the int8 weights themselves: 0.3 GB, 2.4 GB as int64)
+    return {"cand_j": j.astype(np.int32), "cand_n": n.astype(np.int32), "cand_we": we[j, n].astype(np.int16),
+            "cand_wo": wo[j, n].astype(np.int16), "cand_key": key.astype(np.int32),
             "cand_start": np.searchsorted(j, np.arange(we.shape[0] + 1)).astype(np.int64)}  # fmt: skip
 
 
@@ -108,7 +110,7 @@ def instrument(model) -> tuple[object, list[WeightedGemm]]:
         sw = np.broadcast_to(sw, (w.shape[1],)).copy()
         i = len(layers)
         sa = float(numpy_helper.to_array(inits[act_dq.input[1]]))
-        layer = WeightedGemm(act_dq.output[0], f"no_vnni_delta_{i}", sa, sw, w, **_static_candidates(w),
+        layer = WeightedGemm(act_dq.output[0], f"no_vnni_delta_{i}", sa, sw, w.astype(np.int8), **_static_candidates(w),
                              output=node.output[0])  # fmt: skip
         layers.append(layer)
         out = node.output[0]
@@ -181,12 +183,15 @@ class NoVnniEmulator:
         }
 
     def run(self, input_name: str, feeds: list[np.ndarray], advance=lambda n: None,
-            extra: tuple[str, ...] = ()) -> tuple[dict, dict]:  # fmt: skip
+            extra: tuple[str, ...] = (), until: float | None = None) -> tuple[dict, dict]:  # fmt: skip
         """The int8 model's outputs as an x86 CPU without VNNI computes them, on any CPU (module docstring) ->
         (outputs concatenated over the feeds, as `compare.run_feeds`; `counts` + max_passes, saturated_fraction:
         the share of all (row, output) GEMM sums that lost something to saturation, and per_layer: that share
         for each weighted GEMM, by its output's name). `extra`: intermediate tensors of the int8 graph to return
-        too, as the emulated CPU computes them (toolkit debug)."""
+        too, as the emulated CPU computes them (toolkit debug). `until`: a time.monotonic() deadline; the feeds
+        after the one running when it passes are left out (counts["feeds_done"] says how many ran)."""
+        import time
+
         import onnxruntime as ort
 
         layers = self.layers
@@ -233,9 +238,11 @@ class NoVnniEmulator:
             max_passes = max(max_passes, n_pass)
             got.append({k: res[k] for k in outputs})
             advance(len(x))
+            if until is not None and time.monotonic() > until:
+                break
         shares = {layer.output: float(s / max(f, 1)) for layer, (s, f) in zip(layers, per_layer, strict=True)}
         counts = {**self.counts, "max_passes": max_passes, "saturated_fraction": saturated / max(formed, 1),
-                  "per_layer": shares}  # fmt: skip
+                  "per_layer": shares, "feeds_done": len(got)}  # fmt: skip
         return {k: np.concatenate([o[k] for o in got]) for k in outputs}, counts
 
 

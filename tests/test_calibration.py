@@ -223,6 +223,22 @@ def test_every_int8_file_is_also_gated_for_cpus_without_vnni(art, toy_data, redu
     assert "without VNNI" in (art / "int8_report.md").read_text()
 
 
+def test_the_no_vnni_emulation_stops_at_its_time_budget_and_judges_a_balanced_prefix(art, toy_data):
+    """Issue 25: at ViT-L/14 the emulation costs about 280 s per image (92% of GEMM sums saturate), so the default
+    64 images were five hours. It stops at --no-vnni-minutes and judges the images emulated by then."""
+    import contextlib
+    import json
+
+    lines = []
+    with contextlib.suppress(GateFailed):
+        calibrate_artifact(art, toy_data / "gan_a", toy_data / "gan_b", QuantConfig(reduce_range=False), workers=0,
+                           progress=False, no_vnni_n=24, no_vnni_minutes=1e-9, log=lines.append)  # fmt: skip
+    nv = json.loads((art / "int8_report.json").read_text())["no_vnni"]
+    assert nv["judged"] == "emulated on 16 images of 24 (the --no-vnni-minutes budget ended it)", nv["judged"]
+    assert nv["feeds_done"] == 1 and nv["n"] == 16
+    assert any("s per image measured" in str(x) and "budget ends it" in str(x) for x in lines), lines
+
+
 def test_int8_that_fails_without_vnni_is_refused_only_on_such_cpus(calibrated, tmp_path, monkeypatch):
     from toolkit.engines import int8_refusal
 

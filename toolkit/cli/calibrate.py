@@ -31,6 +31,9 @@ def calibrate_command(
     no_vnni_n: int = typer.Option(
         64, min=0, help="evaluation images the no-VNNI gate runs on (emulated; ~14 s per ViT-B/16 image); 0 = skip it"
     ),
+    no_vnni_minutes: float = typer.Option(
+        10.0, min=0.1, help="the no-VNNI emulation stops after this long and judges the images it emulated"
+    ),
 ) -> None:
     """Quantize an artifact to INT8 (static, QDQ, symmetric, per-channel weights) and gate it on held-out images.
 
@@ -71,5 +74,6 @@ def calibrate_command(
             workers=workers,
             log=out.print,
             no_vnni_n=no_vnni_n,
+            no_vnni_minutes=no_vnni_minutes,
         )
     out.print(calibration_summary(r))
