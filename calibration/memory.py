@@ -35,6 +35,9 @@ SESSION_WEIGHTS = 1.3
 LIVE_FACTOR = 4  # onnxruntime's kernel scratch and arena rounding over the liveness walk's figure
 QUANTIZE_WEIGHTS = 1.5  # the fp32 ModelProto, its quantized initializers and the serialised output
 EVALUATE_WEIGHTS = 2.2  # one session, and what the one before it has not yet returned (+ margin)
+# The no-VNNI emulator's weight-pair tables (calibration/saturation.py): 1.2 GiB held for ViT-L/14's 1.13 GiB of
+# fp32 weights, on top of its session (8.7 GiB peak at batch 2 when the tables were int64 and 4.0 GiB).
+EMULATOR_TABLES = 1.1
 # A histogram batch is copied about three times while merged (np.asarray over the list, flatten, absolute value).
 HISTOGRAM_COPIES = 3
 DEFAULT_BATCHES = (16, 8, 4, 2, 1)
@@ -131,7 +134,7 @@ def estimate(sizes: GraphSizes, method: str, batch: int, eval_batch: int = 32) -
     # the emulation exposes every weighted GEMM's input and adds a correction to its output: about the calibrated set
     per_image = LIVE_FACTOR * sizes.peak_live + sizes.calibrated
     emulate_batch = next((b for b in DEFAULT_BATCHES if b * per_image <= ACTIVATION_BUDGET), 1)
-    emulate = BASE_BYTES + int(EVALUATE_WEIGHTS * sizes.weights) + emulate_batch * per_image
+    emulate = BASE_BYTES + int((EVALUATE_WEIGHTS + EMULATOR_TABLES) * sizes.weights) + emulate_batch * per_image
     return Estimate(method, batch, collect, quantize, evaluate, sizes, emulate_batch, emulate)
 
 
