@@ -180,10 +180,9 @@ def _parity_inputs(art, cfg: BenchConfig, n: int) -> tuple[np.ndarray, np.ndarra
     pre = art.preprocess
     size = pre["size"]
     if not cfg.parity_images:
-        u = np.random.default_rng(cfg.seed).uniform(0, 1, (n, 3, size, size)).astype(np.float32)
-        mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
-        return ((u - mean) / std).astype(np.float32), None, f"{n} seeded noise images"
+        from toolkit.preprocess import noise_images
+
+        return noise_images(pre, n, cfg.seed), None, f"{n} seeded noise images"
     root = Path(cfg.parity_images)
     try:
         paths, labels = sample_labelled(root, n, cfg.seed)

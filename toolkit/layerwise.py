@@ -334,12 +334,10 @@ def as_json(rep: dict) -> dict:
 def _feeds(art, images: Path | None, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """n preprocessed images from `images` (labelled layout or any folder), or n seeded noise images."""
     pre = art.preprocess
-    size = pre["size"]
     if images is None:
-        u = np.random.default_rng(seed).uniform(0, 1, (n, 3, size, size)).astype(np.float32)
-        mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
-        return ((u - mean) / std).astype(np.float32), f"{n} seeded noise images"
+        from toolkit.preprocess import noise_images
+
+        return noise_images(pre, n, seed), f"{n} seeded noise images"
     from toolkit.data.loader import discover_images, load_batch
 
     paths = discover_images(images)[0][:n]
@@ -373,20 +371,24 @@ def debug_artifact(art, precision: str, engine: str = "onnxruntime", images: Pat
     if no_vnni is not None and (precision != "int8" or engine != "onnxruntime"):
         raise ValueError("--cpu no-vnni judges int8 as onnxruntime runs it on x86 CPUs without VNNI: --precision int8")
     x, desc = _feeds(art, images, n)
-    ref_model = onnx.load(str(art.onnx_path("fp32")))
-    cand_model = onnx.load(str(art.onnx_path(precision)))
-    pairs = match_layers(ref_model, cand_model)
+    ref_path, cand_path = art.onnx_path("fp32"), art.onnx_path(precision)
+    # the structure once, without the external weights: matching, sizes and the layers feeding each layer
+    ref_graph = onnx.load(str(ref_path), load_external_data=False)
+    pairs = match_layers(ref_graph, onnx.load(str(cand_path), load_external_data=False))
+    feeds_up = upstream(ref_graph, pairs)
     ref_t, got_t = [p.ref for p in pairs], [p.got for p in pairs]
-    per_image = exposed_bytes_per_image(ref_model, ref_t) * 2
+    per_image = exposed_bytes_per_image(ref_graph, ref_t) * 2
+    del ref_graph
     chunk = max(1, min(8, EXPOSED_BUDGET // max(per_image, 1)))
     feeds = [x[i : i + chunk] for i in range(0, len(x), chunk)]
     saturated: dict[str, list] | None = None
     if engine == "openvino":
         hint = "bf16" if precision == "bf16" else "f32"
-        run_ref = OpenVinoLayers(art.onnx_path("fp32"), ref_t, "f32")
-        run_got = OpenVinoLayers(art.onnx_path(precision), got_t, hint)
+        run_ref = OpenVinoLayers(ref_path, ref_t, "f32")
+        run_got = OpenVinoLayers(cand_path, got_t, hint)
     else:
-        run_ref = OrtLayers(ref_model, ref_t)
+        run_ref = OrtLayers(onnx.load(str(ref_path)), ref_t)
+        cand_model = onnx.load(str(cand_path))
         if no_vnni is None:
             run_got = OrtLayers(cand_model, got_t)
         else:
@@ -399,7 +401,7 @@ def debug_artifact(art, precision: str, engine: str = "onnxruntime", images: Pat
                     saturated[name].append((share, len(xb)))
                 return {k: got[k] for k in [*outputs, *got_t]}
 
-    del ref_model, cand_model
+        del cand_model
     label = f"{precision}{'-no-vnni' if no_vnni else ''}"
     log(f"debug {label} against fp32 on {desc}: {len(pairs)} layers, {chunk} image(s) at a time ...")
     with progress_bar(f"debug {label}", len(x), progress) as advance:
@@ -407,8 +409,8 @@ def debug_artifact(art, precision: str, engine: str = "onnxruntime", images: Pat
     shares = None
     if saturated is not None:
         shares = {k: sum(s * m for s, m in v) / sum(m for _, m in v) for k, v in saturated.items()}
-    rep = report(pairs, stats, upstream(onnx.load(str(art.onnx_path("fp32")), load_external_data=False), pairs),
-                 label, MIN_SQNR_DB[precision] if min_sqnr_db is None else min_sqnr_db, min_cosine, shares)  # fmt: skip
+    rep = report(pairs, stats, feeds_up, label, MIN_SQNR_DB[precision] if min_sqnr_db is None else min_sqnr_db,
+                 min_cosine, shares)  # fmt: skip
     out_stats = kind.parity(ro, go, art.threshold)
     rep.update(artifact=str(art.dir), engine=engine + (" (x86 without VNNI, emulated)" if no_vnni else ""),
                inputs=desc, output_stats=out_stats, outputs=_outputs_line(out_stats))  # fmt: skip

@@ -101,3 +101,13 @@ def preprocess_batch(images: list[Image.Image], cfg: PreprocessConfig) -> np.nda
     if not images:
         return np.zeros((0, 3, cfg.size, cfg.size), dtype=np.float32)
     return np.stack([preprocess(im, cfg) for im in images])
+
+
+def noise_images(pre: dict, n: int, seed: int = 0) -> np.ndarray:
+    """n seeded images of uniform pixels through the preprocessing's normalisation -> (n, 3, s, s) float32: inputs in
+    every kind's domain when no image folder is given (bench parity, toolkit debug)."""
+    size = pre["size"]
+    u = np.random.default_rng(seed).uniform(0, 1, (n, 3, size, size)).astype(np.float32)
+    mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
+    return ((u - mean) / std).astype(np.float32)
