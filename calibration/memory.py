@@ -21,6 +21,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from toolkit.layerwise import ITEMSIZE, tensor_bytes
+
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -42,7 +44,6 @@ EMULATOR_TABLES = 1.1
 HISTOGRAM_COPIES = 3
 DEFAULT_BATCHES = (16, 8, 4, 2, 1)
 ACTIVATION_BUDGET = 2 * GIB  # the automatic batch keeps the batch-dependent memory under this
-ITEMSIZE = {1: 4, 10: 2, 16: 2, 11: 8, 7: 8, 6: 4, 9: 1, 2: 1, 3: 1}  # onnx TensorProto elem_type -> bytes
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,7 @@ def graph_sizes(model_path: str | Path, op_types: tuple[str, ...]) -> GraphSizes
     inferred = onnx.shape_inference.infer_shapes(model)
     g = inferred.graph
     init = {t.name for t in g.initializer} | {i.name for i in model.graph.initializer}
-    size = {}
-    for vi in [*g.input, *g.value_info, *g.output]:
-        tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]  # symbolic (batch) -> 1
-        size[vi.name] = _numel(dims) * ITEMSIZE.get(tt.elem_type, 4)
+    size = tensor_bytes(g)
     const = set(init)  # weights and what is computed from weights alone (transposed copies): not per image
     for n in g.node:
         if n.op_type == "Constant" or all(t in const for t in n.input if t):

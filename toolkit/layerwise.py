@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 FLOATS = {1, 10, 16}  # onnx TensorProto FLOAT, FLOAT16, BFLOAT16
+ITEMSIZE = {1: 4, 10: 2, 16: 2, 11: 8, 7: 8, 6: 4, 9: 1, 2: 1, 3: 1}  # onnx TensorProto elem_type -> bytes
 PASS_THROUGH = {"Cast", "QuantizeLinear", "DequantizeLinear"}
 NOT_LAYERS = {"Constant", "Shape", "Size", "Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
               "Gather", "Slice", "Concat", "Split", "Expand", "ConstantOfShape", "Range"}  # fmt: skip
@@ -192,14 +193,20 @@ class OpenVinoLayers:
         return {name: np.asarray(res[port]) for port, name in self.ports}
 
 
+def tensor_bytes(inferred_graph) -> dict[str, int]:
+    """Bytes per image of every typed tensor of a shape-inferred graph (symbolic dimensions, the batch, as 1)."""
+    out = {}
+    for vi in [*inferred_graph.input, *inferred_graph.value_info, *inferred_graph.output]:
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
+        out[vi.name] = int(np.prod([max(int(d), 1) for d in dims])) * ITEMSIZE.get(tt.elem_type, 4)
+    return out
+
+
 def exposed_bytes_per_image(model, tensors: Iterable[str]) -> int:
     import onnx
 
-    g = onnx.shape_inference.infer_shapes(model).graph
-    sizes = {}
-    for vi in [*g.input, *g.value_info, *g.output]:
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
-        sizes[vi.name] = int(np.prod([max(d, 1) for d in dims])) * 4
+    sizes = tensor_bytes(onnx.shape_inference.infer_shapes(model).graph)
     return sum(sizes.get(t, 0) for t in tensors)
 
 
