@@ -85,29 +85,26 @@ def collect_ranges(fp32_path: str | Path, batches: Iterator[np.ndarray], input_n
     ModelProto and a temporary directory in $TMPDIR for the whole run). The augmented model goes to `workdir`."""
     import io
 
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import EntropyCalibrater, MinMaxCalibrater, PercentileCalibrater
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[cfg.method]  # fmt: skip
-    options = {"symmetric": True}  # zero point 0 for activations (TensorRT)
-    if cfg.method == "percentile":
-        options["percentile"] = cfg.percentile
-    calibrator = create_calibrator(
+    # onnxruntime's calibrator classes with create_calibrator's settings, built without its session: that one runs
+    # in onnxruntime's default order, a reverse depth-first walk from the graph outputs, so every added
+    # ReduceMin/ReduceMax ran after the whole network and every calibrated tensor stayed alive to the end of the run
+    # (ViT-B/16: 774 MiB for a batch of 4 against 71 MiB for the plain graph; ViT-L/14 at batch 16 passed 23 GiB and
+    # was killed). `_session` follows the node order, where onnxruntime put each reduction just before the tensor's
+    # first consumer: 88 MiB.
+    cls = {"minmax": MinMaxCalibrater, "entropy": EntropyCalibrater, "percentile": PercentileCalibrater}[cfg.method]
+    extra = {"percentile": cfg.percentile} if cfg.method == "percentile" else {}
+    calibrator = cls(
         Path(fp32_path),
         list(cfg.op_types),
         augmented_model_path=str(workdir / "augmented.onnx"),
-        calibrate_method=method,
+        symmetric=True,  # zero point 0 for activations (TensorRT)
         use_external_data_format=True,  # the augmented copy's weights in a file, not in this process's memory
-        providers=["CPUExecutionProvider"],
-        extra_options=options,
+        **extra,
     )
-    calibrator.model = None  # the ModelProto is not needed once the session exists
-    # onnxruntime's default order runs nodes by a reverse depth-first walk from the graph outputs: the original
-    # output's whole graph first, every added ReduceMin/ReduceMax last, so every calibrated tensor stayed alive
-    # to the end of the run (ViT-B/16: 774 MiB for a batch of 4 against 71 MiB for the plain graph; ViT-L/14 at
-    # batch 16 passed 23 GiB and was killed). PRIORITY_BASED follows the node order, where onnxruntime put each
-    # reduction just before the tensor's first consumer: 88 MiB.
-    calibrator.infer_session = None  # released before its replacement loads the weights again
+    calibrator.augment_graph()
+    calibrator.model = None  # the ModelProto is not needed once the augmented copy is written
     calibrator.infer_session = _session(calibrator.augmented_model_path)
     n = 0
     for x in batches:
