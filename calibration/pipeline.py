@@ -5,8 +5,10 @@
 2. No image may be in both sets: compared by the sha256 of the file bytes, refused with the names.
 3. `<kind>.int8.onnx` is written through onnxruntime.quantization (calibration/quantize.py).
 4. Report: AUC / AP / accuracy of int8 and fp32 (both in ONNX Runtime) on the held-out folder, feature
-   cosine, decision agreement. Gate (default): AUC drop at most 0.5 points. A failed gate drops the
-   int8 file (and an older int8 variant), keeps the report, and raises with the numbers.
+   cosine, decision agreement, int8 at its own operating point (fp32's false-positive rate). Gate: the one
+   policy of every reduced precision (toolkit.compare.PrecisionGate). A failed gate drops the int8 file (and
+   an older int8 variant), keeps the report, and raises with the numbers; `repair=True` first keeps the
+   fewest layers in float or at 7-bit weights that make it pass (calibration/repair.py).
 5. On success the manifest gains the int8 variant, its gate and the hashes of what was added.
 Everything is written into a staging copy of the artifact (toolkit/staging.py: hard links, onnxruntime's own
 temporaries inside it) and swapped in at the end, so a killed calibration leaves the artifact as it was.
@@ -23,9 +25,9 @@ import numpy as np
 from calibration.memory import GIB, choose_batch, graph_sizes
 from calibration.quantize import QuantConfig, quantize
 from calibration.saturation import NoVnniEmulator
-from toolkit.compare import Int8Gate
+from toolkit.compare import PrecisionGate
 
-__all__ = ["Int8Gate", "OverlapError", "calibrate_artifact", "check_overlap", "report_markdown"]
+__all__ = ["OverlapError", "calibrate_artifact", "check_overlap", "report_markdown"]
 
 
 REPORTS = ("int8_report.json", "int8_report.md")
@@ -63,7 +65,7 @@ def calibrate_artifact(
     images: str | Path,
     eval_images: str | Path,
     cfg: QuantConfig | None = None,
-    gate: Int8Gate | None = None,
+    gate: PrecisionGate | None = None,
     calib_n: int | None = 256,
     eval_n: int | None = 1000,
     batch: int | None = None,
@@ -71,19 +73,24 @@ def calibrate_artifact(
     seed: int = 0,
     progress: bool = True,
     log=print,
-    no_vnni_n: int | None = 64,
+    no_vnni_n: int | None = None,
     no_vnni_minutes: float = 10.0,
+    repair: bool = False,
+    repair_n: int = 16,
 ) -> dict:
     """`artifact`: an opened `Artifact` (not verified again) or its directory. -> the report dict (also written
-    to <artifact>/int8_report.{json,md}; the new Artifact under "artifact_object"); raises GateFailed on a failure."""
+    to <artifact>/int8_report.{json,md}; the new Artifact under "artifact_object"); raises GateFailed on a failure.
+    `repair`: a failed gate is first repaired (calibration/repair.py), ranking layers on `repair_n` calibration
+    images."""
     from toolkit import kinds
     from toolkit.artifact import Artifact, GateFailed
     from toolkit.data.loader import discover_images, sample_labelled
 
-    cfg, gate = cfg or QuantConfig(), gate or Int8Gate()
+    cfg = cfg or QuantConfig()
     art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
     kind = kinds.for_artifact(art)
     kind.require("int8", "int8 calibration")
+    gate = gate or kind.gates()["int8"]
     calib_paths = _sample(discover_images(images)[0], calib_n, seed)
     if not calib_paths:
         raise ValueError(f"{images}: no images to calibrate on")
@@ -101,15 +108,24 @@ def calibrate_artifact(
             ed.set(precisions={k: v for k, v in art.precisions.items() if k != "int8"},
                    gates={k: v for k, v in art.gates.items() if k != "int8"})  # fmt: skip
         report, failed = _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg,
-                                    gate, est, workers, progress, log, no_vnni_n, no_vnni_minutes)  # fmt: skip
+                                    gate, est, workers, progress, log, no_vnni_n, no_vnni_minutes,
+                                    repair_n if repair else 0)  # fmt: skip
     if failed:
         raise GateFailed(failed)
     return {**report, "artifact_object": ed.result}
 
 
 def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, est, workers,
-               progress, log, no_vnni_n, no_vnni_minutes) -> tuple[dict, str | None]:  # fmt: skip
-    """Quantize into the staging copy `ed`, gate, record; -> (report, the failure message or None)."""
+               progress, log, no_vnni_n, no_vnni_minutes, repair_n: int = 0) -> tuple[dict, str | None]:  # fmt: skip
+    """Quantize into the staging copy `ed`, gate, [repair], record; -> (report, the failure message or None)."""
+    with tempfile.TemporaryDirectory(prefix="calibrate-") as work:  # inside the staging directory; --repair
+        return _calibrate_in(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate,
+                             est, workers, progress, log, no_vnni_n, no_vnni_minutes, repair_n, Path(work))  # fmt: skip
+
+
+def _calibrate_in(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval_labels, cfg, gate, est, workers,
+                  progress, log, no_vnni_n, no_vnni_minutes, repair_n, work: Path) -> tuple:  # fmt: skip
+    """_calibrate, with `work` holding the augmented model and the ranges (quantized again by --repair)."""
     from toolkit.compare import Comparator
     from toolkit.data.loader import batches, load_labelled
     from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
@@ -124,19 +140,37 @@ def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval
         f"images from {images} ...")  # fmt: skip
     with progress_bar("calibrate", len(calib_paths), progress) as advance:
         stream = (b.array for b in batches(calib_paths, pre, est.batch, workers) if len(b.paths))
-        with tempfile.TemporaryDirectory(prefix="calibrate-") as work:  # inside the staging directory
-            summary = quantize(fp32, int8, stream, kind.input_name, cfg, work, advance)
-    summary["memory_estimate"] = est.as_dict()
+        summary = quantize(fp32, int8, stream, kind.input_name, cfg, work, advance)
 
     log(f"evaluating int8 against fp32 on {len(eval_paths)} held-out images from {eval_images} ...")
     arrays, labels = load_labelled(eval_paths, eval_labels, pre, EVAL_BATCH, workers)
     comparator = Comparator(kind, arrays, art.threshold, labels)
     comparator.reference = comparator.run(lambda: OnnxRuntimeEngine(fp32))
-    res = comparator.compare(comparator.run(lambda: OnnxRuntimeEngine(int8)), gate, "onnxruntime-cpu")
+
+    def judge(path: Path, native_only: bool = False) -> tuple[dict, dict | None]:
+        res = comparator.compare(comparator.run(lambda: OnnxRuntimeEngine(path)), gate, "onnxruntime-cpu", refit=True)
+        if native_only:
+            return res, None
+        return res, _no_vnni_verdict(path, kind, comparator, res, gate, no_vnni_n, log, progress, est.emulate_batch,
+                                     no_vnni_minutes)  # fmt: skip
+
+    res, no_vnni = judge(int8)
+    repaired = None
+    if repair_n and not (res["passed"] and (no_vnni is None or no_vnni["passed"])):
+        from calibration.repair import repair_int8
+        from toolkit.data.loader import load_batch
+
+        rank_x = load_batch([str(p) for p in calib_paths[:repair_n]], pre).array
+        repaired = repair_int8(kind, fp32, int8, cfg, work, rank_x, judge, res, no_vnni, NoVnniEmulator, log,
+                               progress)  # fmt: skip
+        summary, res, no_vnni = repaired["summary"], repaired["native"], repaired["no_vnni"]
+        summary["repair"] = repaired["record"]
+    summary["memory_estimate"] = est.as_dict()
     stats = dict(res["stats"])
+    operating_point = stats.pop("operating_point")
+    no_vnni = dict(no_vnni) if no_vnni else no_vnni
+    op_no_vnni = no_vnni.pop("operating_point", None) if no_vnni else None
     acc32, acc8 = stats.pop("reference_metrics"), stats.pop("metrics")
-    no_vnni = _no_vnni_verdict(int8, kind, comparator, res, gate, no_vnni_n, log, progress, est.emulate_batch,
-                               no_vnni_minutes)  # fmt: skip
     report = {
         "artifact": str(d),
         "calibration_images": str(images),
@@ -161,11 +195,18 @@ def _calibrate(art, ed, kind, images, eval_images, calib_paths, eval_paths, eval
     if not res["passed"]:
         ed.drop(int8.name)  # the reports are listed (the artifact stays valid), the int8 file goes
         return report, (
-            f"int8 gate failed for {d}: AUC {100 * acc8['auc']:.2f} vs fp32 {100 * acc32['auc']:.2f} "
-            f"(drop {stats['auc_drop_points']:.2f} points > {gate.max_auc_drop_points}); int8 file removed; "
-            f"report in {d / 'int8_report.md'}"
+            f"int8 gate failed for {d}: {'; '.join(res['failures'])} (AUC {100 * acc8['auc']:.2f} vs fp32 "
+            f"{100 * acc32['auc']:.2f}); int8 file removed; report in {d / 'int8_report.md'}"
         )
-    precisions = {**ed.body["precisions"], "int8": {"file": int8.name, **summary}}
+    precisions = {
+        **ed.body["precisions"],
+        "int8": {
+            "file": int8.name,
+            **summary,
+            "operating_point": operating_point,
+            **({"operating_point_no_vnni": op_no_vnni} if op_no_vnni else {}),
+        },
+    }
     gates = {
         **ed.body.get("gates", {}),
         "int8": {
@@ -206,8 +247,9 @@ def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, 
     counts = emulator.counts
     if counts["candidate_pairs"] == 0:
         judged = "no weight pair can saturate: the verdict on this CPU"
+        stats = {k: v for k, v in native["stats"].items() if k != "operating_point"}
         return {"passed": native["passed"], "failures": native["failures"], "engine": NO_VNNI, "judged": judged,
-                **counts, **native["stats"]}  # fmt: skip
+                **counts, **stats}  # fmt: skip
     if n == 0:
         return None
     x = np.concatenate(comparator.feeds)
@@ -232,14 +274,19 @@ def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, 
         return None
     sub = Comparator(kind, [], comparator.threshold, labels[idx])
     sub.reference = {k: v[idx] for k, v in comparator.reference.items()}
-    nv = sub.compare(outputs, gate, NO_VNNI)
+    # on such CPUs the file computes other logits (saturation shifts them), so it decides at its own operating point
+    # there, re-fitted like the native one and sealed beside it; with fewer than two real images emulated, at the
+    # native one
+    refit = int((labels[idx] == 0).sum()) >= 2
+    nv = sub.compare(outputs, gate, NO_VNNI, refit=refit, got_threshold=None if refit else native["stats"]["threshold"])
     cut = f" of {len(xs)} (the --no-vnni-minutes budget ended it)" if len(idx) < len(xs) else ""
     verdict = {"passed": nv["passed"], "failures": nv["failures"], "engine": NO_VNNI,
                "judged": f"emulated on {len(idx)} images{cut}", **counts, **nv["stats"]}  # fmt: skip
     if not verdict["passed"]:
         log(
             f"[yellow]int8 would fail its gate on x86 CPUs without VNNI ({', '.join(nv['failures'])}; emulated): "
-            "it is refused there; calibrate on such a machine, or pass --reduce-range, for a file that runs on both"
+            "it is refused there; --repair gives its saturating layers 7-bit weights (the fewest that pass), "
+            "--reduce-range gives all of them 7-bit weights"
         )
     return verdict
 
@@ -288,7 +335,9 @@ def report_markdown(r: dict) -> str:
                 *([row("int8, x86 without VNNI (emulated)", r["no_vnni"]["metrics"])] if r.get("no_vnni") else []),
                 "",
                 f"AUC drop {r['auc_drop_points']:+.2f} points (gate <= {r['gate']['max_auc_drop_points']}), "
-                f"AP drop {r['ap_drop_points']:+.2f}, accuracy drop {r['acc_drop_points']:+.2f}; "
+                f"AP drop {r['ap_drop_points']:+.2f}, accuracy drop {r['acc_drop_points']:+.2f} at int8's operating "
+                f"point (threshold {p['threshold']:+.4f}, fp32's false-positive rate; gate <= "
+                f"{r['gate']['max_acc_drop_points']}); "
                 f"feature cosine min {p['min_cosine_feature']:.4f} / mean {p['mean_cosine_feature']:.4f}; "
                 f"decision agreement {100 * p['decision_agreement']:.2f}%; max |logit diff| {p['max_abs_logit']:.3g}.",
                 "",

@@ -33,6 +33,7 @@ class QuantConfig:
     keep_patch_embedding: bool = True
     keep_head: bool = True
     exclude_nodes: list[str] = field(default_factory=list)  # more node names to keep in float
+    weights_7bit: list[str] = field(default_factory=list)  # nodes whose weights alone are 7-bit (--repair)
     # 7-bit weights: None chooses from this machine's CPU (choose_reduce_range); the int8 gate judges either way
     reduce_range: bool | None = None
     op_types: tuple[str, ...] = OP_TYPES
@@ -156,17 +157,33 @@ class _OneBatch:
         return feed
 
 
+def weight_of(model, node_names: list[str]) -> dict[str, str]:
+    """node name -> the initializer its weighted op multiplies by (MatMul/Gemm/Conv input 1); refused for a node that
+    has none (an activation x activation MatMul cannot take 7-bit weights: keep it in float instead)."""
+    inits = {t.name for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    out = {}
+    for name in node_names:
+        n = nodes.get(name)
+        if n is None or len(n.input) < 2 or n.input[1] not in inits:
+            raise ValueError(f"node {name!r} has no weight initializer for 7-bit weights")
+        out[name] = n.input[1]
+    return out
+
+
 def quantize(
     fp32_path: str | Path,
     int8_path: str | Path,
-    batches: Iterator[np.ndarray],
+    batches: Iterator[np.ndarray] | None,
     input_name: str,
     cfg: QuantConfig,
     workdir: str | Path,
     advance=lambda n: None,
 ) -> dict:
     """Write `int8_path` (Q/DQ) calibrated on `batches`; -> summary (method, kept nodes, Q/DQ counts).
-    Temporary files (the augmented model, the ranges) go to `workdir`, which the caller removes."""
+    Temporary files (the augmented model, the ranges) go to `workdir`, which the caller removes. `batches` None:
+    the ranges of an earlier call are in `workdir` (`--repair` quantizes again with other nodes kept, not
+    calibrating again)."""
     import gc
 
     import onnx
@@ -176,11 +193,18 @@ def quantize(
     from toolkit.io import atomic_path
 
     workdir = Path(workdir)
-    keep = sensitive_nodes(onnx.load(str(fp32_path), load_external_data=False), cfg)
-    ranges = collect_ranges(fp32_path, batches, input_name, cfg, workdir, advance)
-    gc.collect()  # the calibration session goes before the quantizer loads the weights again
+    graph = onnx.load(str(fp32_path), load_external_data=False)
+    keep = sensitive_nodes(graph, cfg)
+    weights_7bit = weight_of(graph, cfg.weights_7bit)
+    del graph
     cache = workdir / "ranges.json"
-    save_tensors_data(ranges, cache)
+    if batches is not None:
+        ranges = collect_ranges(fp32_path, batches, input_name, cfg, workdir, advance)
+        gc.collect()  # the calibration session goes before the quantizer loads the weights again
+        save_tensors_data(ranges, cache)
+        del ranges
+    elif not cache.is_file():
+        raise FileNotFoundError(f"{cache}: no ranges from an earlier calibration to quantize again from")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.method]  # fmt: skip
     extra = {
@@ -192,6 +216,8 @@ def quantize(
         # 2-core CPU: 137 ms with output Q/DQ, 126 ms without; fp32 220 ms).
         "OpTypesToExcludeOutputQuantization": list(cfg.op_types),
     }
+    if weights_7bit:  # per-layer 7-bit weights (--repair): only the layers whose int16 pair sums saturate without VNNI
+        extra["TensorQuantOverrides"] = {w: [{"reduce_range": True}] for w in weights_7bit.values()}
     reduce_range, why = choose_reduce_range(cfg)
     with atomic_path(Path(int8_path)) as tmp, _quiet_preprocessing_advice():
         quantize_static(
@@ -219,6 +245,7 @@ def quantize(
         "method": cfg.method,
         "config": asdict(cfg),
         "kept_in_float": keep,
+        "weights_7bit": list(cfg.weights_7bit),
         "quantize_nodes": ops.count("QuantizeLinear"),
         "dequantize_nodes": ops.count("DequantizeLinear"),
         "zero_points_all_zero": True,

@@ -119,6 +119,13 @@ def convert_to_fp16(model, keep_ops: Iterable[str] = (), keep_nodes: Iterable[st
     return model  # save_onnx runs the full checker and strict shape inference on the written file
 
 
+def fp16_nodes(model, keep_ops: Iterable[str] = (), tail_after: str | None = None) -> list[str]:
+    """Names of the nodes `write_fp16` runs in fp16 with these settings (what `--repair` may keep in fp32)."""
+    kept = set(keep_ops) | ALWAYS_FP32
+    tail = set(tail_after_last(model, tail_after)) if tail_after else set()
+    return [n.name for n in model.graph.node if n.op_type not in kept and n.name not in tail]
+
+
 def write_fp16(
     src: str | Path,
     dst: str | Path,

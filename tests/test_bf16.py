@@ -29,7 +29,10 @@ def test_bf16_is_gated_recorded_and_runs_on_openvino_only(exported_artifact, toy
         return
     assert res.exit_code == 0 and "bf16 gate passed (OpenVINO)" in res.output, res.output
     a = Artifact.open(art)
-    assert a.precisions["bf16"] == {"file": "detector.fp32.onnx", "execution": "bf16", "engines": ["openvino"]}
+    rec = dict(a.precisions["bf16"])
+    op = rec.pop("operating_point")  # its own threshold, at fp32's false-positive rate (issue 24)
+    assert rec == {"file": "detector.fp32.onnx", "execution": "bf16", "engines": ["openvino"]}
+    assert op["n_real"] > 0 and len(op["fp32"]) == len(op["reduced"]) and a.threshold_for("bf16") is not None
     g = a.gates["bf16"]
     assert g["passed"] and g["stats"]["min_cosine_feature"] >= 0.999 and g["stats"]["auc_drop_points"] <= 0.3
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)

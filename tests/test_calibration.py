@@ -99,7 +99,7 @@ def test_gate_passes_on_good_and_fails_on_a_constant_calibration_set(
     art = tmp_path / "fresh"
     shutil.copytree(exported_artifact, art)
     before = Artifact.open(art).manifest
-    with pytest.raises(GateFailed, match=r"int8 gate failed .* \(drop [\d.]+ points > 0\.5"):
+    with pytest.raises(GateFailed, match=r"int8 gate failed .*: auc_drop_points [\d.]+ \(gate <= 0\.5\)"):
         calibrate_artifact(art, const, subtle, QuantConfig(keep_patch_embedding=False), workers=0, progress=False)
     assert not (art / "detector.int8.onnx").exists()
     after = Artifact.open(art).manifest  # still a valid artifact: only the report files were added to its list
@@ -251,7 +251,7 @@ def test_int8_that_fails_without_vnni_is_refused_only_on_such_cpus(calibrated, t
     msg = int8_refusal(a, ["avx2", "fma"])
     assert msg and "without VNNI" in msg and "auc_drop_points 2.9" in msg and "\n" not in msg
     monkeypatch.setattr("toolkit.machine.cpu_flags", lambda: ["avx2", "fma"])
-    with pytest.raises(RuntimeError, match="recalibrate here"):
+    with pytest.raises(RuntimeError, match="recalibrate with --repair"):
         open_engine(a, "onnxruntime", "int8")
     with open_engine(a, "onnxruntime", "fp32"):  # fp32 is untouched
         pass

@@ -10,14 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.compare import Fp16Gate, check
+from toolkit.compare import PrecisionGate, check
 
 
 def test_the_decision_agreement_bound_alone_can_fail_a_gate():
     """Bug: `check` skipping the decision_agreement bound (no test had agreement alone below its bound)."""
-    ok, fails = check({"min_cosine_feature": 0.9999, "decision_agreement": 0.99}, Fp16Gate())
-    assert not ok and len(fails) == 1 and fails[0].startswith("decision_agreement 0.99")
-    assert check({"min_cosine_feature": 0.9999, "decision_agreement": 0.995}, Fp16Gate())[0]
+    good = {"min_cosine_feature": 0.9999, "auc_drop_points": 0.0, "acc_drop_points": 0.0}
+    ok, fails = check({**good, "decision_agreement": 0.94}, PrecisionGate())
+    assert not ok and len(fails) == 1 and fails[0].startswith("decision_agreement 0.94")
+    assert check({**good, "decision_agreement": 0.95}, PrecisionGate())[0]
 
 
 @pytest.mark.parametrize(("w", "h"), [(64, 67), (67, 64), (100, 105), (105, 100), (65, 65), (64, 66)])

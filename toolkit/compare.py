@@ -8,6 +8,7 @@ PyTorch fp32), INT8 calibration (int8 against fp32, with labels) and `toolkit be
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -23,37 +24,35 @@ class Fp32Gate:
 
 
 @dataclass
-class Fp16Gate:
-    min_cosine_feature: float = 0.999  # cosine of each feature vector with the reference
-    min_decision_agreement: float = 0.995
+class PrecisionGate:
+    """One policy for every reduced precision (fp16, bf16, int8): the reduced model against fp32 on the same
+    held-out labelled images, each precision at its own operating point (its threshold re-fitted to fp32's
+    false-positive rate on those images and sealed in the manifest: `toolkit.evaluation.fpr_matched_map`).
+
+    The defaults are one error budget, the same for every precision (the detector kind's `gate_types`): the task
+    does not care which precision spent it. Before, each precision had its own gate and the lossier one got the
+    looser gate: ViT-B/16 on an AMX Xeon, bf16 refused at 97.0% decision agreement (its gate: 99.5%) while int8 of
+    the same run passed at 92.0% (AUC drop only). Measured on the demo detector (tiny-vit-64, 1000 test images):
+    bf16 agrees with fp32 on 98.0% of decisions (AUC drop +0.37), fp16 on 100%, minmax int8 on 94.2% and all-7-bit
+    int8 on 93.3% (benchmarks/results/precision_repair.md). 99.5% would refuse that bf16; 95% keeps it and refuses
+    both int8 files until `--repair` mends them."""
+
+    max_auc_drop_points: float = 0.5  # AUC(fp32) - AUC(reduced), in points
+    max_acc_drop_points: float = 1.0  # accuracy drop, each at its own operating point, in points
+    min_decision_agreement: float = 0.95  # same decision at the two operating points
+    min_cosine_feature: float = 0.99  # the worst image's feature cosine with fp32
 
     def bounds(self) -> list[tuple[str, str, float]]:
         return [
-            ("min_cosine_feature", ">=", self.min_cosine_feature),
-            ("decision_agreement", ">=", self.min_decision_agreement),
-        ]
-
-
-@dataclass
-class Int8Gate:
-    max_auc_drop_points: float = 0.5  # AUC(reference) - AUC(int8) on held-out labelled images, in points
-
-    def bounds(self) -> list[tuple[str, str, float]]:
-        return [("auc_drop_points", "<=", self.max_auc_drop_points)]
-
-
-@dataclass
-class Bf16Gate:
-    min_cosine_feature: float = 0.999  # against the same runtime in f32, on held-out labelled images
-    min_decision_agreement: float = 0.995
-    max_auc_drop_points: float = 0.3
-
-    def bounds(self) -> list[tuple[str, str, float]]:
-        return [
-            ("min_cosine_feature", ">=", self.min_cosine_feature),
-            ("decision_agreement", ">=", self.min_decision_agreement),
             ("auc_drop_points", "<=", self.max_auc_drop_points),
+            ("acc_drop_points", "<=", self.max_acc_drop_points),
+            ("decision_agreement", ">=", self.min_decision_agreement),
+            ("min_cosine_feature", ">=", self.min_cosine_feature),
         ]
+
+
+# the bounds that need labelled images: without them (export's seeded noise) they are reported as not measured
+LABELLED_BOUNDS = ("auc_drop_points", "acc_drop_points")
 
 
 @dataclass
@@ -76,16 +75,23 @@ def gate_fields(gate) -> list[str]:
     return [f.name for f in fields(gate)]
 
 
-def check(stats: dict, gate) -> tuple[bool, list[str]]:
-    """-> (passed, the failed bounds with their numbers)."""
+def check(stats: dict, gate, unlabelled_ok: bool = False) -> tuple[bool, list[str]]:
+    """-> (passed, the failed bounds with their numbers). `unlabelled_ok`: the bounds that need labelled images
+    (LABELLED_BOUNDS) may be missing from `stats` (they are listed by `unmeasured`), every other one must be there."""
     fails = []
     for key, op, bound in gate.bounds():
         v = stats.get(key)
+        if v is None and unlabelled_ok and key in LABELLED_BOUNDS:
+            continue
         if v is None:
             fails.append(f"{key} not measured (gate {op} {bound:.8g})")
-        elif (op == "<=" and v > bound) or (op == ">=" and v < bound):
+        elif not math.isfinite(v) or (op == "<=" and v > bound) or (op == ">=" and v < bound):  # nan fails
             fails.append(f"{key} {v:.8g} (gate {op} {bound:.8g})")
     return not fails, fails
+
+
+def unmeasured(stats: dict, gate) -> list[str]:
+    return [key for key, _, _ in gate.bounds() if stats.get(key) is None]
 
 
 def run_feeds(engine, input_name: str, feeds: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -115,14 +121,18 @@ class Comparator:
         with open_engine() as engine:
             return self.outputs(engine)
 
-    def compare(self, candidate, gate=None, engine_name: str = "") -> dict:
-        """`candidate`: an open engine or its outputs on the feeds -> {stats, passed, failures, gate, engine}."""
+    def compare(self, candidate, gate=None, engine_name: str = "", refit: bool = False,
+                got_threshold: float | None = None) -> dict:  # fmt: skip
+        """`candidate`: an open engine or its outputs on the feeds -> {stats, passed, failures, gate, engine}.
+        `refit`: judge the candidate at its own operating point, re-fitted on these labelled feeds (a gate that
+        seals it: export, calibrate, bf16); `got_threshold`: at the one its artifact sealed (bench)."""
         if self.reference is None:
             raise RuntimeError("Comparator.compare before set_reference")
         got = candidate if isinstance(candidate, dict) else self.outputs(candidate)
-        stats = self.kind.parity(self.reference, got, self.threshold, self.labels)
+        stats = self.kind.parity(self.reference, got, self.threshold, self.labels, refit=refit,
+                                 got_threshold=got_threshold)  # fmt: skip
         res = {"stats": stats, "engine": engine_name}
         if gate is not None:
-            ok, fails = check(stats, gate)
-            res.update(passed=ok, failures=fails, gate=asdict(gate))
+            ok, fails = check(stats, gate, unlabelled_ok=self.labels is None)
+            res.update(passed=ok, failures=fails, gate=asdict(gate), unmeasured=unmeasured(stats, gate))
         return res

@@ -67,6 +67,40 @@ def threshold_at_fpr(labels: np.ndarray, logits: np.ndarray, target_fpr: float) 
     return float(real[k])  # at most k reals are strictly above it; any lower threshold lets k + 1 through
 
 
+MAP_POINTS = 257  # quantile pairs kept in a sealed operating-point map (every real image when there are fewer)
+
+
+def fpr_matched_map(labels: np.ndarray, ref_logits: np.ndarray, got_logits: np.ndarray) -> dict:
+    """The operating-point map of a reduced precision: matched quantiles of the real images' logits under fp32
+    (`ref`) and under the reduced precision (`got`). `map_threshold(t, m)` is then the reduced precision's
+    threshold with fp32's false-positive rate at `t` on these images: a logit scale shifted by quantisation is
+    not counted as disagreement, and a later `toolkit threshold` moves every precision's threshold with fp32's."""
+    labels = np.asarray(labels).astype(int)
+    a = np.sort(np.asarray(ref_logits, dtype=np.float64)[labels == 0])
+    b = np.sort(np.asarray(got_logits, dtype=np.float64)[labels == 0])
+    if len(a) < 2:
+        raise ValueError("an operating-point map needs at least two real (label 0) images")
+    if len(a) > MAP_POINTS:
+        q = np.linspace(0.0, 1.0, MAP_POINTS)
+        a, b = np.quantile(a, q), np.quantile(b, q)
+    return {"rule": "fp32's false-positive rate on the gate's real images", "n_real": int((labels == 0).sum()),
+            "fp32": [float(v) for v in a], "reduced": [float(v) for v in b]}  # fmt: skip
+
+
+def map_threshold(t: float, m: dict, inverse: bool = False) -> float:
+    """fp32 threshold `t` -> the reduced precision's (`inverse`: back); beyond the map's ends, shifted as its end."""
+    a, b = np.asarray(m["fp32"]), np.asarray(m["reduced"])
+    if inverse:
+        a, b = b, a
+    a, first = np.unique(a, return_index=True)  # ties: the first pair of each (np.interp needs increasing xp)
+    b = b[first]
+    if t <= a[0]:
+        return float(t - a[0] + b[0])
+    if t >= a[-1]:
+        return float(t - a[-1] + b[-1])
+    return float(np.interp(t, a, b))
+
+
 def per_generator_report(
     labels: np.ndarray,
     logits: np.ndarray,

@@ -324,11 +324,11 @@ def plot(rep: dict, path: Path) -> Path:
 
 
 def as_json(rep: dict) -> dict:
-    """Infinite SQNR (identical tensors) as the string "inf": JSON has no infinity."""
+    """Infinite SQNR (identical tensors) as the string "inf", an undefined value as "nan": JSON has neither."""
 
     def fix(v):
-        if isinstance(v, float) and math.isinf(v):
-            return "inf" if v > 0 else "-inf"
+        if isinstance(v, float) and not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
         if isinstance(v, dict):
             return {k: fix(x) for k, x in v.items()}
         if isinstance(v, list):
@@ -360,11 +360,8 @@ def debug_artifact(art, precision: str, engine: str = "onnxruntime", images: Pat
     """`toolkit debug`: `precision` of the opened artifact `art` against its fp32 graph, layer by layer. `no_vnni`:
     a factory (int8 ModelProto -> emulator) to judge int8 as x86 CPUs without VNNI compute it (the CLI wires
     calibration/saturation.py). -> (report, the files written: JSON, Markdown, PNG)."""
-    import onnx
-
     from toolkit import kinds
     from toolkit.io import write_json, write_text
-    from toolkit.progress import progress_bar
 
     kind = kinds.for_artifact(art)
     if precision == "fp32":
@@ -373,19 +370,45 @@ def debug_artifact(art, precision: str, engine: str = "onnxruntime", images: Pat
     runs_on = art.precisions[precision].get("engines")
     if runs_on and engine not in runs_on:
         raise ValueError(f"{art.dir}: {precision} runs on {', '.join(runs_on)} only, not {engine}")
+    x, desc = _feeds(art, images, n)
+    rep = compare_graphs(kind, art.onnx_path("fp32"), art.onnx_path(precision), x, precision, engine, no_vnni,
+                         min_sqnr_db, min_cosine, progress, log, desc)  # fmt: skip
+    out_stats = kind.parity(rep.pop("ref_outputs"), rep.pop("got_outputs"), art.threshold,
+                            got_threshold=art.threshold_for(precision))  # fmt: skip
+    rep.update(artifact=str(art.dir), output_stats=out_stats, outputs=_outputs_line(out_stats))
+    out_dir = Path(out_dir) if out_dir else art.dir / "bench" / "debug"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"debug_{rep['precision']}"
+    files = [write_json(stem.with_suffix(".json"), as_json(rep)), write_text(stem.with_suffix(".md"), markdown(rep)),
+             plot(rep, stem.with_suffix(".png"))]  # fmt: skip
+    return rep, files
+
+
+def compare_graphs(kind, ref_path: Path, cand_path: Path, x: np.ndarray, precision: str,
+                   engine: str = "onnxruntime", no_vnni: Callable | None = None, min_sqnr_db: float | None = None,
+                   min_cosine: float = MIN_COSINE, progress: bool = True, log=print, desc: str = "",
+                   cand_model=None) -> dict:  # fmt: skip
+    """The reduced graph `cand_path` (or the ModelProto `cand_model`, with its weights) against the fp32 graph
+    `ref_path`, layer by layer, on the preprocessed images `x`: the per-layer report (`report`) with both graphs'
+    outputs under "ref_outputs" / "got_outputs". `toolkit debug` and `--repair` (which ranks layers by it)."""
+    import onnx
+
+    from toolkit.progress import progress_bar
+
     if engine not in ("onnxruntime", "openvino"):
         raise ValueError(f"toolkit debug runs onnxruntime or openvino, not {engine}")
     if no_vnni is not None and (precision != "int8" or engine != "onnxruntime"):
         raise ValueError("--cpu no-vnni judges int8 as onnxruntime runs it on x86 CPUs without VNNI: --precision int8")
-    x, desc = _feeds(art, images, n)
-    ref_path, cand_path = art.onnx_path("fp32"), art.onnx_path(precision)
+    if cand_model is None and engine == "onnxruntime":
+        cand_model = onnx.load(str(cand_path))
     # the structure once, without the external weights: matching, sizes and the layers feeding each layer
     ref_graph = onnx.load(str(ref_path), load_external_data=False)
-    pairs = match_layers(ref_graph, onnx.load(str(cand_path), load_external_data=False))
+    cand_graph = cand_model if cand_model is not None else onnx.load(str(cand_path), load_external_data=False)
+    pairs = match_layers(ref_graph, cand_graph)
     feeds_up = upstream(ref_graph, pairs)
     ref_t, got_t = [p.ref for p in pairs], [p.got for p in pairs]
     per_image = exposed_bytes_per_image(ref_graph, ref_t) * 2
-    del ref_graph
+    del ref_graph, cand_graph
     chunk = max(1, min(8, EXPOSED_BUDGET // max(per_image, 1)))
     feeds = [x[i : i + chunk] for i in range(0, len(x), chunk)]
     saturated: dict[str, list] | None = None
@@ -395,7 +418,6 @@ def debug_artifact(art, precision: str, engine: str = "onnxruntime", images: Pat
         run_got = OpenVinoLayers(cand_path, got_t, hint)
     else:
         run_ref = OrtLayers(onnx.load(str(ref_path)), ref_t)
-        cand_model = onnx.load(str(cand_path))
         if no_vnni is None:
             run_got = OrtLayers(cand_model, got_t)
         else:
@@ -408,9 +430,10 @@ def debug_artifact(art, precision: str, engine: str = "onnxruntime", images: Pat
                     saturated[name].append((share, len(xb)))
                 return {k: got[k] for k in [*outputs, *got_t]}
 
-        del cand_model
+    del cand_model
     label = f"{precision}{'-no-vnni' if no_vnni else ''}"
-    log(f"debug {label} against fp32 on {desc}: {len(pairs)} layers, {chunk} image(s) at a time ...")
+    log(f"debug {label} against fp32 on {desc or f'{len(x)} images'}: {len(pairs)} layers, {chunk} image(s) at a "
+        "time ...")  # fmt: skip
     with progress_bar(f"debug {label}", len(x), progress) as advance:
         stats, ro, go = compare_layers(pairs, run_ref, run_got, feeds, advance, kind.output_names)
     shares = None
@@ -418,15 +441,17 @@ def debug_artifact(art, precision: str, engine: str = "onnxruntime", images: Pat
         shares = {k: sum(s * m for s, m in v) / sum(m for _, m in v) for k, v in saturated.items()}
     rep = report(pairs, stats, feeds_up, label, MIN_SQNR_DB[precision] if min_sqnr_db is None else min_sqnr_db,
                  min_cosine, shares)  # fmt: skip
-    out_stats = kind.parity(ro, go, art.threshold)
-    rep.update(artifact=str(art.dir), engine=engine + (" (x86 without VNNI, emulated)" if no_vnni else ""),
-               inputs=desc, output_stats=out_stats, outputs=_outputs_line(out_stats))  # fmt: skip
-    out_dir = Path(out_dir) if out_dir else art.dir / "bench" / "debug"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"debug_{label}"
-    files = [write_json(stem.with_suffix(".json"), as_json(rep)), write_text(stem.with_suffix(".md"), markdown(rep)),
-             plot(rep, stem.with_suffix(".png"))]  # fmt: skip
-    return rep, files
+    rep.update(engine=engine + (" (x86 without VNNI, emulated)" if no_vnni else ""), inputs=desc or f"{len(x)} images",
+               ref_outputs=ro, got_outputs=go)  # fmt: skip
+    return rep
+
+
+def ranked_layers(rep: dict, among: Iterable[str] | None = None) -> list[dict]:
+    """The report's layers by the error they add, largest first (`among`: only these fp32 node names); layers that
+    add nothing are left out. What `--repair` keeps in higher precision, in this order."""
+    allowed = None if among is None else set(among)
+    rows = [r for r in rep["layers"] if r["added_error"] > 0 and (allowed is None or r["node"] in allowed)]
+    return sorted(rows, key=lambda r: -r["added_error"])
 
 
 def _outputs_line(stats: dict) -> str:

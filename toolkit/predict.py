@@ -92,7 +92,17 @@ class PredictionPath:
 
     @property
     def threshold(self) -> float | None:
-        return self.detector.threshold if self.detector is not None else None
+        """The detector's threshold at the path's precision (each reduced precision has its sealed operating point;
+        int8 in onnxruntime on an x86 CPU without VNNI has its own, judged under the exact emulation of that CPU)."""
+        if self.detector is None:
+            return None
+        from toolkit.machine import int8_pairs_saturate
+
+        c = self.choice
+        saturating = (
+            c.precision == "int8" and c.engine == "onnxruntime" and c.provider == "cpu" and int8_pairs_saturate()
+        )
+        return self.detector.threshold_for(c.precision, saturating)
 
     def identity(self) -> dict:
         """Everything the outputs depend on (resume and servers compare it): artifact hashes, engine, threshold."""
@@ -106,7 +116,7 @@ class PredictionPath:
                     )
                 },
                 "source_sha256": self.detector.manifest.get("source_sha256"),
-                "threshold": self.detector.threshold,
+                "threshold": self.threshold,
             }
         if self.purifier is not None:
             p = self.purifier_precision
@@ -168,7 +178,7 @@ class PredictionPath:
             logit = self._engines["detector"].infer({"images": x})["logit"].astype(np.float32)
             out["logit"] = logit
             out["p_generated"] = sigmoid(logit)
-            out["is_generated"] = logit > self.detector.threshold
+            out["is_generated"] = logit > self.threshold
         return out
 
     def predict(self, batch: Batch) -> dict[str, np.ndarray]:

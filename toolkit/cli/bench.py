@@ -15,7 +15,9 @@ def bench_command(
     engine: list[str] = typer.Option(
         ["torch", "onnxruntime"], help="torch | onnxruntime | openvino | trt | auto (repeatable)"
     ),
-    precision: list[str] = typer.Option([], help="fp32 | fp16 | int8 (repeatable; default: all in the artifact)"),
+    precision: list[str] = typer.Option(
+        [], help="fp32 | fp16 | int8 | bf16 (OpenVINO) (repeatable; default: all in the artifact)"
+    ),
     provider: str = typer.Option("cpu", help="onnxruntime provider: cpu | cuda | tensorrt"),
     batch: list[int] = typer.Option([1, 8], help="batch sizes (repeatable)"),
     warmup: int | None = typer.Option(None, min=0, help="warm-up iterations per point (default: sized, 1 to 5)"),

@@ -47,3 +47,28 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+GATE_HELP = (
+    "override one gate bound, PRECISION.BOUND=VALUE (repeatable), e.g. int8.min_decision_agreement=0.97; fp16, bf16 "
+    "and int8 share one policy: max_auc_drop_points 0.5, max_acc_drop_points 1.0, min_decision_agreement 0.98, "
+    "min_cosine_feature 0.99 (detector); fp32: max_abs_logit 1e-4 (detector), max_abs_pixel 1e-4 (purifier); "
+    "purifier fp16: min_psnr_db 40"
+)
+
+
+def parse_gate_overrides(items: list[str]) -> dict[tuple[str, str], float]:
+    """`--gate int8.max_auc_drop_points=0.7` -> {("int8", "max_auc_drop_points"): 0.7}; the kind refuses unknown
+    bounds (ModelKind.gates)."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        precision, dot, bound = key.strip().partition(".")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not (eq and dot and precision and bound) or number is None:
+            raise ValueError(f"--gate {item!r}: expected PRECISION.BOUND=NUMBER, e.g. int8.max_auc_drop_points=0.7")
+        out[(precision, bound.strip())] = number
+    return out

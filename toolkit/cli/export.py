@@ -6,16 +6,7 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import out, user_errors
-
-# flag -> (precision, gate bound); the run's kind refuses a bound it does not have
-GATE_FLAGS = {
-    "--max-abs-logit": ("fp32", "max_abs_logit"),
-    "--min-cosine": ("fp16", "min_cosine_feature"),
-    "--min-agreement": ("fp16", "min_decision_agreement"),
-    "--max-abs-pixel": ("fp32", "max_abs_pixel"),
-    "--min-psnr-db": ("fp16", "min_psnr_db"),
-}
+from toolkit.cli.common import GATE_HELP, out, parse_gate_overrides, user_errors
 
 
 def export_command(
@@ -26,12 +17,16 @@ def export_command(
     ),
     calib_images: Path | None = typer.Option(None, help="int8: calibration image folder"),
     eval_images: Path | None = typer.Option(None, help="int8 / bf16: held-out labelled folder for their gates"),
-    verify_images: Path | None = typer.Option(None, help="image folder for the gates (default: seeded noise)"),
-    max_abs_logit: float | None = typer.Option(None, help="detector fp32 gate: max |logit - PyTorch| (1e-4)"),
-    min_cosine: float | None = typer.Option(None, help="detector fp16 gate: min feature cosine (0.999)"),
-    min_agreement: float | None = typer.Option(None, help="detector fp16 gate: min decision agreement (0.995)"),
-    max_abs_pixel: float | None = typer.Option(None, help="purifier fp32 gate: max |pixel - PyTorch| (1e-4)"),
-    min_psnr_db: float | None = typer.Option(None, help="purifier fp16 gate: min PSNR against PyTorch (40)"),
+    verify_images: Path | None = typer.Option(
+        None,
+        help="image folder for the gates; a labelled one (0_real/1_fake) also gates fp16 on AUC and accuracy "
+        "at its own operating point (default: seeded noise)",
+    ),
+    gate: list[str] = typer.Option([], help=GATE_HELP),
+    repair: bool = typer.Option(
+        False,
+        help="when the fp16 gate fails, keep the fewest layers in fp32 that make it pass (ranked by toolkit debug)",
+    ),
     trt: bool = typer.Option(False, "--trt", help="also build TensorRT plans (needs TensorRT + a CUDA GPU)"),
     min_batch: int = typer.Option(1, help="TensorRT profile: smallest batch"),
     opt_batch: int = typer.Option(8, help="TensorRT profile: batch to tune for"),
@@ -47,11 +42,12 @@ def export_command(
     """
     from toolkit.cli.workflows import ExportOptions, export_all
 
-    values = (max_abs_logit, min_cosine, min_agreement, max_abs_pixel, min_psnr_db)
-    gates = {GATE_FLAGS[f]: v for f, v in zip(GATE_FLAGS, values, strict=True) if v is not None}
+    with user_errors():
+        gates = parse_gate_overrides(gate)
     opts = ExportOptions(
         precisions=tuple(precision),
         gate_overrides=gates,
+        repair=repair,
         verify_images=verify_images,
         calib_images=calib_images,
         eval_images=eval_images,

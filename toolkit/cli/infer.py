@@ -13,7 +13,7 @@ def infer_command(
     images: Path = typer.Argument(..., help="folder of images (searched recursively), or a .txt / .parquet file list"),
     artifact: Path | None = typer.Option(None, help="artifact directory from 'toolkit export' (not with --server)"),
     engine: str = typer.Option("onnxruntime", help="torch | onnxruntime | openvino | trt | auto (from bench --tune)"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (what the artifact holds)"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 | bf16 (OpenVINO; what the artifact holds)"),
     provider: str = typer.Option("cpu", help="onnxruntime provider: cpu | cuda | tensorrt"),
     out_file: Path = typer.Option(
         Path("preds.csv"), "--out", help="predictions file (.csv, .jsonl) or, with --ray, a directory of Parquet parts"

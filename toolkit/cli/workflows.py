@@ -11,6 +11,7 @@ from pathlib import Path
 class ExportOptions:
     precisions: tuple[str, ...] = ("fp32", "fp16")
     gate_overrides: dict = field(default_factory=dict)  # (precision, bound) -> value
+    repair: bool = False  # a failed fp16 / int8 gate: keep the fewest layers in float that make it pass
     verify_images: Path | None = None
     calib_images: Path | None = None  # int8
     eval_images: Path | None = None  # int8
@@ -38,27 +39,29 @@ def export_all(run: Path, out_dir: Path, opts: ExportOptions, log=print):
             raise ValueError("--precision bf16 needs --eval-images (a held-out labelled folder for its gate)")
     if opts.trt_batches:
         kind.require("trt", "--trt")
-    kind.gates(opts.gate_overrides)  # refuse a gate bound this kind does not have, before exporting
+    gates = kind.gates(opts.gate_overrides)  # refuse a gate bound this kind does not have, before exporting
     floats = tuple(p for p in opts.precisions if p not in ("int8", "bf16"))
-    art = export_run(run, out_dir, floats, opts.gate_overrides, opts.verify_images, log=log)
+    art = export_run(run, out_dir, floats, opts.gate_overrides, opts.verify_images, log=log, repair=opts.repair)
     from toolkit.cli.summaries import calibration_summary, export_summary
 
     log(export_summary(art))
     if int8:  # the same path as 'toolkit calibrate', default settings
         from calibration.pipeline import calibrate_artifact
 
-        r = calibrate_artifact(art, opts.calib_images, opts.eval_images, log=log)
+        r = calibrate_artifact(art, opts.calib_images, opts.eval_images, gate=gates["int8"], log=log,
+                               repair=opts.repair)  # fmt: skip
         art = r["artifact_object"]
         log(calibration_summary(r))
     if bf16:  # the fp32 graph executed in bf16 by OpenVINO, gated like int8 (export/bf16.py)
         from export.bf16 import add_bf16
 
-        r = add_bf16(art, opts.eval_images, log=log)
+        r = add_bf16(art, opts.eval_images, gates["bf16"], log=log)
         art = r["artifact_object"]
         s = r["stats"]
         log(
             f"bf16 gate passed (OpenVINO): min feature cosine {s['min_cosine_feature']:.5f}, "
-            f"decision agreement {100 * s['decision_agreement']:.2f}%, AUC drop {s['auc_drop_points']:+.2f} points"
+            f"decision agreement {100 * s['decision_agreement']:.2f}% at its operating point, AUC drop "
+            f"{s['auc_drop_points']:+.2f}, accuracy drop {s['acc_drop_points']:+.2f} points"
         )
     if opts.trt_batches:  # after the ONNX export, so a machine without TensorRT still keeps the gated ONNX files
         from export.tensorrt import build_artifact_plans

@@ -78,8 +78,8 @@ def int8_refusal(art, flags: list[str] | None = None) -> str | None:
         return None
     return (
         f"{art.dir}: its int8 file fails its gate on this CPU (x86 without VNNI, where onnxruntime's int8 pair sums "
-        f"saturate: {', '.join(verdict['failures'])}, judged at calibration); recalibrate here (7-bit weights are "
-        "chosen on this CPU) or run fp32 / fp16"
+        f"saturate: {', '.join(verdict['failures'])}, judged at calibration); recalibrate with --repair (the fewest "
+        "saturating layers at 7-bit weights) or here (7-bit weights are chosen on this CPU), or run fp32 / fp16"
     )
 
 

@@ -37,6 +37,7 @@ class ExportSpec:
     fp16_keep_ops: tuple[str, ...] = ("LayerNormalization", "Softmax")
     fp16_tail_after: str | None = None  # op type whose last node and everything after stays fp32
     threshold: float | None = None
+    verify_labels: np.ndarray | None = None  # labels of the verify feeds (a labelled folder): AUC/accuracy bounds
 
 
 class ModelKind:
@@ -58,7 +59,8 @@ class ModelKind:
     def export_spec(self, run_dir: Path, verify_images: Path | None = None, verify_n: int = 64, seed: int = 0):
         raise NotImplementedError
 
-    def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None) -> dict:
+    def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None, refit: bool = False,
+               got_threshold: float | None = None) -> dict:  # fmt: skip
         raise NotImplementedError
 
     def gates(self, overrides: dict[tuple[str, str], float] | None = None) -> dict:

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from toolkit.compare import Fp16Gate, Fp32Gate, Int8Gate
+from toolkit.compare import Fp32Gate, PrecisionGate
 from toolkit.io import atomic_path, read_json, write_json
 from toolkit.kinds.base import Capabilities, ExportSpec, KindError, ModelKind
 
@@ -86,41 +86,52 @@ def load_deployed(run_dir: str | Path):
 
 
 def verification_feeds(size: int, n: int = 64, images: str | Path | None = None, preprocess: dict | None = None,
-                       seed: int = 0) -> list[np.ndarray]:  # fmt: skip
-    """Batches of 1, 8 and the rest (n in all): real images from a folder when given, else seeded noise."""
+                       seed: int = 0) -> tuple[list[np.ndarray], np.ndarray | None]:  # fmt: skip
+    """Batches of 1, 8 and the rest (n in all) and their labels: a seeded sample of a labelled folder (0_real /
+    1_fake: the reduced precisions are then gated on AUC and accuracy too, at their own operating points), the
+    first images of any other folder, or seeded noise (labels None)."""
+    labels = None
     if images is not None:
-        from toolkit.data.images import ImageDecodeError, is_image_file, load_image
-        from toolkit.preprocess import PreprocessConfig, preprocess_batch
+        from toolkit.data.folders import find_labelled_images
+        from toolkit.data.loader import load_labelled, sample_labelled
 
-        files = sorted(p for p in Path(images).rglob("*") if p.is_file() and is_image_file(p))
-        pil = []
-        for f in files:
-            try:
-                pil.append(load_image(f))
-            except ImageDecodeError:
-                continue
-            if len(pil) == n:
-                break
-        if len(pil) < 9:
-            raise ValueError(f"{images}: need at least 9 readable images to verify the export, found {len(pil)}")
-        x = preprocess_batch(pil, PreprocessConfig.from_dict(preprocess))
+        try:
+            labelled = len(set(find_labelled_images(images).labels)) == 2
+        except ValueError:
+            labelled = False
+        if labelled:
+            paths, labels = sample_labelled(images, n, seed)
+        else:
+            from toolkit.data.loader import discover_images
+
+            paths = discover_images(images)[0][:n]
+            labels = np.zeros(len(paths), int)
+        arrays, labels = load_labelled(paths, labels, preprocess)
+        x = np.concatenate(arrays) if arrays else np.zeros((0, 3, size, size), np.float32)
+        if len(x) < 9:
+            raise ValueError(f"{images}: need at least 9 readable images to verify the export, found {len(x)}")
+        labels = labels if labelled else None
     else:
         x = np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
-    return [b for b in (x[:1], x[1:9], x[9:]) if len(b)]
+    cuts = [(0, 1), (1, 9), (9, len(x))]
+    return [x[a:b] for a, b in cuts if b > a], labels
 
 
-def parity_stats(ref: dict, got: dict, threshold: float) -> dict:
-    """A detector's outputs (`logit`, `feature`) against a reference's, on the same inputs."""
+def parity_stats(ref: dict, got: dict, threshold: float, got_threshold: float | None = None) -> dict:
+    """A detector's outputs (`logit`, `feature`) against a reference's, on the same inputs; decisions at
+    `threshold` for the reference and at `got_threshold` (default: the same) for the candidate."""
     lr, lg = ref["logit"].astype(np.float64), got["logit"].astype(np.float64)
     fr, fg = ref["feature"].astype(np.float64), got["feature"].astype(np.float64)
     cos = (fr * fg).sum(1) / (np.linalg.norm(fr, axis=1) * np.linalg.norm(fg, axis=1) + 1e-12)
+    tg = threshold if got_threshold is None else got_threshold
     return {
         "max_abs_logit": float(np.abs(lr - lg).max()),
         "max_abs_feature": float(np.abs(fr - fg).max()),
         "cosine_logits": float(lr @ lg / (np.linalg.norm(lr) * np.linalg.norm(lg) + 1e-12)),
         "min_cosine_feature": float(cos.min()),
         "mean_cosine_feature": float(cos.mean()),
-        "decision_agreement": float(((lr > threshold) == (lg > threshold)).mean()),
+        "decision_agreement": float(((lr > threshold) == (lg > tg)).mean()),
+        "threshold": float(tg),
         "n": len(lr),
     }
 
@@ -131,7 +142,7 @@ class DetectorKind(ModelKind):
     weights_file = WEIGHTS
     output_names = ("logit", "feature")
     capabilities = Capabilities(detects=True, purifies=False, int8=None, trt=True)
-    gate_types: ClassVar[dict] = {"fp32": Fp32Gate, "fp16": Fp16Gate, "int8": Int8Gate}
+    gate_types: ClassVar[dict] = {"fp32": Fp32Gate, "fp16": PrecisionGate, "bf16": PrecisionGate, "int8": PrecisionGate}
     parity_columns = (
         ("max_abs_logit", "max |Δlogit|"),
         ("max_abs_feature", "max |Δfeature|"),
@@ -143,15 +154,29 @@ class DetectorKind(ModelKind):
     def load_reference(self, run_dir: Path):
         return load_deployed(run_dir)[0]
 
-    def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None) -> dict:
-        """Logit/feature closeness and decision agreement; with labels, AUC/AP/acc of both and the drops."""
-        from toolkit.evaluation import binary_metrics
+    def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None, refit: bool = False,
+               got_threshold: float | None = None) -> dict:  # fmt: skip
+        """Logit/feature closeness and decision agreement; with labels, AUC/AP/acc of both and the drops.
+        `refit` (needs labels): the candidate is judged at its own operating point, fp32's false-positive rate
+        on these real images (`operating_point` in the stats: the map its artifact seals); `got_threshold`: at
+        a given one (the sealed map's, when bench re-checks a deployed precision). Default: fp32's threshold."""
+        from toolkit.evaluation import binary_metrics, fpr_matched_map, map_threshold
 
         if threshold is None:
             raise KindError("detector parity needs the decision threshold")
-        stats = parity_stats(ref, got, threshold)
-        if labels is not None and len(set(np.asarray(labels).tolist())) == 2:
-            a, b = binary_metrics(labels, ref["logit"], threshold), binary_metrics(labels, got["logit"], threshold)
+        labelled = labels is not None and len(set(np.asarray(labels).tolist())) == 2
+        op = None
+        if refit and labelled:
+            op = fpr_matched_map(labels, ref["logit"], got["logit"])
+            got_threshold = map_threshold(threshold, op)
+        stats = parity_stats(ref, got, threshold, got_threshold)
+        if op is not None:
+            stats["operating_point"] = op
+        if labelled:
+            a, b = (
+                binary_metrics(labels, ref["logit"], threshold),
+                binary_metrics(labels, got["logit"], stats["threshold"]),
+            )
             stats.update(reference_metrics=a, metrics=b)
             for k in ("auc", "ap", "acc"):
                 stats[f"{k}_drop_points"] = 100 * (a[k] - b[k])
@@ -163,10 +188,12 @@ class DetectorKind(ModelKind):
         model, config = load_deployed(run_dir)
         size = config["preprocess"]["size"]
         threshold = float(config["threshold"])
+        feeds, labels = verification_feeds(size, verify_n, verify_images, config["preprocess"], seed)
         return ExportSpec(
             module=model,
             example=torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed)),
-            verify_feeds=verification_feeds(size, verify_n, verify_images, config["preprocess"], seed),
+            verify_feeds=feeds,
+            verify_labels=labels,
             manifest={
                 "model_config": {
                     **{k: config[k] for k in ("backbone", "backbone_identity", "causal", "train")},

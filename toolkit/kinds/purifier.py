@@ -101,7 +101,8 @@ class PurifierKind(ModelKind):
     def load_reference(self, run_dir: Path):
         return _deployed(load_run(run_dir)[0])
 
-    def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None) -> dict:
+    def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None, refit: bool = False,
+               got_threshold: float | None = None) -> dict:  # fmt: skip
         return image_parity(ref, got)
 
     def export_spec(self, run_dir: Path, verify_images: Path | None = None, verify_n: int = 17, seed: int = 0):

@@ -37,6 +37,7 @@ class Scorer:
     logits: Callable[[np.ndarray], np.ndarray]
     describe: str = ""
     artifact: object = None  # the opened Artifact when the target is one (callers use it instead of re-opening)
+    precision: str = "fp32"  # the artifact's precision that scores (its threshold is that precision's)
 
 
 @dataclass
@@ -85,11 +86,12 @@ def open_scorer(target: str | Path, choice=None, batch: int = 32, what: str = "s
             yield Scorer(
                 str(target),
                 art.preprocess,
-                float(art.threshold),
+                float(path.threshold),
                 gens,
                 lambda x: path.run(x)["logit"],
                 describe=f"{path.choice.engine} {path.choice.precision}",
                 artifact=art,
+                precision=path.choice.precision,
             )
         return
     import torch

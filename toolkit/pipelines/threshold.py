@@ -72,6 +72,7 @@ def calibrate_threshold(
         engine = scorer.describe
         old = scorer.threshold
         art = scorer.artifact  # opened and verified once, by the scorer
+        precision = scorer.precision
     t = choose(s.labels, s.logits, rule, target_fpr)
     before, after = binary_metrics(s.labels, s.logits, old), binary_metrics(s.labels, s.logits, t)
     provenance = {
@@ -87,7 +88,14 @@ def calibrate_threshold(
         "previous": {"threshold": old, "provenance": art.manifest.get("threshold_provenance")},
         "metrics_on_data": after,
     }
+    # the manifest keeps fp32's threshold; a reduced precision's follows it through its sealed operating-point map
+    op = art.precisions.get(precision, {}).get("operating_point")
+    if op:
+        from toolkit.evaluation import map_threshold
+
+        provenance["chosen_at"] = {"precision": precision, "threshold": t}
+    fp32_t = map_threshold(t, op, inverse=True) if op else t
     if not dry_run:
-        art.update(threshold=t, threshold_provenance=provenance)
+        art.update(threshold=fp32_t, threshold_provenance=provenance)
     return {"artifact": str(artifact), "threshold": t, "previous": old, "before": before, "after": after,
             "provenance": provenance, "written": not dry_run, "skipped": s.skipped}  # fmt: skip

@@ -208,11 +208,13 @@ def write_model_repository(detector, out: str | Path, purifier=None, cfg: Reposi
             (d / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
             configs[name] = config
 
-        det_params = {
-            "threshold": repr(det.threshold),
-            "preprocess": det.preprocess,
-            "source_sha256": det.manifest.get("source_sha256") or "",
-        }
+        def det_params(precision: str) -> dict:  # each precision decides at its own sealed operating point
+            return {
+                "threshold": repr(det.threshold_for(precision)),
+                "preprocess": det.preprocess,
+                "source_sha256": det.manifest.get("source_sha256") or "",
+            }
+
         file_precisions = [p for p, v in det.precisions.items() if not v.get("execution")]
         for p, v in det.precisions.items():
             if v.get("execution"):
@@ -224,7 +226,7 @@ def write_model_repository(detector, out: str | Path, purifier=None, cfg: Reposi
             ins, outs = onnx_io(src)
             add(
                 f"detector_{p}",
-                model_config(f"detector_{p}", "onnxruntime_onnx", ins, outs, cfg, cfg.gpu, det_params),
+                model_config(f"detector_{p}", "onnxruntime_onnx", ins, outs, cfg, cfg.gpu, det_params(p)),
                 src,
             )
         for meta_path in sorted((det.dir / PLANS).glob("*.json")):
@@ -237,7 +239,7 @@ def write_model_repository(detector, out: str | Path, purifier=None, cfg: Reposi
             top = min(cfg.max_batch, *(shape[2][0] for shape in key["profile"].values()))
             plan_cfg = RepositoryConfig(top, cfg.max_queue_delay_us, cfg.instances, True)
             name = f"detector_{p}_trt_{key['id'][:8]}"
-            params = {**det_params, "tensorrt": key["tensorrt"], "compute_capability": key["compute_capability"]}
+            params = {**det_params(p), "tensorrt": key["tensorrt"], "compute_capability": key["compute_capability"]}
             add(name, model_config(name, "tensorrt_plan", ins, outs, plan_cfg, True, params), plan=plan)
         if pur is not None:
             pur_precisions = [p for p, v in pur.precisions.items() if not v.get("execution")]
