@@ -80,18 +80,26 @@ def test_export_refuses_what_a_purifier_cannot_do_and_applies_its_own_gates(puri
     out = tmp_path / "p"
     res = runner.invoke(app, ["export", str(purifier_run), "--out", str(out), "--precision", "int8"])
     assert res.exit_code == 2 and "int8 does not apply to purifier artifacts" in _one_line(res)
-    res = runner.invoke(app, ["export", str(purifier_run), "--out", str(out), "--max-abs-logit", "1e-3"])
+    res = runner.invoke(app, ["export", str(purifier_run), "--out", str(out), "--gate", "fp32.max_abs_logit=1e-3"])
     assert res.exit_code == 2 and "no fp32 gate bound 'max_abs_logit'" in _one_line(res)
     assert not out.exists()  # refused before any work
-    res = runner.invoke(app, ["export", str(purifier_run), "--out", str(out), "--min-psnr-db", "99"])
+    res = runner.invoke(app, ["export", str(purifier_run), "--out", str(out), "--gate", "fp16.min_psnr_db=99"])
     assert res.exit_code == 2 and "min_psnr_db" in _one_line(res, only=False) and "gate >= 99" in res.output
-    res = runner.invoke(app, ["export", str(purifier_run), "--out", str(out), "--min-psnr-db", "35", "--trt"])
+    res = runner.invoke(app, ["export", str(purifier_run), "--out", str(out), "--gate", "fp16.min_psnr_db=35", "--trt"])
     from toolkit.engines.trt_engine import unavailable_reason
 
     if unavailable_reason():  # the ONNX export happened; the plan step says what is missing
         assert res.exit_code == 2 and "cannot build TensorRT plans" in _one_line(res, only=False)
     m = json.loads((out / "manifest.json").read_text())
     assert m["kind"] == "purifier" and m["gates"]["fp16"]["gate"]["min_psnr_db"] == 35
+    for bad, says in (
+        (["--gate", "int8.min_decision_agreement=0.9"], "no int8 gate bound 'min_decision_agreement'"),
+        (["--gate", "fp16.min_psnr_db"], "expected PRECISION.BOUND=NUMBER"),
+        (["--gate", "fp16.min_psnr_db=high"], "expected PRECISION.BOUND=NUMBER"),
+    ):  # issue 24: a bound the kind does not have, or a malformed one, is one line before any work
+        res = runner.invoke(app, ["export", str(purifier_run), "--out", str(tmp_path / "q"), *bad])
+        assert res.exit_code == 2 and says in _one_line(res), res.output
+        assert not (tmp_path / "q").exists()
 
 
 def test_bench_calibrate_infer_purify_on_the_wrong_kind(purifier_artifact, exported_artifact, toy_data, tmp_path):
@@ -108,6 +116,11 @@ def test_bench_calibrate_infer_purify_on_the_wrong_kind(purifier_artifact, expor
         app, ["calibrate", str(purifier_artifact), "--images", str(toy_data), "--eval-images", str(toy_data)]
     )
     assert res.exit_code == 2 and "does not apply to purifier artifacts" in _one_line(res)
+    res = runner.invoke(app, ["calibrate", str(purifier_artifact), "--images", str(toy_data), "--eval-images",
+                              str(toy_data), "--repair"])  # fmt: skip
+    assert res.exit_code == 2 and "does not apply to purifier artifacts" in _one_line(res)
+    res = runner.invoke(app, ["debug", str(purifier_artifact), "--precision", "int8"])
+    assert res.exit_code == 2 and "int8" in _one_line(res), res.output
     res = runner.invoke(
         app, ["infer", str(toy_data), "--artifact", str(purifier_artifact), "--out", str(tmp_path / "x.csv")]
     )
