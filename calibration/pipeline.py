@@ -155,7 +155,6 @@ def _calibrate_in(art, ed, kind, images, eval_images, calib_paths, eval_paths, e
                                      no_vnni_minutes)  # fmt: skip
 
     res, no_vnni = judge(int8)
-    repaired = None
     if repair_n and not (res["passed"] and (no_vnni is None or no_vnni["passed"])):
         from calibration.repair import repair_int8
         from toolkit.data.loader import load_batch
@@ -163,7 +162,8 @@ def _calibrate_in(art, ed, kind, images, eval_images, calib_paths, eval_paths, e
         rank_x = load_batch([str(p) for p in calib_paths[:repair_n]], pre).array
         repaired = repair_int8(kind, fp32, int8, cfg, work, rank_x, judge, res, no_vnni, NoVnniEmulator, log,
                                progress)  # fmt: skip
-        summary, res, no_vnni = repaired["summary"], repaired["native"], repaired["no_vnni"]
+        summary = repaired["summary"] or summary  # None: the file is still the calibrated one
+        res, no_vnni = repaired["native"], repaired["no_vnni"]
         summary["repair"] = repaired["record"]
     summary["memory_estimate"] = est.as_dict()
     stats = dict(res["stats"])

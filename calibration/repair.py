@@ -53,7 +53,8 @@ def repair_int8(kind, fp32: Path, int8: Path, cfg, workdir: Path, rank_images: n
     """Repair the int8 file at `int8` in place (it failed: `native` is its gate result here, `no_vnni` its verdict
     for CPUs without VNNI or None). `judge(path, native_only)` -> (gate result here, no-VNNI verdict or None), the
     calibration's own judges; `emulator_factory`: calibration.saturation.NoVnniEmulator. -> {"passed", "summary"
-    (the quantization summary of the file now at `int8`), "native", "no_vnni", "record"}."""
+    (the quantization summary of the file now at `int8`, None when that is still the calibrated one), "native",
+    "no_vnni", "record"}."""
     import onnx
 
     from calibration.quantize import quantize
@@ -64,15 +65,16 @@ def repair_int8(kind, fp32: Path, int8: Path, cfg, workdir: Path, rank_images: n
     t0 = time.perf_counter()
     quantized, weighted = quantized_nodes(onnx.load(str(int8), load_external_data=False), cfg.op_types)
     state = {"float": [], "bit7": [], "native": native, "no_vnni": no_vnni}
-    written = {"now": ([], [])}  # what the file at `int8` holds (quantizing is deterministic from the ranges)
+    # what the file at `int8` holds and its quantization summary (quantizing is deterministic from the ranges);
+    # None: the calibrated file, whose summary the caller has
+    written: dict = {"now": ([], []), "summary": None}
     record: dict = {"quantized_nodes": len(quantized), "ranking_images": len(rank_images), "steps": []}
 
-    def write(floats: list[str], bit7: list[str], force: bool = False) -> dict | None:
-        if written["now"] == (floats, bit7) and not force:
-            return None
-        written["now"] = (list(floats), list(bit7))
-        c = replace(cfg, exclude_nodes=[*cfg.exclude_nodes, *floats], weights_7bit=bit7)
-        return quantize(fp32, int8, None, kind.input_name, c, workdir)
+    def write(floats: list[str], bit7: list[str]) -> None:
+        if written["now"] != (floats, bit7):
+            c = replace(cfg, exclude_nodes=[*cfg.exclude_nodes, *floats], weights_7bit=bit7)
+            written.update(now=(list(floats), list(bit7)), summary=quantize(fp32, int8, None, kind.input_name, c,
+                                                                            workdir))  # fmt: skip
 
     def trial_for(action: str, with_no_vnni: bool):
         def trial(kept: list[str]) -> dict:
@@ -126,8 +128,8 @@ def repair_int8(kind, fp32: Path, int8: Path, cfg, workdir: Path, rank_images: n
         ok = step("the gate on x86 CPUs without VNNI", "7-bit", rep, among, True) or step(
             "the gate on x86 CPUs without VNNI", "float", rep, [n for n in quantized if n not in state["float"]], True
         )
-    # the search may have ended on another trial than the one it chose: the chosen file, and its summary
-    summary = write(state["float"], state["bit7"], force=True)
+    write(state["float"], state["bit7"])  # the search may have ended on another trial than the one it chose
+    summary = written["summary"]
     if ok:
         sp = speed({"fp32": fp32, "full int8": full, "repaired int8": int8}, rank_images[:8], kind.input_name)
         ms = sp["ms_per_image"]

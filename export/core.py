@@ -121,8 +121,8 @@ def _write_variants(kind, spec, run_dir: Path, out_dir: Path, precisions, gates,
         # a reduced precision decides at its own operating point, re-fitted on labelled verify images and sealed
         res = comparator.compare(got, gates[precision], "onnxruntime-cpu", refit=precision != "fp32")
         if precision == "fp16" and repair and not res["passed"]:
-            res = _repair_fp16(kind, spec, out_dir, files, comparator, gates["fp16"], variants, external_data_bytes,
-                               log)  # fmt: skip
+            res = _repair_fp16(kind, spec, out_dir, files, comparator, gates["fp16"], res, variants,
+                               external_data_bytes, log)  # fmt: skip
         stats = res["stats"]
         if op := stats.pop("operating_point", None):
             variants[precision]["operating_point"] = op
@@ -150,12 +150,13 @@ def _write_variants(kind, spec, run_dir: Path, out_dir: Path, precisions, gates,
     return Artifact.write(out_dir, body)
 
 
-def _repair_fp16(kind, spec, out_dir: Path, files: dict, comparator, gate, variants: dict, external_data_bytes,
-                 log) -> dict:  # fmt: skip
+def _repair_fp16(kind, spec, out_dir: Path, files: dict, comparator, gate, failed: dict, variants: dict,
+                 external_data_bytes, log) -> dict:  # fmt: skip
     """The fp16 file failed its gate: rank its fp16 layers by the error each adds (toolkit debug, on up to 16 of the
     verify inputs) and keep the fewest of them in fp32 that pass (toolkit/repair.py). The file at `files["fp16"]`
-    becomes that one, and `variants["fp16"]` records what was kept, the ranking and the trials; -> its gate result
-    (still failing when even keeping every ranked layer does not pass)."""
+    becomes that one, and `variants["fp16"]` records what was kept, the ranking and the trials; -> its gate result,
+    or `failed` (the unrepaired file's) when even keeping every ranked layer does not pass: the export then fails
+    and its staging directory goes."""
     import numpy as np
     import onnx
 
@@ -185,14 +186,14 @@ def _repair_fp16(kind, spec, out_dir: Path, files: dict, comparator, gate, varia
         return {"passed": res["passed"], "res": res, "summary": "; ".join(res["failures"]) or "gate passed"}
 
     found = fewest([r["node"] for r in rows], trial, log, "layers (fp32)")
-    kept = found["kept"] or []
-    if written.get("kept") != kept:  # the search ended on another trial than the one it chose
+    kept = found["kept"]
+    if kept is None:
+        return failed
+    if written["kept"] != kept:  # the search ended on another trial than the one it chose
         write(kept)
     cols = ("node", "op", "added_error", "sqnr_db")
     variants["fp16"].update(written["summary"], repair=as_json({
-        "kept_in_fp32": kept, "passed": found["kept"] is not None, "first_failing": rep["first_failing"],
+        "kept_in_fp32": kept, "passed": True, "first_failing": rep["first_failing"],
         "ranked": [{k: r[k] for k in cols} for r in rows[:64]], "trials": found["trials"],
         "ranking_inputs": len(x)}))  # fmt: skip
-    if found["result"] is None:
-        return comparator.compare(comparator.run(lambda: OnnxRuntimeEngine(fp16)), gate, "onnxruntime-cpu", refit=True)
     return found["result"]["res"]
