@@ -262,16 +262,20 @@ class Artifact:
         t = self.manifest.get("threshold")
         return None if t is None else float(t)
 
+    def operating_point(self, precision: str, saturating: bool = False) -> dict | None:
+        """The operating-point map `precision`'s gate sealed (toolkit.evaluation.fpr_matched_map: fp32's
+        false-positive rate on the gate's real images), or None (fp32, or an artifact gated without labels).
+        `saturating`: int8 in onnxruntime on an x86 CPU without VNNI, which computes other logits: the map judged
+        for such CPUs."""
+        record = self.precisions.get(precision, {})
+        return (saturating and record.get("operating_point_no_vnni")) or record.get("operating_point") or None
+
     def threshold_for(self, precision: str, saturating: bool = False) -> float | None:
-        """The threshold `precision` decides at: fp32's, moved by the operating-point map its gate sealed
-        (toolkit.evaluation.fpr_matched_map: fp32's false-positive rate on the gate's real images). `saturating`:
-        int8 in onnxruntime on an x86 CPU without VNNI, which computes other logits: the map judged for such CPUs."""
+        """The threshold `precision` decides at: fp32's, moved by its operating-point map."""
         from toolkit.evaluation import map_threshold
 
-        record = self.precisions.get(precision, {})
-        op = (saturating and record.get("operating_point_no_vnni")) or record.get("operating_point")
-        t = self.threshold
-        return t if t is None or not op else map_threshold(t, op)
+        t, op = self.threshold, self.operating_point(precision, saturating)
+        return t if t is None or op is None else map_threshold(t, op)
 
     @property
     def model_name(self) -> str:

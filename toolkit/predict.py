@@ -75,6 +75,18 @@ class PredictionPath:
                     f"{self.purifier.dir} works at {self.purifier.preprocess['size']} px, the detector "
                     f"{self.detector.dir} at {self.detector.preprocess['size']} px: export them at one size"
                 )
+        # each reduced precision decides at its sealed operating point; int8 in onnxruntime on an x86 CPU without
+        # VNNI at its own, judged under the exact emulation of that CPU. Derived once here, not per batch.
+        self.operating_point, self._threshold = None, None
+        if self.detector is not None:
+            from toolkit.machine import int8_pairs_saturate
+
+            c = self.choice
+            saturating = (
+                c.precision == "int8" and c.engine == "onnxruntime" and c.provider == "cpu" and int8_pairs_saturate()
+            )
+            self.operating_point = self.detector.operating_point(c.precision, saturating)
+            self._threshold = self.detector.threshold_for(c.precision, saturating)
         self._stack: contextlib.ExitStack | None = None
         self._engines: dict = {}
 
@@ -92,17 +104,8 @@ class PredictionPath:
 
     @property
     def threshold(self) -> float | None:
-        """The detector's threshold at the path's precision (each reduced precision has its sealed operating point;
-        int8 in onnxruntime on an x86 CPU without VNNI has its own, judged under the exact emulation of that CPU)."""
-        if self.detector is None:
-            return None
-        from toolkit.machine import int8_pairs_saturate
-
-        c = self.choice
-        saturating = (
-            c.precision == "int8" and c.engine == "onnxruntime" and c.provider == "cpu" and int8_pairs_saturate()
-        )
-        return self.detector.threshold_for(c.precision, saturating)
+        """The detector's threshold at the path's precision (fixed when the path was made)."""
+        return self._threshold
 
     def identity(self) -> dict:
         """Everything the outputs depend on (resume and servers compare it): artifact hashes, engine, threshold."""

@@ -37,7 +37,7 @@ class Scorer:
     logits: Callable[[np.ndarray], np.ndarray]
     describe: str = ""
     artifact: object = None  # the opened Artifact when the target is one (callers use it instead of re-opening)
-    precision: str = "fp32"  # the artifact's precision that scores (its threshold is that precision's)
+    operating_point: dict | None = None  # the map from fp32's threshold to `threshold` (a reduced precision's)
 
 
 @dataclass
@@ -91,7 +91,7 @@ def open_scorer(target: str | Path, choice=None, batch: int = 32, what: str = "s
                 lambda x: path.run(x)["logit"],
                 describe=f"{path.choice.engine} {path.choice.precision}",
                 artifact=art,
-                precision=path.choice.precision,
+                operating_point=path.operating_point,
             )
         return
     import torch

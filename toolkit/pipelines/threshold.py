@@ -72,7 +72,7 @@ def calibrate_threshold(
         engine = scorer.describe
         old = scorer.threshold
         art = scorer.artifact  # opened and verified once, by the scorer
-        precision = scorer.precision
+        op = scorer.operating_point
     t = choose(s.labels, s.logits, rule, target_fpr)
     before, after = binary_metrics(s.labels, s.logits, old), binary_metrics(s.labels, s.logits, t)
     provenance = {
@@ -89,12 +89,12 @@ def calibrate_threshold(
         "metrics_on_data": after,
     }
     # the manifest keeps fp32's threshold; a reduced precision's follows it through its sealed operating-point map
-    op = art.precisions.get(precision, {}).get("operating_point")
+    fp32_t = t
     if op:
         from toolkit.evaluation import map_threshold
 
-        provenance["chosen_at"] = {"precision": precision, "threshold": t}
-    fp32_t = map_threshold(t, op, inverse=True) if op else t
+        provenance["chosen_at"] = {"scored_by": engine, "threshold": t}
+        fp32_t = map_threshold(t, op, inverse=True)
     if not dry_run:
         art.update(threshold=fp32_t, threshold_provenance=provenance)
     return {"artifact": str(artifact), "threshold": t, "previous": old, "before": before, "after": after,
