@@ -35,7 +35,7 @@ gpu-wheels: $(STAMP)
 mutation: $(STAMP)
 	$(BIN)/pip install -q mutmut==3.8.1
 	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2 || true
+	TOOLKIT_TEST_FIXTURE_CACHE=$(CURDIR)/mutants/.fixtures $(BIN)/mutmut run --max-children 2 || true
 	$(BIN)/python -m benchmarks.mutation_report
 
 clean:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +73,58 @@ def interrupting(batches, at: int):
     return interrupted
 
 
+# `make mutation` sets this to a folder that outlives one pytest session. Each mutant runs its tests in a fresh
+# process, where the session fixtures below were rebuilt every time: training and exporting the tiny detector is
+# 10 s of setup before a 0.2 s test, most of a mutation run. With the variable set, they are built once (by mutmut's
+# first, unmutated pass) where they stay, so the paths recorded inside them (the run's data, the artifact's run)
+# stay valid. A digest taken when built is checked by every session; a session running a mutant that finds the
+# folder missing or damaged builds its own private one (the mutant may be in the code that builds it, so what it
+# builds is never kept). Mutants on the export path itself are still exercised: the tests that export call export
+# themselves.
+FIXTURE_CACHE = "TOOLKIT_TEST_FIXTURE_CACHE"
+
+
+def _tree_digest(root: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        if p.is_file() and not p.is_symlink():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _session_dir(factory, name: str, build) -> Path:
+    """`build(out)` makes the folder `out`; -> a fresh folder per session, or the one built once (above)."""
+    root = os.environ.get(FIXTURE_CACHE)
+    if not root:
+        out = factory.mktemp(name) / name
+        build(out)
+        return out
+    import fcntl
+
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    cached, stamp = root / name, root / f"{name}.sha256"
+    mutant = "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.is_file() and cached.is_dir() and stamp.read_text() == _tree_digest(cached)):
+            if mutant:
+                out = factory.mktemp(name) / name
+                build(out)
+                return out
+            stamp.unlink(missing_ok=True)
+            shutil.rmtree(cached, ignore_errors=True)
+            build(cached)
+            stamp.write_text(_tree_digest(cached))
+    return cached
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> Path:
-    return write_forensynths(tmp_path_factory.mktemp("toy"), {"gan_a": 24, "gan_b": 12})
+    return _session_dir(tmp_path_factory, "toy", lambda out: write_forensynths(out, {"gan_a": 24, "gan_b": 12}))
 
 
 @pytest.fixture(scope="session")
@@ -94,10 +145,11 @@ def trained_run(toy_data, tmp_path_factory) -> Path:
     from toolkit.pipelines.detector import train_detector
     from toolkit.training.detector import TrainConfig
 
-    run = tmp_path_factory.mktemp("run") / "causal"
-    train_detector(toy_data / "gan_a", run, backbone_cfg=BackboneConfig(name="tiny-vit-32"),
-                   train_cfg=TrainConfig(epochs=20), cache_dir=None, progress=False)  # fmt: skip
-    return run
+    def build(run):
+        train_detector(toy_data / "gan_a", run, backbone_cfg=BackboneConfig(name="tiny-vit-32"),
+                       train_cfg=TrainConfig(epochs=20), cache_dir=None, progress=False)  # fmt: skip
+
+    return _session_dir(tmp_path_factory, "causal", build)
 
 
 @pytest.fixture(scope="session")
@@ -105,9 +157,7 @@ def exported_artifact(trained_run, tmp_path_factory) -> Path:
     """One exported detector artifact shared by the whole session."""
     from export.core import export_run
 
-    out = tmp_path_factory.mktemp("artifact") / "detector"
-    export_run(trained_run, out, log=lambda *_: None)
-    return out
+    return _session_dir(tmp_path_factory, "detector", lambda out: export_run(trained_run, out, log=lambda *_: None))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,170 @@
+"""toolkit/data/images.py on its own: every refusal with its exact reason, the 16-bit / 32-bit / float scaling to
+8 bits written out here, EXIF orientation, the first frame of an animation, and `read_file` against FIFOs,
+devices, directories and size limits at their exact bounds."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from toolkit.data.images import (
+    IMAGE_EXTENSIONS,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    ImageDecodeError,
+    Skipped,
+    decode_image,
+    is_image_file,
+    load_image,
+    read_file,
+)
+
+
+def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_constants_and_names():
+    """Bugs: a limit or an extension changed silently."""
+    assert MAX_PIXELS == 64 * 1024 * 1024 and MAX_FILE_BYTES == 256 * 1024 * 1024
+    assert {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jfif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".bmp",
+        ".gif",
+        ".ppm",
+        ".pgm",
+    } == IMAGE_EXTENSIONS
+    assert is_image_file(__import__("pathlib").Path("a/B.JPG")) and not is_image_file(
+        __import__("pathlib").Path("a.txt")
+    )
+    e = ImageDecodeError("dir/x.png", "bad")
+    assert str(e) == "dir/x.png: bad" and e.path == "dir/x.png" and e.reason == "bad"
+    assert Skipped("a", "b") == Skipped("a", "b")
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file (0 bytes)"),
+        (b"hello, not an image", "not a recognised image format"),
+        (
+            _png(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)))[:2000],
+            "corrupt or truncated image (",
+        ),
+    ],
+)
+def test_refusals_name_the_file_and_the_reason(data, reason):
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(data, "d/x.png")
+    assert e.value.path == "d/x.png" and e.value.reason.startswith(reason) and str(e.value).startswith("d/x.png: ")
+    assert "\n" not in str(e.value)
+
+
+def test_pixel_limit_is_inclusive():
+    """Bugs: the limit compared with >= (refusing an image of exactly the limit), or not applied."""
+    data = _png(Image.new("RGB", (30, 20)))
+    assert decode_image(data, max_pixels=600).size == (30, 20)
+    with pytest.raises(ImageDecodeError, match=r"x.png: too large: 30x20 pixels exceeds the limit of 599$"):
+        decode_image(data, "x.png", max_pixels=599)
+
+
+def test_decompression_bomb_is_refused(monkeypatch):
+    """Bug: PIL's bomb warning let through (it is turned into an error while opening)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageDecodeError, match=r"decompression bomb refused \("):
+        decode_image(_png(Image.new("RGB", (12, 12))), "b.png")  # 144 px: over 100 (warning), under 200 (error)
+
+
+def test_sixteen_bit_and_int32_images_scale_to_eight_bits():
+    """Bugs: the 16-bit peak, the clip, or the integer scaling changed (written out: v * 255 // 65535)."""
+    a = np.array([[0, 257, 65535, 30000]], np.uint16)
+    got = decode_image(_png(Image.fromarray(a)))
+    assert got.mode == "L" and np.asarray(got).tolist() == [[0, 1, 255, 30000 * 255 // 65535]]
+    small = np.array([[0, 100, 255, 7]], np.int32)  # mode I holding 8-bit values: kept as they are
+    got = decode_image(_png(Image.fromarray(small), "TIFF"))
+    assert got.mode == "L" and np.asarray(got).tolist() == [[0, 100, 255, 7]]
+    wide = np.array([[0, 1000, 70000, -5]], np.int32)  # above 255: a 16-bit scale, clipped
+    got = decode_image(_png(Image.fromarray(wide), "TIFF"))
+    assert np.asarray(got).tolist() == [[0, 1000 * 255 // 65535, 255, 0]]
+
+
+def test_float_images_stretch_to_eight_bits():
+    """Bugs: the min-max stretch inverted or off by its ends, a constant image dividing by zero, NaN kept."""
+    a = np.array([[-1.0, 0.0, 1.0, 3.0]], np.float32)
+    got = decode_image(_png(Image.fromarray(a), "TIFF"))
+    assert got.mode == "L" and np.asarray(got).tolist() == [[0, 63, 127, 255]]
+    flat = decode_image(_png(Image.fromarray(np.full((2, 2), 5.0, np.float32)), "TIFF"))
+    assert np.asarray(flat).tolist() == [[0, 0], [0, 0]]
+    nan = np.array([[np.nan, 0.0, 2.0]], np.float32)
+    assert np.asarray(decode_image(_png(Image.fromarray(nan), "TIFF"))).tolist() == [[0, 0, 255]]
+
+
+def test_modes_other_than_deep_ones_are_kept():
+    for mode in ("RGB", "RGBA", "L", "P", "CMYK"):
+        fmt = "TIFF" if mode == "CMYK" else "PNG"
+        assert decode_image(_png(Image.new(mode, (3, 2)), fmt)).mode == mode
+
+
+def test_exif_orientation_is_applied_and_a_broken_exif_keeps_the_image():
+    """Bugs: the EXIF transpose dropped, or an exception in it losing an otherwise readable image."""
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    got = decode_image(_png(img, "JPEG", exif=exif.tobytes()))
+    assert got.size == (20, 40)
+    bad = Image.Exif()
+    bad[0x0112] = 99  # not an orientation: PIL leaves the image as it is
+    assert decode_image(_png(img, "JPEG", exif=bad.tobytes())).size == (40, 20)
+
+
+def test_first_frame_of_an_animation():
+    """Bug: the seek to frame 0 dropped (a file opened at another frame, or the last frame decoded)."""
+    frames = [Image.new("L", (4, 4), v) for v in (10, 200, 90)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    got = decode_image(buf.getvalue())
+    assert np.asarray(got.convert("L"))[0, 0] == 10
+
+
+def test_read_file_bounds_and_kinds(tmp_path):
+    """Bugs: the size limit off by one, a FIFO or a device read (or blocking), a directory or a missing file not
+    one line."""
+    f = tmp_path / "a.png"
+    f.write_bytes(b"x" * 100)
+    assert read_file(f, max_bytes=100) == b"x" * 100
+    with pytest.raises(ImageDecodeError, match=r"a.png: file too large: 100 bytes exceeds the limit of 99$"):
+        read_file(f, max_bytes=99)
+    with pytest.raises(ImageDecodeError, match=r"not a regular file \(a directory\)$"):
+        read_file(tmp_path)
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageDecodeError, match=r"f.png: not a regular file \(a FIFO\)$"):
+        read_file(fifo)
+    dev = tmp_path / "z.png"
+    dev.symlink_to("/dev/zero")
+    with pytest.raises(ImageDecodeError, match=r"z.png: not a regular file \(a character device\)$"):
+        read_file(dev)
+    with pytest.raises(ImageDecodeError, match=r"missing.png: cannot read file \(No such file or directory\)$"):
+        read_file(tmp_path / "missing.png")
+
+
+def test_load_image_applies_both_limits(tmp_path):
+    p = tmp_path / "x.png"
+    p.write_bytes(_png(Image.new("RGB", (10, 10))))
+    assert load_image(p).size == (10, 10)
+    with pytest.raises(ImageDecodeError, match="too large: 10x10"):
+        load_image(p, max_pixels=99)
+    with pytest.raises(ImageDecodeError, match="file too large"):
+        load_image(p, max_bytes=10)
