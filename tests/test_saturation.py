@@ -125,3 +125,111 @@ def test_a_pair_at_the_smallest_saturating_size_is_a_candidate():
     q = np.full((3, 4), 127, np.int64)
     np.testing.assert_allclose(got["y0"], u8s8_reference(q, w_q) * 0.05 * 0.01, rtol=1e-5, atol=1e-5)
     assert (u8s8_reference(q, w_q)[:, 0] == 2 * 32767 - 128 * 258).all()  # both pairs clipped at 32,767
+
+
+def _gemm_with(attrs: dict, k: int = 8, n: int = 4) -> onnx.ModelProto:
+    """One Gemm layer (transB=1, like quantize_static writes) with its attributes replaced by `attrs`."""
+    w_q = np.ones((k, n), np.int8)
+    model = _model([(w_q, np.full(n, 0.01), 0.05, True)], k)
+    node = model.graph.node[-1]
+    del node.attribute[:]
+    node.attribute.extend(helper.make_attribute(a, v) for a, v in attrs.items())
+    return model
+
+
+@pytest.mark.parametrize(
+    "attrs, instrumented",
+    [({"transB": 1}, True), ({"transB": 1, "alpha": 1.0, "transA": 0}, True), ({"transB": 1, "alpha": 2.0}, False),
+     ({"transB": 1, "alpha": 0.5}, False), ({"transB": 1, "transA": 1}, False)],
+)  # fmt: skip
+def test_only_the_gemm_layout_quantize_static_writes_is_instrumented(attrs, instrumented):
+    """Bugs: a Gemm scaled by alpha, or with a transposed activation, emulated as if it were a plain product (the
+    emulation would add a wrong correction); or a plain one skipped."""
+    from calibration.saturation import instrument
+
+    _, layers = instrument(_gemm_with(attrs))
+    assert len(layers) == (1 if instrumented else 0)
+
+
+def test_gemm_weights_are_read_in_the_kernels_orientation():
+    """Bugs: transB ignored (the weights emulated transposed) or applied to a MatMul."""
+    from calibration.saturation import instrument
+
+    rng = np.random.default_rng(3)
+    w_q = rng.integers(-127, 128, (6, 4)).astype(np.int8)
+    for gemm in (False, True):
+        _, (layer,) = instrument(_model([(w_q, np.full(4, 0.01), 0.05, gemm)], 6))
+        assert layer.w.shape == (6, 4) and np.array_equal(layer.w, w_q)
+        assert layer.sw.shape == (4,) and layer.sa == pytest.approx(0.05)
+
+
+def test_an_odd_depth_is_padded_with_a_zero_row_and_a_scalar_scale_is_broadcast():
+    """Bugs: the zero row (MLAS pads K to even) missing or not zero, or a per-tensor weight scale not broadcast to
+    every output."""
+    from calibration.saturation import instrument
+
+    w_q = np.full((5, 3), 7, np.int8)
+    model = _model([(w_q, np.full(3, 0.01), 0.05, False)], 5)
+    scale = next(t for t in model.graph.initializer if t.name == "sw0")
+    scale.CopyFrom(numpy_helper.from_array(np.array(0.02, np.float32), "sw0"))
+    _, (layer,) = instrument(model)
+    assert layer.w.shape == (6, 3) and (layer.w[5] == 0).all() and (layer.w[:5] == 7).all()
+    assert layer.w.dtype == np.int8 and layer.sw.tolist() == pytest.approx([0.02] * 3)
+
+
+def test_layers_that_cannot_saturate_are_skipped_and_the_rest_still_instrumented():
+    """Bugs: a skipped node ending the scan (`continue` -> `break`), so the layers after it are never emulated; an
+    activation x activation product, a non-int8 weight or a computed activation scale instrumented."""
+    from calibration.saturation import instrument
+
+    k = 4
+    w_q = np.ones((k, k), np.int8)
+    model = _model([(w_q, np.full(k, 0.01), 0.05, False), (w_q, np.full(k, 0.01), 0.05, False)], k)
+    g = model.graph
+    # layer 0 becomes activation x activation: its weight DQ now reads the activation's int8 tensor
+    w_dq0 = next(n for n in g.node if n.output[0] == "wd0")
+    w_dq0.input[0] = "xq0"
+    _, layers = instrument(model)
+    assert [layer.activation for layer in layers] == ["xd1"]
+    # a weight that is not int8 (uint8): skipped, the next still instrumented
+    model = _model([(w_q, np.full(k, 0.01), 0.05, False), (w_q, np.full(k, 0.01), 0.05, False)], k)
+    wq0 = next(t for t in model.graph.initializer if t.name == "wq0")
+    wq0.CopyFrom(numpy_helper.from_array(np.ones((k, k), np.uint8), "wq0"))
+    assert [layer.activation for layer in instrument(model)[1]] == ["xd1"]
+    # an activation scale computed in the graph (not an initializer): skipped
+    model = _model([(w_q, np.full(k, 0.01), 0.05, False), (w_q, np.full(k, 0.01), 0.05, False)], k)
+    g = model.graph
+    dq0 = next(n for n in g.node if n.output[0] == "xd0")
+    g.node.insert(0, helper.make_node("Identity", ["sa0"], ["sa0_computed"]))
+    dq0.input[1] = "sa0_computed"
+    assert [layer.activation for layer in instrument(model)[1]] == ["xd1"]
+    # a MatMul fed by no DQ at all: skipped
+    model = _model([(w_q, np.full(k, 0.01), 0.05, False), (w_q, np.full(k, 0.01), 0.05, False)], k)
+    mm0 = next(n for n in model.graph.node if n.op_type == "MatMul")
+    mm0.input[0] = "x"
+    assert [layer.activation for layer in instrument(model)[1]] == ["xd1"]
+
+
+def test_instrumented_graph_adds_a_delta_and_exposes_the_activation():
+    """Bugs: the correction's Add not wired between the layer and its consumers, or its inputs and outputs not
+    declared."""
+    from calibration.saturation import instrument
+
+    w_q = np.ones((4, 4), np.int8)
+    model = _model([(w_q, np.full(4, 0.01), 0.05, False), (w_q, np.full(4, 0.01), 0.05, True)], 4)
+    inst, layers = instrument(model)
+    assert [(la.delta, la.output) for la in layers] == [("no_vnni_delta_0", "y0"), ("no_vnni_delta_1", "y1")]
+    adds = [n for n in inst.graph.node if n.op_type == "Add"]
+    assert [(list(a.input), list(a.output), a.name) for a in adds] == [
+        (["no_vnni_exact_0", "no_vnni_delta_0"], ["y0"], "no_vnni_add_0"),
+        (["no_vnni_exact_1", "no_vnni_delta_1"], ["y1"], "no_vnni_add_1"),
+    ]
+    names = [n.output[0] for n in inst.graph.node]
+    assert names.index("no_vnni_exact_0") + 1 == names.index("y0")  # each Add right after its layer
+    assert {i.name for i in inst.graph.input} >= {"no_vnni_delta_0", "no_vnni_delta_1"}
+    assert {o.name for o in inst.graph.output} >= {"xd0", "xd1", "y1"}
+    x = np.full((2, 4), 1.0, np.float32)
+    zero = {"x": x, "no_vnni_delta_0": np.zeros((2, 4), np.float32), "no_vnni_delta_1": np.ones((2, 4), np.float32)}
+    s = ort.InferenceSession(inst.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in s.get_outputs()], s.run(None, zero), strict=True))
+    np.testing.assert_allclose(out["y1"], _exact(model, x) + 1.0, rtol=1e-5, atol=1e-5)
