@@ -35,8 +35,9 @@ gpu-wheels: $(STAMP)
 mutation: $(STAMP)
 	$(BIN)/pip install -q mutmut==3.8.1
 	rm -rf mutants
-	TOOLKIT_TEST_FIXTURE_CACHE=$(CURDIR)/mutants/.fixtures $(BIN)/mutmut run --max-children 2 || true
-	$(BIN)/python -m benchmarks.mutation_report
+	start=$$(date +%s); \
+	TOOLKIT_TEST_FIXTURE_CACHE=$(CURDIR)/mutants/.fixtures $(BIN)/mutmut run --max-children 2 || true; \
+	$(BIN)/python -m benchmarks.mutation_report --seconds $$(( $$(date +%s) - start ))
 
 clean:
 	rm -rf $(VENV) demo_out

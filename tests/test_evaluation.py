@@ -181,8 +181,33 @@ def test_markdown_and_rich_tables():
     assert f"| {UNNAMED} | - | m | 100.0 | - | 100.0 | - | - |" in flat.splitlines()
     from rich.console import Console
 
-    console = Console(width=200, record=True)
+    console = Console(width=100, record=True, color_system="standard", force_terminal=True)
     console.print(rich_table({"fp32": r}, title="T"))
-    text = console.export_text()
-    assert "T" in text.splitlines()[0] and "gan" in text and "unseen" in text and "mean unseen" in text
-    assert "50.0" in text and "100.0" in text and "train" in text
+    # the whole rendering: column names, their alignment (names left, figures right), one section per generator
+    assert console.export_text(clear=False) == RICH_TABLE
+    styled = console.export_text(styles=True)
+    assert "\x1b[1m" in styled.splitlines()[-2] and "\x1b[1m" not in styled.splitlines()[4]  # the mean row is bold
+    assert "\x1b[3m" in styled.splitlines()[0]  # the title
+
+
+RICH_TABLE = (
+    " " * 39
+    + "T"
+    + " " * 39
+    + "\n"
+    + """\
+┏━━━━━━━━━━━━━┳━━━━━━━━┳━━━━━━━━┳━━━━━━━━━━┳━━━━━━━━━━┳━━━━━━━┳━━━━━━━┳━━━━━━━┓
+┃ generator   ┃ seen   ┃ method ┃ acc real ┃ acc fake ┃   acc ┃    AP ┃   AUC ┃
+┡━━━━━━━━━━━━━╇━━━━━━━━╇━━━━━━━━╇━━━━━━━━━━╇━━━━━━━━━━╇━━━━━━━╇━━━━━━━╇━━━━━━━┩
+│ gan         │ unseen │ fp32   │    100.0 │    100.0 │ 100.0 │ 100.0 │ 100.0 │
+├─────────────┼────────┼────────┼──────────┼──────────┼───────┼───────┼───────┤
+│ mj          │ unseen │ fp32   │    100.0 │    100.0 │ 100.0 │ 100.0 │ 100.0 │
+├─────────────┼────────┼────────┼──────────┼──────────┼───────┼───────┼───────┤
+│ real        │ train  │ fp32   │     50.0 │        - │  50.0 │     - │     - │
+├─────────────┼────────┼────────┼──────────┼──────────┼───────┼───────┼───────┤
+│ sd          │ train  │ fp32   │        - │     50.0 │  50.0 │     - │     - │
+├─────────────┼────────┼────────┼──────────┼──────────┼───────┼───────┼───────┤
+│ mean unseen │        │ fp32   │    100.0 │    100.0 │ 100.0 │ 100.0 │ 100.0 │
+└─────────────┴────────┴────────┴──────────┴──────────┴───────┴───────┴───────┘
+"""
+)
