@@ -21,7 +21,108 @@ ALIVE = ("survived", "no tests", "suspicious", "segfault")
 KILLED = ("killed", "timeout")
 
 # Mutants read and judged, left without a test: mutant name (or a prefix: its function) -> why.
-REASONS: dict[str, str] = {}
+_EQ_DTYPE = "equivalent: the values are float32 / int either way for every input the callers pass"
+_EQ_SQL = "equivalent: SQL keywords and table names are case-insensitive"
+_EQ_BROADCAST = "equivalent: (3, 1, 1) broadcasts against (N, 3, H, W) exactly as (1, 3, 1, 1) does"
+REASONS: dict[str, str] = {
+    # toolkit/attacks.py
+    "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_17": _EQ_DTYPE + " (torch's default dtype)",
+    "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_19": _EQ_DTYPE + " (torch's default dtype)",
+    "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_39": _EQ_DTYPE + " (torch's default dtype)",
+    "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_41": _EQ_DTYPE + " (torch's default dtype)",
+    "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_34": _EQ_BROADCAST,
+    "toolkit.attacks.x_attack_loss__mutmut_19": "equivalent: features are (N, D), so cosine_similarity's default "
+    "dim=1 is dim=-1",
+    "toolkit.attacks.x_attack_loss__mutmut_20": "equivalent: features are (N, D), so dim=+1 is dim=-1",
+    "toolkit.attacks.x_pgd__mutmut_6": "equivalent in results: without the precomputed reference, attack_loss "
+    "recomputes the same clean feature each step (the model is in eval mode); only slower",
+    "toolkit.attacks.x_pgd__mutmut_7": "equivalent in results (see x_pgd__mutmut_6)",
+    "toolkit.attacks.x_pgd__mutmut_8": "equivalent in results: a reference computed for the decision target is "
+    "never read",
+    "toolkit.attacks.x_pgd__mutmut_11": "equivalent in results (see x_pgd__mutmut_6 and _8)",
+    "toolkit.attacks.x_pgd__mutmut_12": "equivalent in results (see x_pgd__mutmut_6)",
+    "toolkit.attacks.x_pgd__mutmut_13": "equivalent in results (see x_pgd__mutmut_6)",
+    "toolkit.attacks.x_pgd__mutmut_42": "equivalent: x_clean is read by attack_loss only when no reference is given, "
+    "and pgd always gives one for the embedding target",
+    "toolkit.attacks.x_pgd__mutmut_45": "equivalent in results (see x_pgd__mutmut_6)",
+    "toolkit.attacks.x_pgd__mutmut_51": "equivalent in results (see x_pgd__mutmut_6)",
+    "toolkit.attacks.x_quantise_in_ball__mutmut_11": "equivalent: c - eps <= 255 always, the upper clamp of the "
+    "lower bound never acts",
+    "toolkit.attacks.x_quantise_in_ball__mutmut_13": "equivalent (see x_quantise_in_ball__mutmut_11)",
+    "toolkit.attacks.x_quantise_in_ball__mutmut_17": "equivalent (see x_quantise_in_ball__mutmut_11)",
+    "toolkit.attacks.x_quantise_in_ball__mutmut_18": "equivalent: c + eps >= 0 always, the lower clamp of the "
+    "upper bound never acts",
+    # toolkit/data/images.py
+    "toolkit.data.images.x__to_8bit__mutmut_29": "equivalent: a 2-D uint8 array becomes mode L without naming it",
+    "toolkit.data.images.x__to_8bit__mutmut_31": "equivalent (see x__to_8bit__mutmut_29)",
+    "toolkit.data.images.x__to_8bit__mutmut_33": "equivalent: for non-negative values, truncating a true division "
+    "to uint8 is the floor division",
+    "toolkit.data.images.x__to_8bit__mutmut_50": "not worth a test: float32 instead of float64 moves an 8-bit "
+    "result only where the stretch lands within float32 rounding of a whole number",
+    "toolkit.data.images.x__to_8bit__mutmut_52": "not worth a test (see x__to_8bit__mutmut_50)",
+    "toolkit.data.images.x__to_8bit__mutmut_60": "equivalent: a constant image divides 0 by 0, and nan_to_num makes "
+    "the NaNs the same zeros",
+    "toolkit.data.images.x__to_8bit__mutmut_66": "equivalent (see x__to_8bit__mutmut_60)",
+    "toolkit.data.images.x__to_8bit__mutmut_69": "equivalent (see x__to_8bit__mutmut_29)",
+    "toolkit.data.images.x__to_8bit__mutmut_71": "equivalent (see x__to_8bit__mutmut_29)",
+    "toolkit.data.images.x_read_file__mutmut_8": "not worth a test: close-on-exec only matters if this process "
+    "execs between open and the close in `finally`",
+    "toolkit.data.images.x_read_file__mutmut_10": "not worth a test (see x_read_file__mutmut_8)",
+    "toolkit.data.images.x_read_file__mutmut_13": "not worth a test (see x_read_file__mutmut_8)",
+    "toolkit.data.images.x_read_file__mutmut_14": "not worth a test (see x_read_file__mutmut_8)",
+    "toolkit.data.images.x_read_file__mutmut_15": "not worth a test (see x_read_file__mutmut_8)",
+    "toolkit.data.images.x_read_file__mutmut_16": "not worth a test (see x_read_file__mutmut_8)",
+    "toolkit.data.images.x_read_file__mutmut_28": "equivalent: on Linux every non-regular file type has a name in "
+    "_KINDS, so the default is never used",
+    "toolkit.data.images.x_read_file__mutmut_30": "equivalent (see x_read_file__mutmut_28)",
+    "toolkit.data.images.x_read_file__mutmut_32": "equivalent (see x_read_file__mutmut_28)",
+    "toolkit.data.images.x_read_file__mutmut_33": "equivalent (see x_read_file__mutmut_28)",
+    "toolkit.data.images.x_read_file__mutmut_47": "equivalent: reads of a regular file never block",
+    "toolkit.data.images.x_read_file__mutmut_58": "equivalent: reading everything still finds more than max_bytes",
+    "toolkit.data.images.x_read_file__mutmut_60": "equivalent: one byte more than max_bytes is enough to see growth",
+    # toolkit/done_index.py
+    "toolkit.done_index.xǁInFlightǁ__contains____mutmut_7": _EQ_SQL,
+    "toolkit.done_index.xǁInFlightǁ__contains____mutmut_8": _EQ_SQL,
+    # toolkit/evaluation.py
+    "toolkit.evaluation.x_oracle_threshold__mutmut_2": _EQ_DTYPE,
+    "toolkit.evaluation.x_oracle_threshold__mutmut_6": _EQ_DTYPE,
+    "toolkit.evaluation.x_oracle_threshold__mutmut_8": _EQ_DTYPE,
+    "toolkit.evaluation.x_oracle_threshold__mutmut_15": "equivalent: the order inside a tie does not change the "
+    "counts at cuts between distinct values, the only cuts taken",
+    "toolkit.evaluation.x_oracle_threshold__mutmut_17": "equivalent (see x_oracle_threshold__mutmut_15)",
+    "toolkit.evaluation.x_oracle_threshold__mutmut_19": "equivalent (see x_oracle_threshold__mutmut_15)",
+    "toolkit.evaluation.x_oracle_threshold__mutmut_51": "equivalent: cut 0 (everything fake) is always valid, and the "
+    "best valid count is at least 1, so no invalid entry of +1 or -2 is ever the first maximum",
+    "toolkit.evaluation.x_oracle_threshold__mutmut_52": "equivalent (see x_oracle_threshold__mutmut_51)",
+    "toolkit.evaluation.x_threshold_at_fpr__mutmut_2": _EQ_DTYPE,
+    "toolkit.evaluation.x_threshold_at_fpr__mutmut_7": _EQ_DTYPE,
+    "toolkit.evaluation.x_threshold_at_fpr__mutmut_9": _EQ_DTYPE,
+    "toolkit.evaluation.x_fpr_matched_map__mutmut_2": _EQ_DTYPE,
+    "toolkit.evaluation.x_fpr_matched_map__mutmut_7": _EQ_DTYPE,
+    "toolkit.evaluation.x_fpr_matched_map__mutmut_9": _EQ_DTYPE,
+    "toolkit.evaluation.x_fpr_matched_map__mutmut_15": _EQ_DTYPE,
+    "toolkit.evaluation.x_fpr_matched_map__mutmut_17": _EQ_DTYPE,
+    "toolkit.evaluation.x_fpr_matched_map__mutmut_25": "equivalent: 257 quantiles of 257 values are the values",
+    "toolkit.evaluation.x_map_threshold__mutmut_17": "equivalent: at the map's end, interpolation and the shift give "
+    "the same value",
+    "toolkit.evaluation.x_map_threshold__mutmut_24": "equivalent (see x_map_threshold__mutmut_17)",
+    "toolkit.evaluation.x_rich_table__mutmut_27": "equivalent: rich renders an unknown justify as left",
+    "toolkit.evaluation.x_rich_table__mutmut_28": "equivalent (see x_rich_table__mutmut_27)",
+    "toolkit.evaluation.x_rich_table__mutmut_56": "equivalent: rich renders a None cell as an empty one",
+    "toolkit.evaluation.x_rich_table__mutmut_71": "equivalent: rich parses style names case-insensitively",
+    # toolkit/preprocess.py
+    "toolkit.preprocess.x_noise_images__mutmut_22": _EQ_BROADCAST,
+    "toolkit.preprocess.x_noise_images__mutmut_41": _EQ_BROADCAST,
+    "toolkit.preprocess.x_noise_images__mutmut_27": "not worth a test: float64 statistics change the float32 result "
+    "by at most one unit in the last place",
+    "toolkit.preprocess.x_noise_images__mutmut_29": "not worth a test (see x_noise_images__mutmut_27)",
+    "toolkit.preprocess.x_noise_images__mutmut_46": "not worth a test (see x_noise_images__mutmut_27)",
+    "toolkit.preprocess.x_noise_images__mutmut_48": "not worth a test (see x_noise_images__mutmut_27)",
+    # toolkit/tuning.py
+    "toolkit.tuning.x_write_record__mutmut_18": "equivalent: without it, record_path computes the same machine's "
+    "fingerprint again",
+    "toolkit.tuning.x_write_record__mutmut_20": "equivalent (see x_write_record__mutmut_18)",
+}
 
 
 def _status(code) -> str:

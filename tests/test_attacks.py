@@ -209,3 +209,26 @@ def test_success_rules():
     m = Fixed(logit, feats)
     assert success(m, -x, x, labels, 0.0, "embedding").tolist() == (cos < 0.9).tolist() == [False, True, True, False]
     assert success(m, -x, x, labels, 0.0, "embedding", min_cosine_drop=0.3).tolist() == [False, False, True, False]
+
+
+def test_pixels_the_model_ignores_are_not_moved():
+    """Bug: the step divided by the gradient's sign instead of multiplied (alpha / 0 is infinite: a pixel with no
+    gradient would jump to the edge of the ball)."""
+
+    class FirstChannel(nn.Module):
+        def forward(self, x):
+            f = x[:, :1].flatten(1)
+            return f.sum(1), f
+
+    x = _images()
+    adv = pgd(FirstChannel(), x, torch.tensor([0, 1, 1, 0]), PGDConfig(eps=8, steps=3, random_start=False))
+    assert torch.equal(adv[:, 1:], x[:, 1:]) and not torch.equal(adv[:, :1], x[:, :1])
+
+
+def test_quantise_in_ball_at_the_ends_of_the_range():
+    """Bugs: the ball's upper end allowed past 255, or its lower end lifted above 0 (eps 0 at a black pixel)."""
+    clean = torch.tensor([253.0, 0.0, 0.0]) / 255
+    adv = torch.tensor([258.0, 1.0, 3.0]) / 255
+    got = quantise_in_ball(clean, adv, 4) * 255
+    assert torch.allclose(got, torch.tensor([255.0, 1.0, 3.0]), atol=1e-4)
+    assert torch.allclose(quantise_in_ball(clean, adv, 0) * 255, torch.tensor([253.0, 0.0, 0.0]), atol=1e-4)

@@ -293,3 +293,23 @@ def test_channels_are_per_thread_and_closed(monkeypatch):
     assert other[0].closed and b.closed and c._clients == []
     with pytest.raises(ServerUnavailable, match=r"the client of grpc://127\.0\.0\.1:7 was closed"):
         c._reset() or c._client()
+
+
+def test_a_channel_that_fails_to_close_is_dropped_quietly():
+    """Bugs: closing a channel to a dead server raising out of `_reset` or `close`, or `_reset` failing in a thread
+    that never opened a channel."""
+
+    class Dying(FakeTriton):
+        def close(self):
+            raise RuntimeError("channel already gone")
+
+    c = DetectClient(ClientConfig(url="grpc://127.0.0.1:7"))
+    c._reset()  # this thread has no channel yet
+    d = Dying()
+    c._local.client = d
+    c._clients.append(d)
+    c._reset()
+    assert c._clients == [] and c._local.client is None
+    c._clients.append(Dying())
+    c.close()
+    assert c._clients == [] and c._closed

@@ -211,3 +211,35 @@ RICH_TABLE = (
 └─────────────┴────────┴────────┴──────────┴──────────┴───────┴───────┴───────┘
 """
 )
+
+
+def test_oracle_never_cuts_inside_a_tie_and_its_last_cut_is_above_everything():
+    """Bugs: ties split by the cut (here that would claim 100% by separating two equal logits), or the
+    everything-real cut placed above the second value instead of the last."""
+    assert oracle_threshold(np.array([0, 0, 1]), np.array([0.0, 1.0, 1.0]))[1] == pytest.approx(2 / 3)
+    assert oracle_threshold(np.array([0, 1, 0, 1]), np.array([0.0, 2.0, 2.0, 2.0]))[1] == pytest.approx(3 / 4)
+    assert oracle_threshold(np.array([0, 0, 0]), np.array([1.0, 2.0, 3.0])) == (4.0, 1.0)
+
+
+def test_refusal_messages_are_exact():
+    with pytest.raises(ValueError, match=r"^an oracle threshold needs at least one item$"):
+        oracle_threshold(np.array([], int), np.array([]))
+    with pytest.raises(ValueError, match=r"^a false-positive-rate threshold needs real \(label 0\) images$"):
+        threshold_at_fpr(np.array([1]), np.array([0.0]), 0.1)
+    with pytest.raises(ValueError, match=r"^an operating-point map needs at least two real \(label 0\) images$"):
+        fpr_matched_map(np.array([0, 1]), np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+    m = fpr_matched_map(np.array([0, 0]), np.array([2.0, 1.0]), np.array([5.0, 3.0]))  # two reals are enough
+    assert m["fp32"] == [1.0, 2.0] and m["reduced"] == [3.0, 5.0]
+
+
+def test_a_method_without_a_generator_does_not_hide_the_next_methods_row():
+    """Bug: the loop over methods stopping (`break`) at the first method that lacks a generator."""
+    a = per_generator_report(np.array([0, 1]), np.array([-1.0, 1.0]), ["x", "x"], 0.0, [])
+    b = per_generator_report(np.array([0, 1, 0, 1]), np.array([-1.0, 1.0, -1.0, 1.0]), ["x", "x", "y", "y"], 0.0, [])
+    lines = markdown_table({"first": a, "second": b}).splitlines()
+    assert "| y | unseen | second | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in lines
+    assert not any(line.startswith("| y | unseen | first") for line in lines)
+
+
+def test_rich_table_default_title():
+    assert rich_table({"m": _report()}).title == "per-generator results (%)"

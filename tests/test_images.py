@@ -168,3 +168,65 @@ def test_load_image_applies_both_limits(tmp_path):
         load_image(p, max_pixels=99)
     with pytest.raises(ImageDecodeError, match="file too large"):
         load_image(p, max_bytes=10)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I;16N"])
+def test_every_16_bit_layout_is_scaled_from_65535(mode):
+    """Bugs: a 16-bit layout (big- or little-endian, native) left out, so its values are cut to 8 bits instead of
+    scaled; or a 16-bit image whose values happen to stay under 256 scaled as if it were 8-bit."""
+    from toolkit.data.images import _to_8bit
+
+    img = Image.new(mode, (4, 1))
+    for x, v in enumerate((0, 255, 32768, 65535)):
+        img.putpixel((x, 0), v)
+    got = _to_8bit(img)
+    assert got.mode == "L" and np.asarray(got).tolist() == [[0, 0, 127, 255]]
+    dark = Image.new(mode, (2, 1))
+    dark.putpixel((1, 0), 200)  # 200 / 65535 of full scale: black, not 200
+    assert np.asarray(_to_8bit(dark)).tolist() == [[0, 0]]
+
+
+def test_a_32_bit_image_just_over_8_bits_takes_the_16_bit_scale():
+    """Bug: the switch to the 16-bit scale moved off 255 (a value of 256 would then be clipped to 255)."""
+    from toolkit.data.images import _to_8bit
+
+    img = Image.fromarray(np.array([[0, 256, 255]], np.int32))
+    assert np.asarray(_to_8bit(img)).tolist() == [[0, 256 * 255 // 65535, 255 * 255 // 65535]]
+    assert np.asarray(_to_8bit(Image.fromarray(np.array([[0, 255]], np.int32)))).tolist() == [[0, 255]]
+
+
+def test_a_file_that_grows_while_read_and_a_failing_read_are_one_line(tmp_path, monkeypatch):
+    """Bugs: a file that grew past the limit between fstat and read accepted, or a read error's message losing the
+    file name or its reason."""
+    from toolkit.data import images
+
+    f = tmp_path / "g.png"
+    f.write_bytes(b"x" * 50)
+    real_fstat = os.fstat
+
+    class Small:
+        def __init__(self, st):
+            self.st_mode, self.st_size = st.st_mode, 10  # what fstat saw before the file grew
+
+    monkeypatch.setattr(images.os, "fstat", lambda fd: Small(real_fstat(fd)))
+    with pytest.raises(ImageDecodeError, match=r"g.png: file too large: more than 20 bytes$"):
+        read_file(f, max_bytes=20)
+    monkeypatch.setattr(images.os, "fstat", real_fstat)
+
+    class Broken:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self, n):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(images.os, "fdopen", Broken)
+    with pytest.raises(ImageDecodeError) as e:
+        read_file(f)
+    assert str(e.value) == f"{f}: cannot read file (Input/output error)" and e.value.path == str(f)

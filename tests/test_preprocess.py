@@ -120,6 +120,7 @@ def test_batches_and_noise_images():
     assert np.allclose(x[:, 2], u[:, 2] / 2.0) and np.allclose(x[:, 0], (u[:, 0] - 0.5) / 0.5)
     assert np.array_equal(noise_images(pre, 3, seed=4), x) and not np.array_equal(noise_images(pre, 3), x)
     assert noise_images(pre, 2, seed=4).shape == (2, 3, 8, 8)
+    assert np.array_equal(noise_images(pre, 2), noise_images(pre, 2, seed=0))  # the default seed is 0
 
 
 def test_to_array_by_formula():

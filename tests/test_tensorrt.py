@@ -232,3 +232,52 @@ def test_onnxruntime_provider_chain_tensorrt_then_cuda_then_cpu(tmp_path):
     assert [c if isinstance(c, str) else c[0] for c in chain] == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]  # fmt: skip
     assert chain[0][1]["trt_engine_cache_path"] == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()
+
+
+def test_build_plan_defaults_log_and_no_timing_cache(tmp_path, monkeypatch):
+    """Bugs: the default workspace moved, a missing timing cache path used anyway, or the build not announced."""
+    from export.tensorrt import build_plan
+
+    mod = make_module(11)
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"onnx")
+    logs = []
+    prof = {"images": [[1, 3, 32, 32], [8, 3, 32, 32], [32, 3, 32, 32]]}
+    build_plan(onnx_file, tmp_path / "p.plan", prof, log=logs.append)
+    calls = {name: (a, k) for name, a, k in mod.calls}
+    assert calls["IBuilderConfig.set_memory_pool_limit"][0] == (mod.MemoryPoolType.WORKSPACE, 4096 << 20)
+    assert calls["IBuilderConfig.create_timing_cache"][0] == (b"",)
+    assert sorted(tmp_path.iterdir()) == sorted([onnx_file, tmp_path / "p.plan"])  # no timing cache written
+    assert logs == [f"building TensorRT plan for {onnx_file} (minutes for a full-size model) ..."]
+
+
+def test_a_tensorrt_without_strong_typing_gets_a_plain_network(tmp_path, monkeypatch):
+    """Bugs: the network flag not 0 when the TensorRT in use has no STRONGLY_TYPED flag (or the lookup raising)."""
+    from trt_standin import _Enum
+
+    from export.tensorrt import build_plan
+
+    mod = make_module(10)
+    mod.NetworkDefinitionCreationFlag = _Enum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0})
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"onnx")
+    prof = {"images": [[1, 3, 32, 32], [8, 3, 32, 32], [32, 3, 32, 32]]}
+    build_plan(onnx_file, tmp_path / "p.plan", prof, log=lambda *_: None)
+    assert [a for name, a, _ in mod.calls if name == "Builder.create_network"] == [(0,)]
+
+
+def test_a_failed_build_says_so_and_writes_nothing(tmp_path, monkeypatch):
+    from export.tensorrt import build_plan
+
+    mod = make_module(11)
+    mod.Builder.build_serialized_network = lambda self, network, config: None
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"onnx")
+    prof = {"images": [[1, 3, 32, 32], [8, 3, 32, 32], [32, 3, 32, 32]]}
+    with pytest.raises(RuntimeError, match=r"^TensorRT failed to build a plan from .*m\.onnx \(see the TensorRT log "
+                                           r"above\)$"):  # fmt: skip
+        build_plan(onnx_file, tmp_path / "p.plan", prof, log=lambda *_: None)
+    assert not (tmp_path / "p.plan").exists()

@@ -158,3 +158,24 @@ def test_resolve_nearest_batch(tmp_path, monkeypatch, batch, want):
     measured = {b: _rows((f"e{b}", "fp32", "cpu", float(b))) for b in (1, 4, 16)}
     _record(tmp_path, monkeypatch, art, measured)
     assert resolve(art, batch)[0][0] == f"e{want}"
+
+
+def test_fingerprint_names_the_gpu_and_the_runtimes(monkeypatch):
+    """Bugs: the GPU not recorded (or recorded as '' without one), the wrong device read, or a runtime whose
+    version changes the winner left out."""
+    import torch
+
+    assert fingerprint()["gpu"] is None or torch.cuda.is_available()
+    assert set(fingerprint()["versions"]) == {"onnxruntime", "openvino", "torch", "tensorrt"}
+    props = {0: SimpleNamespace(name="NVIDIA H200", major=9, minor=0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
+    assert fingerprint()["gpu"] == "NVIDIA H200 (cc 9.0)"
+
+
+def test_a_skipped_target_does_not_end_the_scan(tmp_path):
+    """Bug: the first unusable target ending the loop (`continue` -> `break`), dropping every target after it."""
+    art = _art(tmp_path)
+    targets = {"bad": _target("trt", "fp16", status="skipped", **{"1": 5.0}),
+               "good": _target("onnxruntime", "fp32", **{"1": 10.0})}  # fmt: skip
+    assert [r["target"] for r in measured_from_targets(art, targets)[1]] == ["good"]
