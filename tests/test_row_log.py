@@ -313,3 +313,17 @@ def test_write_skipped_csv(tmp_path):
     out = write_skipped_csv(tmp_path / "s.csv", [Skipped("a,b.png", "bad"), Skipped("c.png", "empty file")])
     assert out == tmp_path / "s.csv"
     assert out.read_bytes() == b'path,reason\n"a,b.png",bad\nc.png,empty file\n'
+
+
+def test_resume_refusal_names_the_file_and_every_changed_field(tmp_path):
+    """Bugs: the message without the output's path, a field present on one side only not named, or the changed
+    fields run together."""
+    with _log(tmp_path) as log:
+        log.append(_rows(next(log.todo(_list(tmp_path, ["a.png"])))), [])
+    new = {"model": "m2", "threshold": 0.7, "engine": "openvino"}
+    with pytest.raises(ResumeError) as e, _log(tmp_path, identity=new):
+        pass
+    assert str(e.value) == (
+        f"{tmp_path / 'p.csv'} was written with a different engine, model, threshold (was "
+        "engine=None, model=m1, threshold=0.5); use another --out, or --overwrite to start again"
+    )

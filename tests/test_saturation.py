@@ -1,5 +1,7 @@
 """The no-VNNI int8 GEMM emulation computes the kernel's saturating arithmetic, through a whole graph."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -233,3 +235,100 @@ def test_instrumented_graph_adds_a_delta_and_exposes_the_activation():
     s = ort.InferenceSession(inst.SerializeToString(), providers=["CPUExecutionProvider"])
     out = dict(zip([o.name for o in s.get_outputs()], s.run(None, zero), strict=True))
     np.testing.assert_allclose(out["y1"], _exact(model, x) + 1.0, rtol=1e-5, atol=1e-5)
+
+
+def _brute_lost(u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """sum over pairs of (p - sat16(p)) for every (row, output), written out with its own constants."""
+    lo, hi = -(2**15), 2**15 - 1
+    if u.shape[1] % 2:
+        u = np.concatenate([u, np.zeros((u.shape[0], 1), np.int64)], axis=1)
+        w = np.concatenate([w, np.zeros((1, w.shape[1]), np.int64)])
+    p = u[:, 0::2, None] * w[None, 0::2] + u[:, 1::2, None] * w[None, 1::2]  # (R, J, N)
+    return (p - np.clip(p, lo, hi)).sum(axis=1).astype(np.float64)
+
+
+@pytest.mark.parametrize("k, rows, chunk", [(16, 200, 64), (15, 7, 3), (32, 130, 64)])
+def test_lost_to_saturation_equals_the_sum_written_out(k, rows, chunk):
+    """Bugs: the pruning bound, the per-pair candidate ranges, a chunk skipped or stopping the scan, or a hit lost."""
+    from calibration.saturation import _static_candidates, lost_to_saturation
+
+    rng = np.random.default_rng(k)
+    w = rng.integers(-127, 128, (k, 6)).astype(np.int64)
+    w[:, 0] = 127
+    w[:, 1] = -128
+    w_even = np.concatenate([w, np.zeros((1, 6), np.int64)]) if k % 2 else w
+    layer = SimpleNamespace(w=w_even, **_static_candidates(w_even))
+    u = rng.integers(0, 256, (rows, k)).astype(np.int64)
+    u[: rows // 3] = rng.integers(100, 156, (rows // 3, k))  # rows near zero (u near 128): little can saturate
+    u[rows // 3 : rows // 3 + 2] = 0
+    got = lost_to_saturation(u, layer, rows_per_chunk=chunk)
+    want = _brute_lost(u, w)
+    assert (want != 0).any() and np.array_equal(got, want)
+    assert np.array_equal(lost_to_saturation(u, layer), want)
+
+
+def test_one_candidate_an_overflow_of_one_and_a_quiet_first_chunk():
+    """Bugs: a layer with exactly one candidate pair treated as having none, an excess of exactly 1 (p = 32,768)
+    not counted, or a first chunk without work ending the scan."""
+    from calibration.saturation import _static_candidates, lost_to_saturation
+
+    w = np.zeros((2, 1), np.int64)
+    w[:, 0] = [127, 2]  # one pair of size 129: the only candidate
+    layer = SimpleNamespace(w=w, **_static_candidates(w))
+    assert len(layer.cand_j) == 1
+    u = np.array([[128, 128]] * 3 + [[254, 255]], np.int64)  # three quiet rows, then 254*127 + 255*2 = 32,768
+    got = lost_to_saturation(u, layer, rows_per_chunk=3)
+    assert got[:, 0].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def _model_3d(w_q: np.ndarray, sw: np.ndarray, sa: float) -> onnx.ModelProto:
+    """One MatMul on (batch, tokens, K) activations, as in a ViT block."""
+    model = _model([(w_q, sw, sa, False)], w_q.shape[0])
+    g = model.graph
+    del g.input[:]
+    g.input.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", w_q.shape[0]]))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("y0", TensorProto.FLOAT, ["b", "t", w_q.shape[1]]))
+    return model
+
+
+def test_the_emulation_on_token_activations_and_its_counts():
+    """Bugs: rows taken from the wrong axis of (batch, tokens, K) activations, the correction reshaped wrongly,
+    the per-layer shares or the saturated fraction summed wrongly over feeds, or `advance` not told each feed."""
+    rng = np.random.default_rng(5)
+    k, n = 16, 8
+    w_q = _saturating(rng, k, n)
+    sw = rng.uniform(0.01, 0.02, n)
+    model = _model_3d(w_q, sw, 0.05)
+    feeds = [(np.abs(rng.normal(0, 3, (2, 5, k))) + 1).astype(np.float32),
+             rng.normal(0, 0.5, (3, 5, k)).astype(np.float32)]  # fmt: skip
+    seen = []
+    got, counts = NoVnniEmulator(model).run("x", feeds, advance=seen.append)
+    assert seen == [2, 3] and got["y0"].shape == (5, 5, n)
+    x = np.concatenate([f.reshape(-1, k) for f in feeds])
+    want = _reference([(w_q, sw, 0.05, False)], x).reshape(5, 5, n)
+    np.testing.assert_allclose(got["y0"], want, rtol=1e-4, atol=1e-3)
+    q = np.clip(np.round(x / 0.05), -128, 127).astype(np.int64)
+    lost = _brute_lost(q + 128, w_q.astype(np.int64))
+    fraction = np.count_nonzero(lost) / lost.size
+    assert fraction > 0 and counts["saturated_fraction"] == pytest.approx(fraction)
+    assert counts["per_layer"] == {"y0": pytest.approx(fraction)} and counts["feeds_done"] == 2
+    assert set(counts) == {"weighted_gemms", "candidate_pairs", "pairs", "max_passes", "saturated_fraction",
+                           "per_layer", "feeds_done"}  # fmt: skip
+
+
+def test_extra_tensors_and_the_deadline():
+    """Bugs: an intermediate tensor asked for (toolkit debug) not returned or returned twice, or a passed deadline
+    not stopping after the feed that was running (or returning nothing)."""
+    rng = np.random.default_rng(6)
+    layers = [(_saturating(rng, 16, 8), rng.uniform(0.01, 0.02, 8), 0.05, False),
+              (_saturating(rng, 8, 4), rng.uniform(0.01, 0.02, 4), 0.08, False)]  # fmt: skip
+    emu = NoVnniEmulator(_model(layers, 16))
+    feeds = [(np.abs(rng.normal(0, 3, (4, 16))) + 1).astype(np.float32) for _ in range(3)]
+    got, counts = emu.run("x", feeds, extra=("y0", "y1", "y0"))
+    assert list(got) == ["y1", "y0"] and got["y0"].shape == (12, 8)
+    x = np.concatenate(feeds)
+    np.testing.assert_allclose(got["y0"], _reference(layers[:1], x), rtol=1e-4, atol=1e-3)
+    assert counts["per_layer"]["y0"] > 0 and set(counts["per_layer"]) == {"y0", "y1"}
+    got, counts = emu.run("x", feeds, until=0.0)  # long passed: the first feed runs, the rest are left
+    assert counts["feeds_done"] == 1 and got["y1"].shape == (4, 4)
