@@ -80,8 +80,7 @@ REASONS: dict[str, str] = {
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_64": "equivalent: the instrumented graph's outputs are the "
     "outputs asked for followed by the activations, the order of `names`",
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_78": _EQ_INT,
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_82": "equivalent: numpy reads any negative size as 'the "
-    "rest'",
+    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_82": "equivalent: numpy reads any negative size as 'the rest'",
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_126": "equivalent in practice: the clock equal to the "
     "deadline to the nanosecond",
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_138": "equivalent (see run__mutmut_60)",
