@@ -87,6 +87,39 @@ REASONS: dict[str, str] = {
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_141": "equivalent (see run__mutmut_60)",
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_142": "equivalent (see run__mutmut_60)",
     "calibration.saturation.x_u8s8_reference__mutmut_": _EQ_INT + " (the test reference's own dtypes)",
+    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_23": "equivalent: onnxruntime warns about an unknown "
+    "provider name and runs on the CPU provider",
+    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_24": "equivalent (see run__mutmut_23)",
+    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_25": "equivalent (see run__mutmut_23)",
+    # toolkit/artifact.py
+    "toolkit.artifact.xǁArtifactEditǁ__init____mutmut_": "equivalent: Artifact.write drops format, files and "
+    "integrity from the body itself; `result` is set at commit before anything reads it",
+    "toolkit.artifact.xǁArtifactEditǁdrop__mutmut_1": "equivalent: a dropped name is no longer known, and only known "
+    "names are carried",
+    "toolkit.artifact.xǁArtifactEditǁdrop__mutmut_5": "equivalent: a known name whose file is gone is forgotten at "
+    "commit",
+    "toolkit.artifact.xǁArtifactEditǁ_commit__mutmut_12": "equivalent: a data file left out of the model set comes "
+    "back as an extra, and the written listing is the same",
+    "toolkit.artifact.xǁArtifactEditǁ_commit__mutmut_13": "equivalent (see _commit__mutmut_12)",
+    "toolkit.artifact.xǁArtifactEditǁ_commit__mutmut_14": "equivalent (see _commit__mutmut_12)",
+    "toolkit.artifact.xǁArtifactEditǁ_commit__mutmut_21": "equivalent: a known file missing from the staging "
+    "directory fails the commit either way (KeyError here, FileNotFoundError in write otherwise)",
+    "toolkit.artifact.xǁArtifactEditǁ_commit__mutmut_25": "equivalent in results: without the known hashes every "
+    "file is hashed again (slower, same listing)",
+    "toolkit.artifact.xǁArtifactEditǁ_commit__mutmut_43": "equivalent: the staging tmp/ folder is removed whole at "
+    "commit, so walking into it first changes nothing",
+    "toolkit.artifact.xǁArtifactEditǁ_commit__mutmut_44": "equivalent (see _commit__mutmut_43)",
+    # toolkit/data/images.py (decode_image)
+    "toolkit.data.images.x_decode_image__mutmut_13": "not worth a test: it needs an image on which PIL warns about "
+    "something other than a bomb while opening it",
+    "toolkit.data.images.x_decode_image__mutmut_20": "equivalent in practice: PIL refuses a zero-sized image before "
+    "this check (tried: PPM and PGM headers of width 0)",
+    "toolkit.data.images.x_decode_image__mutmut_21": "equivalent in practice (see x_decode_image__mutmut_20)",
+    "toolkit.data.images.x_decode_image__mutmut_23": "equivalent in practice (see x_decode_image__mutmut_20)",
+    "toolkit.data.images.x_decode_image__mutmut_25": "equivalent in practice (see x_decode_image__mutmut_20)",
+    "toolkit.data.images.x_decode_image__mutmut_26": "equivalent in practice (see x_decode_image__mutmut_20)",
+    "toolkit.data.images.x_decode_image__mutmut_27": "equivalent in practice (see x_decode_image__mutmut_20)",
+    "toolkit.data.images.x_decode_image__mutmut_28": "equivalent in practice (see x_decode_image__mutmut_20)",
     # toolkit/attacks.py
     "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_17": _EQ_DTYPE + " (torch's default dtype)",
     "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_19": _EQ_DTYPE + " (torch's default dtype)",

@@ -275,3 +275,31 @@ def test_tool_versions_names_missing_packages():
         "onnxruntime",
         "onnxscript",
     }
+
+
+def test_edit_rewrites_nested_files_keeps_extras_and_reports(art):
+    """Bugs: a rewritten file carried over from the old artifact on top of the new one, a nested name's folders not
+    made, a file not in any precision (a report) dropped from the listing, dropping an unknown name failing, or the
+    clean-up walking into an unlisted folder (reports, plans) and deleting what a writer put there."""
+    a = Artifact.open(art.dir)
+    with a.edit() as ed:
+        ed.path("m.fp32.onnx").write_bytes(b"new fp32")
+        ed.add("m.fp32.onnx")
+        ed.path("reports/deep/calibration.json").write_text("{}")
+        ed.add("reports/deep/calibration.json")
+        ed.drop("never-listed.bin")
+        bench = ed.dir / "bench"
+        bench.mkdir()
+        (bench / "r.json").write_text("{}")
+    new = Artifact.open(ed.result.dir)
+    assert (new.dir / "m.fp32.onnx").read_bytes() == b"new fp32" and new.files["m.fp32.onnx"] == _sha(b"new fp32")
+    assert new.files["reports/deep/calibration.json"] == _sha(b"{}")
+    assert (new.dir / "bench" / "r.json").is_file()
+    assert new.files["m.int8.data"] == _sha(b"data")  # carried, unchanged
+
+
+def test_reference_run_message_without_a_recorded_run(art):
+    no_run = Artifact(art.dir, {k: v for k, v in art.manifest.items() if k != "source_run"})
+    with pytest.raises(ReferenceMissing) as e:
+        no_run.reference_run("head.pt")
+    assert str(e.value).startswith(f"the PyTorch reference of {art.dir} is head.pt, which does not exist")

@@ -230,3 +230,26 @@ def test_a_file_that_grows_while_read_and_a_failing_read_are_one_line(tmp_path, 
     with pytest.raises(ImageDecodeError) as e:
         read_file(f)
     assert str(e.value) == f"{f}: cannot read file (Input/output error)" and e.value.path == str(f)
+
+
+def test_defaults_one_pixel_images_and_the_exif_guard(monkeypatch):
+    """Bugs: the default name in messages changed, a one-pixel-wide image refused as having no size, a bomb's
+    message without the file, or an EXIF step that raises losing an otherwise readable image."""
+    from PIL import ImageOps
+
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(b"")
+    assert str(e.value) == "<bytes>: empty file (0 bytes)"
+    assert decode_image(_png(Image.new("RGB", (1, 5)))).size == (1, 5)
+    assert decode_image(_png(Image.new("RGB", (5, 1)))).size == (5, 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(_png(Image.new("RGB", (12, 12))), "b.png")
+    assert e.value.path == "b.png" and str(e.value).startswith("b.png: decompression bomb refused (")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**9)
+
+    def broken(img):
+        raise SyntaxError("bad EXIF block")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    assert decode_image(_png(Image.new("RGB", (4, 3)))).size == (4, 3)

@@ -247,7 +247,7 @@ def _brute_lost(u: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (p - np.clip(p, lo, hi)).sum(axis=1).astype(np.float64)
 
 
-@pytest.mark.parametrize("k, rows, chunk", [(16, 200, 64), (15, 7, 3), (32, 130, 64)])
+@pytest.mark.parametrize("k, rows, chunk", [(16, 200, 64), (15, 7, 3), (32, 130, 64), (1100, 9, 4)])
 def test_lost_to_saturation_equals_the_sum_written_out(k, rows, chunk):
     """Bugs: the pruning bound, the per-pair candidate ranges, a chunk skipped or stopping the scan, or a hit lost."""
     from calibration.saturation import _static_candidates, lost_to_saturation
@@ -332,3 +332,24 @@ def test_extra_tensors_and_the_deadline():
     assert counts["per_layer"]["y0"] > 0 and set(counts["per_layer"]) == {"y0", "y1"}
     got, counts = emu.run("x", feeds, until=0.0)  # long passed: the first feed runs, the rest are left
     assert counts["feeds_done"] == 1 and got["y1"].shape == (4, 4)
+
+
+def test_a_deep_layer_counts_each_pair_once():
+    """Bug: the search for a pair's candidates reaching into the next pair's (`j * 513`): harmless while K / 2 is
+    under about 260 pairs, a double count in a ViT's 3072-wide MLP layers."""
+    from calibration.saturation import _static_candidates, lost_to_saturation
+
+    rng = np.random.default_rng(8)
+    w = rng.integers(-127, 128, (1200, 3)).astype(np.int64)
+    w[:, 0] = 127
+    layer = SimpleNamespace(w=w, **_static_candidates(w))
+    u = rng.integers(200, 256, (6, 1200)).astype(np.int64)
+    assert np.array_equal(lost_to_saturation(u, layer), _brute_lost(u, w))
+
+
+def test_a_single_sum_counts_as_one():
+    """Bug: the shares divided by max(sums, 2): one row into one output that saturates is a share of 1, not 0.5."""
+    w_q = np.full((4, 1), 127, np.int8)
+    model = _model([(w_q, np.full(1, 0.01), 0.05, False)], 4)
+    _, counts = NoVnniEmulator(model).run("x", [np.full((1, 4), 127 * 0.05, np.float32)])
+    assert counts["saturated_fraction"] == 1.0 and counts["per_layer"] == {"y0": 1.0}
