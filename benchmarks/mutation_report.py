@@ -120,6 +120,15 @@ REASONS: dict[str, str] = {
     "toolkit.data.images.x_decode_image__mutmut_26": "equivalent in practice (see x_decode_image__mutmut_20)",
     "toolkit.data.images.x_decode_image__mutmut_27": "equivalent in practice (see x_decode_image__mutmut_20)",
     "toolkit.data.images.x_decode_image__mutmut_28": "equivalent in practice (see x_decode_image__mutmut_20)",
+    # toolkit/serving/client.py
+    "toolkit.serving.client.xǁDetectClientǁ__init____mutmut_7": "equivalent: None and False are both false",
+    "toolkit.serving.client.xǁDetectClientǁ__init____mutmut_9": "equivalent in use: connect() sets the id and the "
+    "batch before anything reads them",
+    "toolkit.serving.client.xǁDetectClientǁ__init____mutmut_10": "equivalent in use (see __init____mutmut_9)",
+    "toolkit.serving.client.xǁDetectClientǁdetect__mutmut_36": "equivalent: only whether the list is empty is read",
+    "toolkit.serving.client.xǁDetectClientǁdetect__mutmut_37": "equivalent (see detect__mutmut_36)",
+    # toolkit/row_log.py
+    "toolkit.row_log.x__read_meta__mutmut_17": "equivalent: Python's codec names are case-insensitive",
     # toolkit/attacks.py
     "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_17": _EQ_DTYPE + " (torch's default dtype)",
     "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_19": _EQ_DTYPE + " (torch's default dtype)",

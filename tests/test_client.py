@@ -193,6 +193,9 @@ class FakeTriton:
         if self.fail:
             raise self.fail.pop(0)
         (inp,) = inputs
+        from tritonclient.utils import deserialize_bytes_tensor
+
+        self.payloads = deserialize_bytes_tensor(inp._raw_content).tolist()  # what went over the wire
         self.requests.append(
             (model, inp.name(), inp.shape(), inp.datatype(), [o.name() for o in outputs], client_timeout)
         )
@@ -221,6 +224,7 @@ def test_connect_and_detect(clock):
     assert fake.requests == [
         ("detect", "image", [3, 1], "BYTES", ["p_generated", "logit", "is_generated", "error"], 12.5)
     ]
+    assert fake.payloads == [b"a", b"bb", b"ccc"]
     assert set(out) == {"p_generated", "logit", "is_generated", "error"}
     assert out["logit"].tolist() == [0.0, 1.0, 2.0] and out["p_generated"].shape == (3,)
 
@@ -313,3 +317,17 @@ def test_a_channel_that_fails_to_close_is_dropped_quietly():
     c._clients.append(Dying())
     c.close()
     assert c._clients == [] and c._closed
+
+
+def test_messages_name_the_request_and_an_empty_error_by_its_type(clock):
+    """Bugs: `detect`'s failures not saying 'infer', or a transport error with an empty message crashing the
+    give-up message instead of naming the error's type."""
+    c = _client(retry_s=0.5)
+    fake = FakeTriton(fail=[Status("StatusCode.INVALID_ARGUMENT", "bad batch")])
+    c._client = lambda: fake
+    c.connect()
+    with pytest.raises(ServerError, match=r"^the server at grpc://127.0.0.1:1 refused infer: bad batch$"):
+        c.detect([b"a"])
+    fake.fail = [Status("StatusCode.UNAVAILABLE", "")] * 10
+    with pytest.raises(ServerUnavailable, match=r"did not answer \(infer: Status\) after \d+ tries"):
+        c.detect([b"a"])
