@@ -23,6 +23,7 @@ KILLED = ("killed", "timeout")
 # Mutants read and judged, left without a test: mutant name (or a prefix: its function) -> why.
 _EQ_DTYPE = "equivalent: the values are float32 / int either way for every input the callers pass"
 _EQ_INT = "equivalent: float64 holds these integer sums exactly, so a float array gives the same values"
+_EQ_STRICT = "equivalent: the zipped sequences have the same length (strict only guards a bug elsewhere)"
 _EQ_SQL = "equivalent: SQL keywords and table names are case-insensitive"
 _EQ_BROADCAST = "equivalent: (3, 1, 1) broadcasts against (N, 3, H, W) exactly as (1, 3, 1, 1) does"
 REASONS: dict[str, str] = {
@@ -127,7 +128,74 @@ REASONS: dict[str, str] = {
     "toolkit.serving.client.xǁDetectClientǁ__init____mutmut_10": "equivalent in use (see __init____mutmut_9)",
     "toolkit.serving.client.xǁDetectClientǁdetect__mutmut_36": "equivalent: only whether the list is empty is read",
     "toolkit.serving.client.xǁDetectClientǁdetect__mutmut_37": "equivalent (see detect__mutmut_36)",
+    # toolkit/done_index.py
+    "toolkit.done_index.xǁBloomǁ_positions__mutmut_": "equivalent in its guarantees: any consistent bit layout "
+    "keeps 'no false negatives' (tested) and a false-positive rate under the tested 1%",
+    "toolkit.done_index.xǁInFlightǁadd__mutmut_6": _EQ_SQL,
+    "toolkit.done_index.xǁInFlightǁadd__mutmut_7": _EQ_SQL,
+    "toolkit.done_index.xǁInFlightǁadd__mutmut_10": _EQ_SQL,
+    "toolkit.done_index.xǁInFlightǁadd__mutmut_16": _EQ_SQL,
+    "toolkit.done_index.xǁInFlightǁadd__mutmut_17": _EQ_SQL,
+    "toolkit.done_index.xǁInFlightǁadd__mutmut_22": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁcount__mutmut_": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁstart__mutmut_8": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁstart__mutmut_9": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁreset__mutmut_2": "equivalent here: SQLite does not replay a journal that "
+    "belongs to another database file (tried: tests/test_done_index.py restores one beside a reset index)",
+    "toolkit.done_index.xǁDoneIndexǁreset__mutmut_3": "equivalent here (see reset__mutmut_2)",
+    "toolkit.done_index.xǁDoneIndexǁreset__mutmut_4": "equivalent here (see reset__mutmut_2)",
+    "toolkit.done_index.xǁDoneIndexǁreset__mutmut_5": "equivalent here (see reset__mutmut_2)",
+    "toolkit.done_index.xǁDoneIndexǁreset__mutmut_9": "equivalent in results: open() sets `empty` from the table "
+    "after a reset; a wrong value only costs lookups",
+    "toolkit.done_index.xǁDoneIndexǁreset__mutmut_10": "equivalent in results (see reset__mutmut_9)",
+    "toolkit.done_index.xǁDoneIndexǁstart__mutmut_3": "equivalent in results: a smaller filter has more false "
+    "positives, each checked exactly against the table",
+    "toolkit.done_index.xǁDoneIndexǁstart__mutmut_11": "equivalent: the fetch size only groups the rows",
+    "toolkit.done_index.xǁDoneIndexǁstart__mutmut_18": "equivalent: Python's codec names are case-insensitive",
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_2": "equivalent in results: without the filter every key is "
+    "looked up exactly",
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_16": "equivalent in results: checking more keys against the "
+    "table finds only keys that are committed",
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_11": _EQ_STRICT,
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_14": _EQ_STRICT,
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_15": _EQ_STRICT,
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_23": _EQ_STRICT,
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_26": _EQ_STRICT,
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_27": _EQ_STRICT,
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_43": _EQ_STRICT,
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_46": _EQ_STRICT,
+    "toolkit.done_index.xǁDoneIndexǁclaim__mutmut_47": _EQ_STRICT,
     # toolkit/row_log.py
+    "toolkit.row_log.x_encode_rows__mutmut_16": "equivalent: ensure_ascii=True is json.dumps's default",
+    "toolkit.row_log.x_encode_rows__mutmut_24": "equivalent: Python's codec names are case-insensitive",
+    "toolkit.row_log.x__key_bytes__mutmut_7": "equivalent: Python's codec names are case-insensitive",
+    "toolkit.row_log.x_read_keys__mutmut_25": "equivalent: Python's codec names are case-insensitive",
+    "toolkit.row_log.x_read_keys__mutmut_11": "equivalent on a UTF-8 locale (this machine's): the default "
+    "encoding is the locale's",
+    "toolkit.row_log.x_read_keys__mutmut_1": "equivalent: an empty range reads no bytes and yields no key",
+    "toolkit.row_log.x_read_keys__mutmut_43": "equivalent: a range that starts at 0 and is not empty holds the "
+    "header line",
+    "toolkit.row_log.xǁ_Rangeǁreadinto__mutmut_1": "equivalent: with nothing left it reads 0 bytes either way",
+    "toolkit.row_log.xǁ_Rangeǁreadinto__mutmut_2": "equivalent: ranges end at a row's newline, and a row without "
+    "its last newline parses the same",
+    "toolkit.row_log.xǁResumableOutputǁtodo__mutmut_6": "equivalent in results: the prefix's last chunk is then "
+    "looked up in the index instead of skipped",
+    "toolkit.row_log.xǁResumableOutputǁtodo__mutmut_14": "equivalent in results (see todo__mutmut_6)",
+    "toolkit.row_log.xǁResumableOutputǁtodo__mutmut_36": _EQ_STRICT,
+    "toolkit.row_log.xǁResumableOutputǁtodo__mutmut_39": _EQ_STRICT,
+    "toolkit.row_log.xǁResumableOutputǁtodo__mutmut_40": _EQ_STRICT,
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_1": "equivalent in results: the index is rebuilt from the "
+    "output every time (slower)",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_10": "equivalent in results: an index exactly up to date "
+    "is rebuilt (slower)",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_20": "equivalent: read_keys reads anything but 'jsonl' as CSV",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_21": "equivalent (see _open_index__mutmut_20)",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_42": "equivalent: the batch boundary only groups the keys",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_43": "equivalent (see _open_index__mutmut_42)",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_45": "equivalent in results: the offsets of a batch are "
+    "replaced by the final ones when the rebuild ends",
+    "toolkit.row_log.xǁPredictionLogǁ_commit_files__mutmut_2": "equivalent: truncating a file to its own size "
+    "changes nothing",
     "toolkit.row_log.x__read_meta__mutmut_17": "equivalent: Python's codec names are case-insensitive",
     # toolkit/attacks.py
     "toolkit.attacks.xǁPixelDetectorǁ__init____mutmut_17": _EQ_DTYPE + " (torch's default dtype)",

@@ -172,3 +172,50 @@ def test_lock_refuses_a_link_and_leaves_its_target(tmp_path):
     with pytest.raises(ValueError, match="link"), exclusive_lock(tmp_path / "out.lock", "out"):
         pass
     assert target.read_text() == "data"
+
+
+def test_in_flight_counts_every_spill():
+    """Bug: the spilled count replaced at each spill instead of added (len() and lookups after two spills)."""
+    holder = _Db()
+    f = InFlight(lambda: holder.db, limit=2)
+    for k in "abcde":
+        f.add(k)
+    assert f.spilled == 4 and len(f) == 5 and all(k in f for k in "abcde")
+
+
+def test_reset_leaves_an_empty_index_even_beside_an_old_journal(tmp_path):
+    """Bug: a reset index keeping keys (from its file or from the write-ahead log of the run that wrote it). SQLite
+    does not replay a journal that belongs to another file (tried: removing it or not gives the same result here),
+    so reset removes it for tidiness; what is checked is that nothing comes back."""
+    import shutil
+
+    path = tmp_path / "i.sqlite"
+    d = DoneIndex(path)
+    d.open()
+    d.add([f"k{i}" for i in range(50)], {"n": 50})
+    saved = {}
+    for suffix in ("-wal", "-shm"):
+        src = tmp_path / f"i.sqlite{suffix}"
+        if src.exists():
+            shutil.copy(src, tmp_path / f"saved{suffix}")
+            saved[suffix] = tmp_path / f"saved{suffix}"
+    d.close()
+    for suffix, f in saved.items():  # the journal of a run whose index is being thrown away
+        shutil.copy(f, tmp_path / f"i.sqlite{suffix}")
+    again = DoneIndex(path)
+    again.reset()
+    assert again.count() == 0 and again.done(["k1"]) == set() and again.empty
+    again.close()
+
+
+def test_start_loads_committed_keys_that_are_not_utf8(tmp_path):
+    """Bug: committed keys read back strictly as UTF-8 (a name that is not fails the resume)."""
+    path = tmp_path / "i.sqlite"
+    d = DoneIndex(path)
+    d.open()
+    d.add(["caf\udce9.png"], {"n": 1})
+    d.close()
+    d = DoneIndex(path)
+    d.open()
+    d.start(expected=10)
+    assert d.claim(["caf\udce9.png", "new.png"]) == [False, True]

@@ -327,3 +327,181 @@ def test_resume_refusal_names_the_file_and_every_changed_field(tmp_path):
         f"{tmp_path / 'p.csv'} was written with a different engine, model, threshold (was "
         "engine=None, model=m1, threshold=0.5); use another --out, or --overwrite to start again"
     )
+
+
+def _fill(tmp_path, names, out="p.csv", columns=COLS, skipped=(), **kw):
+    """A finished log: every name a row, then `skipped` as skipped inputs."""
+    src = _list(tmp_path, list(names) + list(skipped), "all.txt")
+    with PredictionLog(tmp_path / out, columns, {"model": "m1"}, "R", **kw) as log:
+        todo = [t for chunk in log.todo(src) for t in chunk]
+        rows = [{"path": t.key, "logit": 1.0} for t in todo if t.key not in skipped]
+        log.append(rows, [Skipped(t.key, "bad") for t in todo if t.key in skipped], [t.chunk for t in todo])
+    return src
+
+
+def _claims(tmp_path, src, out="p.csv", columns=COLS):
+    with PredictionLog(tmp_path / out, columns, {"model": "m1"}, "R") as log:
+        return [t.key for chunk in log.todo(src) for t in chunk]
+
+
+def _index_files(tmp_path, out="p.csv"):
+    return [tmp_path / f"{out}.done.sqlite{s}" for s in ("", "-wal", "-shm")]
+
+
+@pytest.mark.parametrize("out, columns", [("p.csv", ("logit", "path")), ("p.jsonl", COLS)])
+def test_a_lost_index_is_rebuilt_from_the_output_rows_and_skipped(tmp_path, out, columns):
+    """Bugs: a lost index not rebuilt, the key column read from the wrong place (path not first, or the skipped
+    file read with the predictions' columns), a JSON-lines output read as CSV, or the rebuilt offsets not kept (every
+    later resume rebuilding again)."""
+    names = [f"{i}.png" for i in range(7)]
+    src = _fill(tmp_path, names[:5], out, columns, skipped=names[5:])
+    for f in _index_files(tmp_path, out):
+        f.unlink(missing_ok=True)
+    more = _list(tmp_path, [*names, "new.png"], "more.txt")
+    assert _claims(tmp_path, more, out, columns) == ["new.png"]
+    assert _claims(tmp_path, src, out, columns) == []
+    from toolkit.done_index import DoneIndex
+
+    d = DoneIndex(tmp_path / f"{out}.done.sqlite")
+    meta = json.loads((tmp_path / f"{out}.meta.json").read_text())
+    assert d.open() == meta["committed"] and d.count() == 7  # the index covers the output: no rebuild next time
+    d.close()
+
+
+def test_a_stale_index_reads_only_the_tail_and_one_ahead_of_the_output_is_rebuilt(tmp_path):
+    """Bugs: an index behind the output not brought up to date (the tail's keys predicted again), or an index ahead
+    of the output (an older output put back) trusted, so inputs it never holds count as done."""
+    import shutil
+
+    cols = ("logit", "path")
+    a = [f"a{i}.png" for i in range(4)]
+    b = [f"b{i}.png" for i in range(4)]
+    _fill(tmp_path, a, columns=cols, skipped=["a_bad.png"])
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    for f in [*_index_files(tmp_path), tmp_path / "p.csv", tmp_path / "p.csv.meta.json",
+              tmp_path / "p.csv.skipped.csv"]:  # fmt: skip
+        if f.exists():
+            shutil.copy(f, keep / f.name)
+    _fill(tmp_path, a + b, columns=cols, skipped=["a_bad.png", "b_bad.png"])
+    every = _list(tmp_path, a + b + ["a_bad.png", "b_bad.png", "c.png"], "every.txt")
+    for f in _index_files(tmp_path):  # the index of the first run, behind the output
+        f.unlink(missing_ok=True)
+        if (keep / f.name).exists():
+            shutil.copy(keep / f.name, f)
+    assert _claims(tmp_path, every, columns=cols) == ["c.png"]
+    # the output and meta of the first run put back under the newer index: b*.png are not in this output
+    _fill(tmp_path, a + b + ["c.png"], columns=cols, skipped=["a_bad.png", "b_bad.png"])
+    for name in ("p.csv", "p.csv.meta.json", "p.csv.skipped.csv"):
+        shutil.copy(keep / name, tmp_path / name)
+    assert _claims(tmp_path, every, columns=cols) == [*b, "b_bad.png", "c.png"]
+
+
+def test_a_rebuild_past_one_batch_of_keys(tmp_path):
+    """Bugs: the rebuild's batches of 100,000 keys written wrongly (the branch only a large output takes)."""
+    n = 100_050
+    body = "path,logit\n" + "".join(f"{i}.png,1.0\n" for i in range(n))
+    (tmp_path / "p.csv").write_text(body)
+    (tmp_path / "p.csv.skipped.csv").write_text("path,reason\n")
+    meta = {"format": META_VERSION, "identity": {"model": "m1"}, "root": "R", "columns": list(COLS),
+            "committed": {"predictions": len(body), "skipped": 12}, "counts": {"rows": n, "skipped": 0},
+            "source_prefix": {"items": 0, "sha256": hashlib.sha256().hexdigest()}}  # fmt: skip
+    (tmp_path / "p.csv.meta.json").write_text(json.dumps(meta))
+    with _log(tmp_path, identity={"model": "m1"}) as log:
+        assert log.index.count() == n
+        assert log.index.done(["0.png", "100049.png", "100050.png"]) == {"0.png", "100049.png"}
+
+
+def test_appends_count_and_track_across_batches(tmp_path, monkeypatch):
+    """Bugs: a batch of only skipped inputs dropped, counts or chunk markers replaced instead of added, or the time
+    since the last commit computed with the wrong sign."""
+    from toolkit import row_log
+
+    clock = [100.0]
+    monkeypatch.setattr(row_log.time, "monotonic", lambda: clock[0])
+    src = _list(tmp_path, [f"{i}.png" for i in range(6)])
+    with _log(tmp_path, commit_rows=100, commit_s=5.0) as log:
+        todo = [t for chunk in log.todo(src, chunk_size=2) for t in chunk]
+        log.append([], [Skipped(todo[0].key, "bad")], [todo[0].chunk])
+        log.append(_rows(todo[1:2]), [Skipped(todo[2].key, "bad")], [todo[1].chunk, todo[2].chunk])
+        log.append(_rows(todo[3:6]), [], [t.chunk for t in todo[3:6]])
+        assert log.index.count() == 0  # 100 s after start, 0 s since the last commit: nothing committed yet
+    meta = json.loads((tmp_path / "p.csv.meta.json").read_text())
+    assert meta["counts"] == {"rows": 4, "skipped": 2} and meta["source_prefix"]["items"] == 6
+    assert (tmp_path / "p.csv.skipped.csv").read_text() == "path,reason\n0.png,bad\n2.png,bad\n"
+
+
+def test_todo_paths_and_the_digest_of_a_prefix_skipped_whole(tmp_path):
+    """Bugs: a todo's path lost, or a resume that skipped its whole prefix recording no digest for it (the next
+    resume could not skip it)."""
+    names = [f"{i}.png" for i in range(5)]
+    src = _list(tmp_path, names)
+    with _log(tmp_path) as log:
+        todo = [t for chunk in log.todo(src, chunk_size=2) for t in chunk]
+        assert [t.path for t in todo] == [str(tmp_path / n) for n in names]
+        log.append(_rows(todo), [], [t.chunk for t in todo])
+    want = hashlib.sha256(b"".join(_key_bytes(n) for n in names)).hexdigest()
+    with _log(tmp_path) as log:
+        assert [t for chunk in log.todo(src, chunk_size=2) for t in chunk] == []
+    meta = json.loads((tmp_path / "p.csv.meta.json").read_text())
+    assert meta["source_prefix"] == {"items": 5, "sha256": want}
+
+
+def test_short_writes_are_completed_and_a_torn_batch_is_cut_on_exit(tmp_path):
+    """Bugs: a short write not continued, a batch that failed half-way kept in the file, or an error without its
+    message."""
+    src = _list(tmp_path, ["a.png", "b.png"])
+    with pytest.raises(OSError) as e, _log(tmp_path) as log:
+        todo = next(log.todo(src))
+        f, path, size = log._files["predictions"]
+
+        class Dribble:  # writes at most 3 bytes per call, as a pipe or a signal-interrupted write may
+            def __init__(self, fail_after=None):
+                self.fail_after = fail_after
+
+            def write(self, view):
+                if self.fail_after is not None:
+                    if self.fail_after <= 0:
+                        raise OSError("device went away")
+                    self.fail_after -= 1
+                return f.write(view[:3])
+
+            def fileno(self):
+                return f.fileno()
+
+            def close(self):
+                f.close()
+
+        log._files["predictions"] = (Dribble(), path, size)
+        log.append(_rows(todo[:1]), [], [0])
+        log.commit()
+        assert (tmp_path / "p.csv").read_bytes() == b"path,logit\na.png,5.0\n"
+        log._files["predictions"] = (Dribble(fail_after=2), path, log._files["predictions"][2])
+        log.append(_rows(todo[1:]), [], [0])
+    assert e.value.strerror == "device went away" and e.value.filename == str(tmp_path / "p.csv")
+    assert (tmp_path / "p.csv").read_bytes() == b"path,logit\na.png,5.0\n"  # the 6 bytes of b's row are cut
+
+
+def test_a_failed_commit_names_the_file_and_is_raised_on_a_clean_exit(tmp_path, monkeypatch):
+    """Bugs: an fsync error without the file's name, errno or reason, or swallowed when the block itself ended
+    normally."""
+    from toolkit import row_log
+
+    src = _list(tmp_path, ["a.png"])
+
+    def bad_fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError) as e, _log(tmp_path) as log:
+        log.append(_rows(next(log.todo(src))), [], [0])
+        monkeypatch.setattr(row_log.os, "fsync", bad_fsync)
+    assert e.value.errno == errno.EIO and e.value.strerror == "Input/output error"
+    assert e.value.filename in (str(tmp_path / "p.csv"), str(tmp_path / "p.csv.skipped.csv"))
+
+
+def test_read_keys_keeps_raw_bytes_and_carriage_returns(tmp_path):
+    """Bugs: a name that is not UTF-8 failing to read back (strict decoding), or a carriage return inside a quoted
+    name translated (universal newlines instead of the csv module's own)."""
+    f = tmp_path / "p.csv"
+    f.write_bytes(b'path,logit\ncaf\xe9.png,1\n"a\rb.png",2\n')
+    assert list(read_keys(f, "csv", 0, f.stat().st_size)) == ["caf\udce9.png", "a\rb.png"]
