@@ -87,6 +87,15 @@ REASONS: dict[str, str] = {
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_138": "equivalent (see run__mutmut_60)",
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_141": "equivalent (see run__mutmut_60)",
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_142": "equivalent (see run__mutmut_60)",
+    "calibration.saturation.x_instrument__mutmut_69": _EQ_INT,
+    "calibration.saturation.x_instrument__mutmut_93": _EQ_INT,
+    "calibration.saturation.x_instrument__mutmut_95": _EQ_INT,
+    "calibration.saturation.x_instrument__mutmut_100": _EQ_INT,
+    "calibration.saturation.x_instrument__mutmut_73": "equivalent: a MatMul has no transB attribute (ONNX's "
+    "checker refuses one), so only a Gemm can take the transposed branch",
+    "calibration.saturation.x_instrument__mutmut_99": "equivalent: the scale is 0-d or 1-d, which reshape(None) "
+    "leaves as the broadcast below expects",
+    "calibration.saturation.x_instrument__mutmut_104": "equivalent: numpy reads any negative size as 'the rest'",
     "calibration.saturation.x_u8s8_reference__mutmut_": _EQ_INT + " (the test reference's own dtypes)",
     "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_23": "equivalent: onnxruntime warns about an unknown "
     "provider name and runs on the CPU provider",
@@ -282,6 +291,11 @@ REASONS: dict[str, str] = {
     "toolkit.evaluation.x_rich_table__mutmut_28": "equivalent (see x_rich_table__mutmut_27)",
     "toolkit.evaluation.x_rich_table__mutmut_56": "equivalent: rich renders a None cell as an empty one",
     "toolkit.evaluation.x_rich_table__mutmut_71": "equivalent: rich parses style names case-insensitively",
+    # toolkit/models/causal_clip.py
+    "toolkit.models.causal_clip.xǁLinearProbeǁforward__mutmut_7": "equivalent: the head's output is (N, 1), where "
+    "dimension 1 is dimension -1",
+    "toolkit.models.causal_clip.xǁLinearProbeǁloss__mutmut_1": "equivalent: the probe has no temperature; tau is "
+    "accepted for the training loop's one signature and never read",
     # toolkit/preprocess.py
     "toolkit.preprocess.x_noise_images__mutmut_22": _EQ_BROADCAST,
     "toolkit.preprocess.x_noise_images__mutmut_41": _EQ_BROADCAST,

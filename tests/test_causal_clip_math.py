@@ -197,6 +197,7 @@ def test_probe_build_and_fold():
     loss, parts = p.loss(f, torch.tensor([0, 1] * 3))
     assert set(parts) == {"bce", "loss"} and parts["bce"] == pytest.approx(loss.item())
     assert METHODS == ("causal", "probe", "prompt")
+    assert LinearProbe(3).standardiser is None  # a probe standardises only when asked
     cfg = CausalCLIPConfig(feature_dim=3)
     assert isinstance(build_head("causal", cfg), CausalCLIP)
     assert build_head("probe", cfg).standardiser is not None and build_head("prompt", cfg).standardiser is None

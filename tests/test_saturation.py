@@ -353,3 +353,14 @@ def test_a_single_sum_counts_as_one():
     model = _model([(w_q, np.full(1, 0.01), 0.05, False)], 4)
     _, counts = NoVnniEmulator(model).run("x", [np.full((1, 4), 127 * 0.05, np.float32)])
     assert counts["saturated_fraction"] == 1.0 and counts["per_layer"] == {"y0": 1.0}
+
+
+def test_a_gemm_of_another_layout_does_not_end_the_scan():
+    """Bug: the alpha / transA guard ending the scan (`continue` -> `break`): layers after such a Gemm unemulated."""
+    from calibration.saturation import instrument
+
+    w_q = np.ones((4, 4), np.int8)
+    model = _model([(w_q, np.full(4, 0.01), 0.05, True), (w_q, np.full(4, 0.01), 0.05, False)], 4)
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    gemm.attribute.append(helper.make_attribute("alpha", 2.0))
+    assert [layer.activation for layer in instrument(model)[1]] == ["xd1"]
