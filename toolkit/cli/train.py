@@ -24,7 +24,12 @@ def detector(
     epochs: int = typer.Option(80, min=1),
     hsic_weight: float = typer.Option(1.0, help="lambda of HSIC(c, n)"),
     keep_ratio: float = typer.Option(0.5, min=0.0, max=1.0, help="target fraction of kept feature dims"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="seed of what is trained (mask, head, prompts, data order); never the encoder"),
+    backbone_seed: int = typer.Option(
+        0,
+        help="initialisation seed of a random-weights encoder (no --pretrained): kept apart from --seed so a "
+        "loop over training seeds compares runs on one frozen encoder",
+    ),
     cache_dir: Path | None = typer.Option(None, help="feature cache (default ~/.cache/causal-deploy-toolkit)"),
     batch_size: int = typer.Option(64, min=1, help="encoder batch size"),
     prompt_ctx: int = typer.Option(4, min=1, help="--method prompt: learnable context tokens per class prompt"),
@@ -47,7 +52,7 @@ def detector(
     from toolkit.pipelines.detector import train_detector
     from toolkit.training.detector import TrainConfig
 
-    backbone_cfg = BackboneConfig(name=clip, pretrained=pretrained, seed=seed)
+    backbone_cfg = BackboneConfig(name=clip, pretrained=pretrained, seed=backbone_seed)
     if warning := random_weights_warning(backbone_cfg):
         err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     with user_errors():

@@ -62,11 +62,31 @@ def _held_out(images: str | Path, size: int, n: int, seed: int) -> tuple[torch.T
     return load_pixels([ds.paths[i] for i in idx], size), torch.tensor([ds.labels[i] for i in idx])
 
 
-def _accuracy(model, imgs: torch.Tensor, y: torch.Tensor, threshold: float) -> float:
-    """Decision accuracy of a pixel detector (logit > threshold) on images in [0, 1], 64 at a time."""
+def _correct(model, imgs: torch.Tensor, y: torch.Tensor, threshold: float) -> np.ndarray:
+    """Per image, whether a pixel detector's decision (logit > threshold) is right, on images in [0, 1], 64
+    at a time: kept per image so that two defences can be compared on the same images (McNemar)."""
     with torch.no_grad():
         logits = torch.cat([model(imgs[i : i + 64])[0] for i in range(0, len(imgs), 64)])
-    return float(((logits > threshold).long() == y).float().mean())
+    return ((logits > threshold).long() == y).numpy()
+
+
+def _accuracy(model, imgs: torch.Tensor, y: torch.Tensor, threshold: float) -> float:
+    """Decision accuracy of a pixel detector on images in [0, 1]."""
+    return float(_correct(model, imgs, y, threshold).mean())
+
+
+def paired_tests(correct: dict[str, dict[str, np.ndarray]], against: str) -> list[dict]:
+    """McNemar's exact test of `against` with every other defence in every column (clean and each eps), on
+    the per-image results `correct[defence][column]` of one evaluation."""
+    from toolkit.statistics import mcnemar
+
+    out = []
+    for name, cols in correct.items():
+        if name == against:
+            continue
+        for col, c in cols.items():
+            out.append({"a": against, "b": name, "column": col, **mcnemar(correct[against][col], c).to_dict()})
+    return out
 
 
 def evaluate_purifiers(
@@ -95,8 +115,13 @@ def evaluate_purifiers(
     threshold = float(config["threshold"])
     x, y = _held_out(images, cfg.sample_size, n, seed)
 
+    from toolkit.statistics import wilson
+
     def acc(imgs):
         return _accuracy(model, imgs, y, threshold)
+
+    def correct_of(imgs):
+        return _correct(model, imgs, y, threshold)
 
     def quality(a, b):
         a_, b_ = a.permute(0, 2, 3, 1).numpy(), b.permute(0, 2, 3, 1).numpy()
@@ -112,19 +137,23 @@ def evaluate_purifiers(
         for eps in eps_list:
             attacked[eps] = pgd(model, x, y, PGDConfig(eps=eps, steps=steps, target="decision", seed=seed))
             advance()
-    rows = {}
+    rows, correct = {}, {}
     with progress_bar("defences", len(defs), progress) as advance:
         for name, f in defs.items():
             t = time.perf_counter()
             purified_clean = f(x)
             ms = 1e3 * (time.perf_counter() - t) / len(x)
-            row = {"clean_acc": acc(purified_clean), "ms_per_image": ms, "eps": {}}
+            c = correct_of(purified_clean)
+            correct[name] = {"clean": c}
+            row = {"clean_acc": float(c.mean()), "clean_ci": wilson(c).to_dict(), "ms_per_image": ms, "eps": {}}
             for eps, adv in attacked.items():
                 p = f(adv)
                 psnr, ssim = quality(p, x)
-                row["eps"][str(eps)] = {"acc": acc(p), "psnr": psnr, "ssim": ssim}
+                c = correct[name][str(eps)] = correct_of(p)
+                row["eps"][str(eps)] = {"acc": float(c.mean()), "ci": wilson(c).to_dict(), "psnr": psnr, "ssim": ssim}
             rows[name] = row
             advance()
+    student_name = next(n for n in rows if n.startswith("student"))
     student = OneStepPurifier(nets["student"]).eval().requires_grad_(False)
     chain = torch.nn.Sequential(student, model)  # differentiable: pixels -> student -> detector
     adaptive = pgd(chain, x, y, PGDConfig(eps=adaptive_eps, steps=steps, target="decision", seed=seed))
@@ -139,8 +168,14 @@ def evaluate_purifiers(
         "train_eps": [str(e) for e in train_eps],
         "pgd_steps": steps,
         "rows": rows,
+        "paired": paired_tests(correct, student_name),
         "adaptive": {"eps": adaptive_eps, "student_acc": adaptive_acc},
     }
+
+
+def _cell(acc: float, ci: dict | None) -> str:
+    """`62.5 [53.9, 70.4]` where the result carries an interval, `62.5` for one written before it did."""
+    return f"{100 * acc:.1f}" + (f" [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]" if ci else "")
 
 
 def purifier_markdown(r: dict) -> str:
@@ -151,16 +186,40 @@ def purifier_markdown(r: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in r["rows"].items():
         e8 = row["eps"].get("8") or row["eps"].get("8.0") or next(iter(row["eps"].values()))
-        cells = [name, f"{100 * row['clean_acc']:.1f}"] + [f"{100 * row['eps'][e]['acc']:.1f}" for e in eps]
+        cells = [name, _cell(row["clean_acc"], row.get("clean_ci"))]
+        cells += [_cell(row["eps"][e]["acc"], row["eps"][e].get("ci")) for e in eps]
         cells += [f"{e8['psnr']:.2f}", f"{e8['ssim']:.3f}", f"{row['ms_per_image']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     a = r["adaptive"]
+    if r.get("paired"):
+        lines += [
+            "",
+            f"Accuracies in % of {r['n']} held-out images, 95% Wilson intervals in brackets (half-widths up to "
+            f"{_widest(r):.1f} points); whether two defences differ is the paired test below.",
+        ]
     lines += [
         "",
         f"Adaptive white-box PGD through the differentiable student at eps {a['eps']}/255 "
         f"({r['pgd_steps']} steps): detector accuracy {100 * a['student_acc']:.1f}%.",
     ]
+    if r.get("paired"):
+        lines += ["", "McNemar's exact test of the student against each defence on the same images (two-sided p):", ""]
+        lines += [
+            "| student vs | column | right only with the student | right only with the other | p |",
+            "|---|---|---|---|---|",
+        ]
+        for t in r["paired"]:
+            col = "clean" if t["column"] == "clean" else f"eps {t['column']}"
+            lines.append(f"| {t['b']} | {col} | {t['only_a']} | {t['only_b']} | {t['p_value']:.3g} |")
     return "\n".join(lines) + "\n"
+
+
+def _widest(r: dict) -> float:
+    """The largest half-width (points) of any accuracy interval in the table."""
+    cis = [row["clean_ci"] for row in r["rows"].values()] + [
+        c["ci"] for row in r["rows"].values() for c in row["eps"].values()
+    ]
+    return max(50 * (c["high"] - c["low"]) for c in cis)
 
 
 def head_defence_table(
