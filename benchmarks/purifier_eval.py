@@ -29,6 +29,9 @@ def run(
     diffpure_steps: int,
     ddim_steps: int,
     clean_fraction: float = 0.25,
+    adaptive_eps: tuple[float, ...] = (4, 8),
+    adaptive_rows: tuple[str, ...] | None = None,
+    eot: int = 4,
     progress: bool = True,
     log=print,
 ) -> dict:
@@ -54,7 +57,17 @@ def run(
     log("evaluating on held-out images ...")
     held_out = bench / "test" / family
     r = evaluate_purifiers(
-        workdir / "purifier" / "run", detector, held_out, (2, 4, 8, 16), (4, 8), steps, n_eval, progress=progress
+        workdir / "purifier" / "run",
+        detector,
+        held_out,
+        (2, 4, 8, 16),
+        (4, 8),
+        steps,
+        n_eval,
+        adaptive_eps=adaptive_eps,
+        adaptive_rows=adaptive_rows,
+        eot=eot,
+        progress=progress,
     )
     return {
         **r,
@@ -77,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--diffpure-steps", type=int, default=400)
     ap.add_argument("--ddim-steps", type=int, default=25)
     ap.add_argument("--clean-fraction", type=float, default=0.25)
+    ap.add_argument("--adaptive-eps", type=float, nargs="+", default=[4, 8], help="eps of the adaptive attacks")
+    ap.add_argument("--adaptive-rows", nargs="+", default=None, help="defences attacked adaptively (default: all)")
+    ap.add_argument("--eot", type=int, default=4, help="noise draws per PGD step against the stochastic purifiers")
     ap.add_argument("--out", type=Path, default=RESULTS / "purifier_eval")
     args = ap.parse_args(argv)
     command = command_line("benchmarks.purifier_eval", argv)
@@ -90,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         args.diffpure_steps,
         args.ddim_steps,
         args.clean_fraction,
+        tuple(args.adaptive_eps),
+        tuple(args.adaptive_rows) if args.adaptive_rows else None,
+        args.eot,
     )
     env = environment()
     md = "\n".join(

@@ -232,3 +232,81 @@ def test_quantise_in_ball_at_the_ends_of_the_range():
     got = quantise_in_ball(clean, adv, 4) * 255
     assert torch.allclose(got, torch.tensor([255.0, 1.0, 3.0]), atol=1e-4)
     assert torch.allclose(quantise_in_ball(clean, adv, 0) * 255, torch.tensor([253.0, 0.0, 0.0]), atol=1e-4)
+
+
+def test_adaptive_pgd_through_the_identity_is_plain_pgd():
+    """A differentiable defence is attacked through: through the identity it must be the same attack, bit for
+    bit (bug: the adaptive path changes the loss, the seeds of the start, or the step)."""
+    from toolkit.attacks import Defence
+
+    model, x, labels = _Linear(), _images(), torch.tensor([0, 1, 1, 0])
+    cfg = PGDConfig(eps=8, steps=4, seed=2)
+    assert torch.equal(pgd(model, x, labels, cfg, defence=Defence(lambda v, seed: v, True)), pgd(model, x, labels, cfg))
+
+
+def test_bpda_attacks_through_a_defence_without_gradient():
+    """A defence that rounds to 4 grey levels has zero gradient almost everywhere: attacked through autograd,
+    PGD (no random start) cannot move; with BPDA (identity backward) it raises the loss of the defended image.
+    Bug guarded: BPDA's straight-through replaced by plain autograd, or the defence's output not used forward."""
+    from toolkit.attacks import Defence
+
+    def posterise(v, seed):
+        return torch.round(v * 3) / 3
+
+    model, x, labels = _Linear(), _images(), torch.tensor([0, 1, 1, 0])
+    cfg = PGDConfig(eps=16, steps=10, random_start=False)
+    stuck = pgd(model, x, labels, cfg, defence=Defence(posterise, True))
+    assert torch.equal(stuck, quantise_in_ball(x, x, 16))
+    adv = pgd(model, x, labels, cfg, defence=Defence(posterise, False))
+    with torch.no_grad():
+        before = attack_loss(model, posterise(x, 0), x, labels, "decision")
+        after = attack_loss(model, posterise(adv, 0), x, labels, "decision")
+    assert after.sum() > before.sum()
+    assert (adv - x).abs().max() <= 16 / 255 + 1e-6
+
+
+def test_eot_averages_fresh_draws_that_never_use_the_evaluation_seed():
+    """EOT: each step calls a stochastic defence `eot` times with distinct seeds, none of them 0 (the seed
+    the evaluation uses), and different across steps; the gradient is the mean over the draws (bug: one
+    draw reused, or the evaluation's noise known to the attacker)."""
+    from toolkit.attacks import Defence
+
+    seen = []
+
+    def noisy(v, seed):
+        seen.append(seed)
+        g = torch.Generator().manual_seed(seed)
+        return v + 0.01 * torch.randn(v.shape, generator=g)
+
+    model, x, labels = _Linear(), _images(), torch.tensor([0, 1, 1, 0])
+    pgd(model, x, labels, PGDConfig(eps=4, steps=3), defence=Defence(noisy, True, eot=5))
+    assert len(seen) == 15 and len(set(seen)) == 15 and 0 not in seen
+    seen.clear()
+    pgd(model, x, labels, PGDConfig(eps=4, steps=3, seed=1), defence=Defence(noisy, True, eot=5))
+    assert 0 not in seen and len(set(seen)) == 15
+    with pytest.raises(ValueError, match="at least one draw"):
+        Defence(noisy, True, eot=0)
+
+
+def test_eot_gradient_is_the_mean_over_draws():
+    """With a defence that adds a draw-dependent constant shift, the EOT step equals the step on the mean loss
+    over the same draws, written out here (bug: one draw's gradient alone: its sign differs on 45 of 192
+    pixels here)."""
+    from toolkit.attacks import Defence
+
+    def shift(v, seed):
+        return v + (0.2 if seed % 2 else -0.2)
+
+    model, x, labels = _Linear(), _images(), torch.tensor([0, 1, 1, 0])
+    adv = pgd(
+        model,
+        x,
+        labels,
+        PGDConfig(eps=8, steps=1, random_start=False, step_size=8),
+        defence=Defence(shift, True, eot=2),
+    )
+    d = x.clone().requires_grad_(True)
+    loss = sum(attack_loss(model, shift(d, s), x, labels, "decision").sum() for s in (1, 2)) / 2
+    (g,) = torch.autograd.grad(loss, d)
+    want = quantise_in_ball(x, (x + 8 / 255 * g.sign()).clamp(0, 1), 8)
+    assert torch.equal(adv, want)

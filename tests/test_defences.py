@@ -13,3 +13,24 @@ def test_head_defence_table_rows_and_attack_direction(trained_run, purifier_run,
         assert 0.0 <= row["jpeg_acc"] <= 1.0 and row["ms_per_image"] > 0
     md = head_defence_markdown(r)
     assert "| causal | student (1 step) |" in md and "PGD 8/255" in md
+
+
+def test_purifier_table_has_adaptive_columns_intervals_and_paired_tests(trained_run, purifier_run, toy_data):
+    """Issue 28: every purifier table shows the adaptive figure beside the non-adaptive one, each accuracy
+    with its interval, and McNemar's test of the student against each defence (clean, each eps, adaptive)."""
+    from toolkit.pipelines.defences import evaluate_purifiers, purifier_markdown
+
+    r = evaluate_purifiers(purifier_run, trained_run, toy_data / "gan_a", (8,), (8,), steps=2, n=12,
+                           adaptive_eps=(8,), adaptive_rows=("none", "student"), eot=1, progress=False)  # fmt: skip
+    rows = r["rows"]
+    assert set(rows["student (1 step)"]["adaptive"]) == {"8"} and rows["teacher (5 DDIM steps)"]["adaptive"] == {}
+    # through the identity, the adaptive attack is the non-adaptive one, image for image
+    assert rows["none"]["adaptive"]["8"]["acc"] == rows["none"]["eps"]["8"]["acc"]
+    for row in rows.values():
+        ci = row["eps"]["8"]["ci"]
+        assert ci["low"] <= row["eps"]["8"]["acc"] <= ci["high"]
+    columns = {(t["b"], t["column"]) for t in r["paired"]}
+    assert ("none", "adaptive 8") in columns and ("teacher (5 DDIM steps)", "8") in columns
+    assert all(t["b"] != "student (1 step)" for t in r["paired"])
+    md = purifier_markdown(r)
+    assert "adaptive @ 8/255" in md and "not run" in md and "McNemar" in md

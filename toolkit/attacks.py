@@ -7,10 +7,18 @@ inside the differentiable model (`PixelDetector`). Two targets:
 - `decision`: push the detector's logit away from the true label (maximise the BCE loss).
 eps and the step size are in 1/255 units. The result is rounded to 8 bits inside the eps ball, so
 what is written as PNG is exactly what was evaluated.
+
+Adaptive attacks (Athalye et al. 2018; Tramer et al. 2020) attack the detector *through* a defence
+(`Defence`): gradients flow through a differentiable one (the one-step student), and through a
+non-differentiable or too-deep one by BPDA with the identity (forward through the defence, backward as if it
+were absent: JPEG, TV, the multi-step purifiers). A stochastic defence is attacked with EOT: each step
+averages the gradient over `eot` fresh draws of its randomness, drawn from the attacker's own seeds, never
+the seed the defence is evaluated with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +55,29 @@ class PGDConfig:
         return (self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps) / 255.0
 
 
+@dataclass(frozen=True)
+class Defence:
+    """A defence an adaptive attacker sees: `fn(images, seed)` maps images in [0, 1] to defended images in
+    [0, 1] (`seed` draws its randomness, ignored by a deterministic one). `differentiable`: gradients flow
+    through `fn`; otherwise BPDA with the identity. `eot`: draws of the randomness averaged per PGD step."""
+
+    fn: Callable[[torch.Tensor, int], torch.Tensor]
+    differentiable: bool
+    eot: int = 1
+
+    def __post_init__(self) -> None:
+        if self.eot < 1:
+            raise ValueError(f"EOT needs at least one draw per step, got eot={self.eot}")
+
+    def attacked_input(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """What the detector sees during the attack, with the gradient path the attack uses."""
+        if self.differentiable:
+            return self.fn(x, seed)
+        with torch.no_grad():
+            out = self.fn(x.detach(), seed)
+        return x + (out - x).detach()  # BPDA: the defence's output forward, the identity's gradient backward
+
+
 class PixelDetector(nn.Module):
     """[0,1] pixels -> normalise -> deployed detector -> (logit, feature)."""
 
@@ -76,8 +107,11 @@ def attack_loss(
     return nn.functional.binary_cross_entropy_with_logits(logit, labels.float(), reduction="none")
 
 
-def pgd(model: nn.Module, x_clean: torch.Tensor, labels: torch.Tensor, cfg: PGDConfig) -> torch.Tensor:
-    """x_clean (N,3,H,W) in [0,1] (8-bit values) -> adversarial images on the same 8-bit grid, |delta| <= eps."""
+def pgd(
+    model: nn.Module, x_clean: torch.Tensor, labels: torch.Tensor, cfg: PGDConfig, defence: Defence | None = None
+) -> torch.Tensor:
+    """x_clean (N,3,H,W) in [0,1] (8-bit values) -> adversarial images on the same 8-bit grid, |delta| <= eps;
+    with `defence`, adaptive: the loss is the detector's on the defended image (see `Defence`)."""
     model.eval()
     eps = cfg.eps / 255.0
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -85,9 +119,21 @@ def pgd(model: nn.Module, x_clean: torch.Tensor, labels: torch.Tensor, cfg: PGDC
         ref = model(x_clean)[1].detach() if cfg.target == "embedding" else None
     delta = (torch.rand(x_clean.shape, generator=gen) * 2 - 1) * eps if cfg.random_start else torch.zeros_like(x_clean)
     delta = (x_clean + delta).clamp(0, 1) - x_clean
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         delta.requires_grad_(True)
-        loss = attack_loss(model, x_clean + delta, x_clean, labels, cfg.target, ref).sum()
+        if defence is None:
+            loss = attack_loss(model, x_clean + delta, x_clean, labels, cfg.target, ref).sum()
+        else:  # EOT: the mean loss over fresh draws; attacker seeds start past the evaluation's seed 0
+            seeds = [1 + (cfg.seed * cfg.steps + step) * defence.eot + k for k in range(defence.eot)]
+            loss = (
+                sum(
+                    attack_loss(
+                        model, defence.attacked_input(x_clean + delta, s), x_clean, labels, cfg.target, ref
+                    ).sum()
+                    for s in seeds
+                )
+                / defence.eot
+            )
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             delta = (delta + cfg.alpha * grad.sign()).clamp(-eps, eps)

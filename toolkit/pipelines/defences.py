@@ -8,17 +8,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolkit.attacks import PGDConfig, pgd
+from toolkit.attacks import Defence, PGDConfig, pgd
 from toolkit.pipelines.attack import load_pixels, pixel_detector
 
 
-def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05) -> dict:
-    """name -> f(x in [0,1]) -> [0,1]; the table's rows in order."""
+def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05, eot: int = 4) -> dict[str, Defence]:
+    """name -> `Defence` (images in [0, 1] -> [0, 1], and how an adaptive attacker gets gradients through it);
+    the table's rows in order. The multi-step purifiers are stochastic (noise to t*): each call draws its
+    noise from `seed`, and an adaptive attack averages `eot` draws per step."""
     from toolkit.models.purifier import OneStepPurifier, multistep_purify
 
     student = OneStepPurifier(nets["student"]).eval()
 
-    def jpeg(x):
+    def jpeg(x, seed=0):
         import io
 
         from PIL import Image
@@ -32,7 +34,7 @@ def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05) -
             out.append(torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255)
         return torch.stack(out)
 
-    def tv(x):
+    def tv(x, seed=0):
         from skimage.restoration import denoise_tv_chambolle
 
         arr = x.permute(0, 2, 3, 1).numpy()
@@ -40,17 +42,16 @@ def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05) -
         return torch.from_numpy(den).permute(0, 3, 1, 2).float().clamp(0, 1)
 
     def multi(name):
-        return lambda x: (multistep_purify(nets[name], x * 2 - 1, cfg) + 1) / 2
+        return Defence(lambda x, seed=0: (multistep_purify(nets[name], x * 2 - 1, cfg, seed=seed) + 1) / 2, False, eot)
 
-    with torch.no_grad():
-        return {
-            "none": lambda x: x,
-            f"JPEG q{jpeg_quality}": jpeg,
-            f"TV (weight {tv_weight})": tv,
-            "DiffPure-style (unsupervised)": multi("diffpure"),
-            f"teacher ({cfg.steps} DDIM steps)": multi("teacher"),
-            "student (1 step)": lambda x: student(x).detach(),
-        }
+    return {
+        "none": Defence(lambda x, seed=0: x, True),
+        f"JPEG q{jpeg_quality}": Defence(jpeg, False),
+        f"TV (weight {tv_weight})": Defence(tv, False),
+        "DiffPure-style (unsupervised)": multi("diffpure"),
+        f"teacher ({cfg.steps} DDIM steps)": multi("teacher"),
+        "student (1 step)": Defence(lambda x, seed=0: student(x), True),
+    }
 
 
 def _held_out(images: str | Path, size: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,28 +98,30 @@ def evaluate_purifiers(
     train_eps: tuple[float, ...] = (),
     steps: int = 10,
     n: int = 128,
-    adaptive_eps: float = 8,
+    adaptive_eps: tuple[float, ...] = (4, 8),
+    adaptive_rows: tuple[str, ...] | None = None,
+    eot: int = 4,
     seed: int = 1,
     progress: bool = True,
 ) -> dict:
-    """The purifier table on held-out labelled images: per defence, clean accuracy, accuracy under attack at
-    each eps, PSNR/SSIM to the clean image, time per image; plus an adaptive attack through the student."""
+    """The purifier table on held-out labelled images: per defence, clean accuracy, accuracy under PGD on the
+    detector alone (non-adaptive: the attacker does not know the defence) at each eps, accuracy under adaptive
+    PGD through the defence (`Defence`: through the student, BPDA for JPEG/TV/multi-step, EOT over `eot` draws
+    for the stochastic ones) at each `adaptive_eps`, PSNR/SSIM to the clean image, time per image; every
+    accuracy with its 95% Wilson interval, and McNemar's test of the student against each other defence.
+    `adaptive_rows`: the defences (name prefixes) attacked adaptively; None = all (the multi-step ones cost
+    `eot` purifications per PGD step)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from toolkit.kinds.purifier import load_run
-    from toolkit.models.purifier import OneStepPurifier
     from toolkit.progress import progress_bar
+    from toolkit.statistics import wilson
 
     nets, cfg = load_run(purifier_run)
     model, config = pixel_detector(detector_run)
     model.requires_grad_(False)
     threshold = float(config["threshold"])
     x, y = _held_out(images, cfg.sample_size, n, seed)
-
-    from toolkit.statistics import wilson
-
-    def acc(imgs):
-        return _accuracy(model, imgs, y, threshold)
 
     def correct_of(imgs):
         return _correct(model, imgs, y, threshold)
@@ -131,34 +134,44 @@ def evaluate_purifiers(
         )
         return float(psnr), float(ssim)
 
-    defs = defences(nets, cfg)
+    defs = defences(nets, cfg, eot=eot)
+    adaptive_of = [d for d in defs if adaptive_rows is None or d.startswith(tuple(adaptive_rows))]
     attacked = {}
     with progress_bar("attack held-out", len(eps_list), progress) as advance:
         for eps in eps_list:
             attacked[eps] = pgd(model, x, y, PGDConfig(eps=eps, steps=steps, target="decision", seed=seed))
             advance()
     rows, correct = {}, {}
-    with progress_bar("defences", len(defs), progress) as advance:
-        for name, f in defs.items():
-            t = time.perf_counter()
-            purified_clean = f(x)
-            ms = 1e3 * (time.perf_counter() - t) / len(x)
-            c = correct_of(purified_clean)
-            correct[name] = {"clean": c}
-            row = {"clean_acc": float(c.mean()), "clean_ci": wilson(c).to_dict(), "ms_per_image": ms, "eps": {}}
-            for eps, adv in attacked.items():
-                p = f(adv)
-                psnr, ssim = quality(p, x)
-                c = correct[name][str(eps)] = correct_of(p)
-                row["eps"][str(eps)] = {"acc": float(c.mean()), "ci": wilson(c).to_dict(), "psnr": psnr, "ssim": ssim}
-            rows[name] = row
+    with progress_bar("defences", len(defs) + len(adaptive_of) * len(adaptive_eps), progress) as advance:
+        for name, d in defs.items():
+            with torch.no_grad():
+                t = time.perf_counter()
+                purified_clean = d.fn(x, 0)
+                ms = 1e3 * (time.perf_counter() - t) / len(x)
+                c = correct_of(purified_clean)
+                correct[name] = {"clean": c}
+                row = {"clean_acc": float(c.mean()), "clean_ci": wilson(c).to_dict(), "ms_per_image": ms, "eps": {}}
+                for eps, adv in attacked.items():
+                    p = d.fn(adv, 0)
+                    psnr, ssim = quality(p, x)
+                    c = correct[name][str(eps)] = correct_of(p)
+                    row["eps"][str(eps)] = {
+                        "acc": float(c.mean()),
+                        "ci": wilson(c).to_dict(),
+                        "psnr": psnr,
+                        "ssim": ssim,
+                    }
             advance()
+            row["adaptive"] = {}
+            if name in adaptive_of:
+                for eps in adaptive_eps:
+                    adv = pgd(model, x, y, PGDConfig(eps=eps, steps=steps, target="decision", seed=seed), defence=d)
+                    with torch.no_grad():
+                        c = correct[name][f"adaptive {eps}"] = correct_of(d.fn(adv, 0))
+                    row["adaptive"][str(eps)] = {"acc": float(c.mean()), "ci": wilson(c).to_dict()}
+                    advance()
+            rows[name] = row
     student_name = next(n for n in rows if n.startswith("student"))
-    student = OneStepPurifier(nets["student"]).eval().requires_grad_(False)
-    chain = torch.nn.Sequential(student, model)  # differentiable: pixels -> student -> detector
-    adaptive = pgd(chain, x, y, PGDConfig(eps=adaptive_eps, steps=steps, target="decision", seed=seed))
-    with torch.no_grad():
-        adaptive_acc = acc(student(adaptive))
     return {
         "purifier_run": str(purifier_run),
         "detector_run": str(detector_run),
@@ -166,10 +179,11 @@ def evaluate_purifiers(
         "n": len(x),
         "eps": [str(e) for e in eps_list],
         "train_eps": [str(e) for e in train_eps],
+        "adaptive_eps": [str(e) for e in adaptive_eps],
+        "eot": eot,
         "pgd_steps": steps,
         "rows": rows,
         "paired": paired_tests(correct, student_name),
-        "adaptive": {"eps": adaptive_eps, "student_acc": adaptive_acc},
     }
 
 
@@ -179,28 +193,28 @@ def _cell(acc: float, ci: dict | None) -> str:
 
 
 def purifier_markdown(r: dict) -> str:
-    eps = r["eps"]
+    """The purifier table: non-adaptive and adaptive accuracies side by side, intervals, McNemar's tests."""
+    eps, ad_eps = r["eps"], r.get("adaptive_eps", [])
     unseen = [e for e in eps if e not in r["train_eps"]]
     head = ["defence", "clean acc"] + [f"acc @ {e}/255{'' if e in unseen else ' (train)'}" for e in eps]
+    head += [f"adaptive @ {e}/255" for e in ad_eps]
     head += ["PSNR @ 8", "SSIM @ 8", "ms / image"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in r["rows"].items():
         e8 = row["eps"].get("8") or row["eps"].get("8.0") or next(iter(row["eps"].values()))
         cells = [name, _cell(row["clean_acc"], row.get("clean_ci"))]
         cells += [_cell(row["eps"][e]["acc"], row["eps"][e].get("ci")) for e in eps]
+        ad = row.get("adaptive", {})
+        cells += [_cell(ad[e]["acc"], ad[e]["ci"]) if e in ad else "not run" for e in ad_eps]
         cells += [f"{e8['psnr']:.2f}", f"{e8['ssim']:.3f}", f"{row['ms_per_image']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    a = r["adaptive"]
-    if r.get("paired"):
-        lines += [
-            "",
-            f"Accuracies in % of {r['n']} held-out images, 95% Wilson intervals in brackets (half-widths up to "
-            f"{_widest(r):.1f} points); whether two defences differ is the paired test below.",
-        ]
     lines += [
         "",
-        f"Adaptive white-box PGD through the differentiable student at eps {a['eps']}/255 "
-        f"({r['pgd_steps']} steps): detector accuracy {100 * a['student_acc']:.1f}%.",
+        f"Accuracies in % of {r['n']} held-out images, 95% Wilson intervals in brackets (half-widths up to "
+        f"{_widest(r):.1f} points); whether two defences differ is the paired test below. Non-adaptive: PGD "
+        f"({r['pgd_steps']} steps) on the detector alone, then the defence. Adaptive: PGD through the defence "
+        f"(gradients through the student; BPDA with the identity for JPEG, TV and the multi-step purifiers; EOT "
+        f"over {r.get('eot', 1)} noise draws per step for the stochastic multi-step ones).",
     ]
     if r.get("paired"):
         lines += ["", "McNemar's exact test of the student against each defence on the same images (two-sided p):", ""]
@@ -209,16 +223,15 @@ def purifier_markdown(r: dict) -> str:
             "|---|---|---|---|---|",
         ]
         for t in r["paired"]:
-            col = "clean" if t["column"] == "clean" else f"eps {t['column']}"
+            col = t["column"] if not t["column"].replace(".", "").isdigit() else f"eps {t['column']}"
             lines.append(f"| {t['b']} | {col} | {t['only_a']} | {t['only_b']} | {t['p_value']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
 def _widest(r: dict) -> float:
     """The largest half-width (points) of any accuracy interval in the table."""
-    cis = [row["clean_ci"] for row in r["rows"].values()] + [
-        c["ci"] for row in r["rows"].values() for c in row["eps"].values()
-    ]
+    cis = [row["clean_ci"] for row in r["rows"].values()]
+    cis += [c["ci"] for row in r["rows"].values() for c in [*row["eps"].values(), *row.get("adaptive", {}).values()]]
     return max(50 * (c["high"] - c["low"]) for c in cis)
 
 
@@ -241,9 +254,8 @@ def head_defence_table(
 
     nets, cfg = load_run(purifier_run)
     defs = defences(nets, cfg, jpeg_quality)
-    student = defs["student (1 step)"]
     x, y = _held_out(images, cfg.sample_size, n, seed)
-    x_jpeg = defs[f"JPEG q{jpeg_quality}"](x)
+    x_jpeg = defs[f"JPEG q{jpeg_quality}"].fn(x, 0)
     rows: dict[str, dict] = {}
     with progress_bar("heads x defences", len(heads), progress) as advance:
         for name, run in heads.items():
@@ -257,20 +269,30 @@ def head_defence_table(
             attacked = {
                 e: pgd(model, x, y, PGDConfig(eps=e, steps=steps, target="decision", seed=seed)) for e in eps_list
             }
-            for defence, f in (("none", lambda v: v), ("student (1 step)", student)):
+            for defence in ("none", "student (1 step)"):
+                d = defs[defence]
                 with torch.no_grad():
                     t = time.perf_counter()
-                    clean = f(x)
+                    clean = d.fn(x, 0)
                     acc_clean = acc(clean)
                     ms = 1e3 * (time.perf_counter() - t) / len(x)
-                    rows[f"{name} + {defence}"] = {
-                        "head": name,
-                        "defence": defence,
-                        "clean_acc": acc_clean,
-                        "pgd_acc": {str(e): acc(f(a)) for e, a in attacked.items()},
-                        "jpeg_acc": acc(f(x_jpeg)),
-                        "ms_per_image": ms,
-                    }
+                    pgd_acc = {str(e): acc(d.fn(a, 0)) for e, a in attacked.items()}
+                    jpeg_acc = acc(d.fn(x_jpeg, 0))
+                adaptive = {  # PGD through the student into this head; without a defence it is the plain PGD
+                    str(e): acc(d.fn(pgd(model, x, y, PGDConfig(eps=e, steps=steps, seed=seed), defence=d), 0))
+                    if defence != "none"
+                    else pgd_acc[str(e)]
+                    for e in eps_list
+                }
+                rows[f"{name} + {defence}"] = {
+                    "head": name,
+                    "defence": defence,
+                    "clean_acc": acc_clean,
+                    "pgd_acc": pgd_acc,
+                    "adaptive_acc": adaptive,
+                    "jpeg_acc": jpeg_acc,
+                    "ms_per_image": ms,
+                }
             advance()
     return {"heads": {k: str(v) for k, v in heads.items()}, "purifier_run": str(purifier_run), "images": str(images),
             "n": len(x), "eps": [str(e) for e in eps_list], "jpeg_quality": jpeg_quality, "pgd_steps": steps,
@@ -278,11 +300,13 @@ def head_defence_table(
 
 
 def head_defence_markdown(r: dict) -> str:
+    """Heads x (alone | student): PGD on the head alone beside adaptive PGD through the student."""
     head = [
         "head",
         "defence",
         "clean acc",
         *(f"PGD {e}/255" for e in r["eps"]),
+        *(f"adaptive PGD {e}/255" for e in r["eps"]),
         f"JPEG q{r['jpeg_quality']}",
         "ms / image",
     ]
@@ -290,6 +314,8 @@ def head_defence_markdown(r: dict) -> str:
     for row in r["rows"].values():
         cells = [row["head"], row["defence"], f"{100 * row['clean_acc']:.1f}"]
         cells += [f"{100 * row['pgd_acc'][e]:.1f}" for e in r["eps"]]
+        ad = row.get("adaptive_acc", {})
+        cells += [f"{100 * ad[e]:.1f}" if e in ad else "not run" for e in r["eps"]]
         cells += [f"{100 * row['jpeg_acc']:.1f}", f"{row['ms_per_image']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
