@@ -109,3 +109,24 @@ def test_purify_then_detect_on_any_engine(purifier_run, exported_artifact, toy_d
         ["purify", str(toy_data / "gan_b"), "--artifact", str(art), "--out", str(tmp_path / "cli"), "--workers", "0"],
     )
     assert res.exit_code == 0 and "24 purified" in res.output
+
+
+def test_one_call_purify_is_the_x0_prediction_at_t_star_and_seeded():
+    """The teacher's first step alone: with the untrained (identity) UNet it returns x_t* / sqrt(alpha_bar_t*)
+    = x + sqrt((1 - a) / a) * noise, clamped; the same seed gives the same noise, another seed other noise
+    (bug guarded: noising to another t, or noise not drawn from the seed)."""
+    import torch
+
+    from toolkit.models.purifier import PurifierConfig, alphas_cumprod, make_unet, one_call_purify
+
+    cfg = PurifierConfig.tiny(16)
+    unet = make_unet(cfg).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    a = alphas_cumprod()[cfg.t_star]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    want = (x + ((1 - a) / a).sqrt() * noise).clamp(-1, 1)
+    with torch.no_grad():
+        got = one_call_purify(unet, x, cfg, seed=5)
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.equal(got, one_call_purify(unet, x, cfg, seed=5))
+        assert not torch.equal(got, one_call_purify(unet, x, cfg, seed=6))

@@ -91,6 +91,18 @@ def multistep_purify(unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0) 
     return sdedit(lambda s, t: predict_x0(unet, s, t, ac), x, cfg.t_star, cfg.steps, cfg.num_train_timesteps, seed)
 
 
+def one_call_purify(unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0) -> torch.Tensor:
+    """x in [-1, 1] -> noise to t* -> the UNet's x0 prediction at t* (one call, no DDIM steps after) -> [-1, 1].
+    The multi-step purifier's first step alone: as stochastic as it (the noise that drowns the perturbation),
+    as cheap as the one-step student. Differentiable, so an adaptive attack goes through it."""
+    ac = alphas_cumprod(cfg.num_train_timesteps)
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.full((x.shape[0],), cfg.t_star, dtype=torch.long)
+    noise = torch.randn(x.shape, generator=gen)
+    x_t = ac[cfg.t_star].sqrt() * x + (1 - ac[cfg.t_star]).sqrt() * noise
+    return predict_x0(unet, x_t, t, ac).clamp(-1, 1)
+
+
 @torch.no_grad()
 def sdedit(x0_fn, x: torch.Tensor, t_star: int, steps: int, num_train_timesteps: int = 1000, seed: int = 0):
     """SDEdit with an x0 predictor `x0_fn(x_t, t)`: noise x to t*, then DDIM back to t = 0 in about `steps` steps."""

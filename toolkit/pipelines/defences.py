@@ -16,7 +16,7 @@ def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05, e
     """name -> `Defence` (images in [0, 1] -> [0, 1], and how an adaptive attacker gets gradients through it);
     the table's rows in order. The multi-step purifiers are stochastic (noise to t*): each call draws its
     noise from `seed`, and an adaptive attack averages `eot` draws per step."""
-    from toolkit.models.purifier import OneStepPurifier, multistep_purify
+    from toolkit.models.purifier import OneStepPurifier, multistep_purify, one_call_purify
 
     student = OneStepPurifier(nets["student"]).eval()
 
@@ -50,6 +50,10 @@ def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05, e
         f"TV (weight {tv_weight})": Defence(tv, False),
         "DiffPure-style (unsupervised)": multi("diffpure"),
         f"teacher ({cfg.steps} DDIM steps)": multi("teacher"),
+        # the teacher's first step alone: noise to t*, one x0 prediction; a stochastic one-call candidate
+        "teacher (1 call from t*)": Defence(
+            lambda x, seed=0: (one_call_purify(nets["teacher"], x * 2 - 1, cfg, seed=seed) + 1) / 2, True, eot
+        ),
         "student (1 step)": Defence(lambda x, seed=0: student(x), True),
     }
 
