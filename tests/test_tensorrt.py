@@ -281,3 +281,58 @@ def test_a_failed_build_says_so_and_writes_nothing(tmp_path, monkeypatch):
                                            r"above\)$"):  # fmt: skip
         build_plan(onnx_file, tmp_path / "p.plan", prof, log=lambda *_: None)
     assert not (tmp_path / "p.plan").exists()
+
+
+def test_build_artifact_plans_builds_each_precision_once_then_reuses_it(art, monkeypatch):
+    """What `toolkit export --trt` calls, against the stand-in (the mutation run found no test driving it: all
+    its mutants survived). Bugs guarded: the profile's batches or their check changed, TF32 or the workspace
+    default moved, a key that `find_plan` (the engine's lookup) does not find, the meta record, a matching plan
+    rebuilt or a stale one reused, precisions not honoured, an opened Artifact re-opened (and re-hashed)."""
+    import json
+
+    import export.tensorrt as et
+    from toolkit.engines.trt_engine import find_plan
+
+    mod = make_module(10)
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    monkeypatch.setattr(et, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(et, "machine", lambda: H100)
+    opened = Artifact.open(art)
+    monkeypatch.setattr(Artifact, "open", classmethod(lambda *a, **k: pytest.fail("re-opened a verified artifact")))
+    logs = []
+    built = et.build_artifact_plans(opened, log=logs.append)
+    assert sorted(built) == sorted(opened.precisions) and len(built) >= 2
+
+    def builds():
+        return [(a, k) for name, a, k in mod.calls if name == "Builder.build_serialized_network"]
+
+    assert len(builds()) == len(built) and all(k == {"tf32": False} for _, k in builds())
+    shapes = [a for name, a, _ in mod.calls if name == "IOptimizationProfile.set_shape"]
+    assert set(shapes) == {("images", (1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))}
+    pools = [a for name, a, _ in mod.calls if name == "IBuilderConfig.set_memory_pool_limit"]
+    assert set(pools) == {(mod.MemoryPoolType.WORKSPACE, 4096 << 20)}
+    assert (art / "plans" / "timing.cache").is_file()
+    for precision, plan in built.items():
+        assert find_plan(opened, precision, H100, (1, 8, 32)) == plan  # the engine finds what export built
+        meta = json.loads(plan.with_suffix(".json").read_text())
+        assert meta == {"key": meta["key"], "sha256": sha256_file(plan), "workspace_mib": 4096,
+                        "onnx": opened.precisions[precision]["file"]}  # fmt: skip
+    n = len(mod.calls)
+    assert et.build_artifact_plans(opened, log=logs.append) == built and len(mod.calls) == n  # reused, not rebuilt
+    assert [ln for ln in logs if "cached plan" in ln] == [
+        f"{p}: cached plan {built[p].name} matches this machine" for p in built
+    ]
+    built["fp32"].with_suffix(".json").unlink()  # a plan without its record is rebuilt
+    et.build_artifact_plans(opened, precisions=("fp32",), log=logs.append)
+    assert len(builds()) == len(built) + 1 and built["fp32"].with_suffix(".json").is_file()
+    tf32 = et.build_artifact_plans(opened, precisions=("fp32",), tf32=True, workspace_mib=512, log=logs.append)
+    assert list(tf32) == ["fp32"] and tf32["fp32"] != built["fp32"] and builds()[-1][1] == {"tf32": True}
+    assert json.loads(tf32["fp32"].with_suffix(".json").read_text())["workspace_mib"] == 512
+    small = et.build_artifact_plans(opened, batches=(1, 1, 1), precisions=("fp32",), log=logs.append)
+    assert small["fp32"] == find_plan(opened, "fp32", H100, (1, 1, 1))
+    for bad in ((0, 1, 2), (2, 1, 4), (1, 8, 4)):
+        with pytest.raises(ValueError, match=r"1 <= min <= opt <= max"):
+            et.build_artifact_plans(opened, batches=bad, log=logs.append)
+    monkeypatch.setattr(et, "unavailable_reason", lambda: "no CUDA device is visible")
+    with pytest.raises(RuntimeError, match=r"^cannot build TensorRT plans: no CUDA device is visible$"):
+        et.build_artifact_plans(opened, log=logs.append)
