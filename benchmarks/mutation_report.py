@@ -304,6 +304,167 @@ REASONS: dict[str, str] = {
     "toolkit.preprocess.x_noise_images__mutmut_29": "not worth a test (see x_noise_images__mutmut_27)",
     "toolkit.preprocess.x_noise_images__mutmut_46": "not worth a test (see x_noise_images__mutmut_27)",
     "toolkit.preprocess.x_noise_images__mutmut_48": "not worth a test (see x_noise_images__mutmut_27)",
+    # toolkit/models/causal_clip.py
+    "toolkit.models.causal_clip.x_rbf_kernel__mutmut_14": "equivalent on a CPU: the mask is made on the default "
+    "device, which is the features' device here",
+    "toolkit.models.causal_clip.x_rbf_kernel__mutmut_17": "equivalent on a CPU (see x_rbf_kernel__mutmut_14)",
+    "toolkit.models.causal_clip.x_rbf_kernel__mutmut_26": "equivalent on a CPU (see x_rbf_kernel__mutmut_14)",
+    "toolkit.models.causal_clip.x_rbf_kernel__mutmut_29": "equivalent on a CPU (see x_rbf_kernel__mutmut_14)",
+    "toolkit.models.causal_clip.x_hsic__mutmut_31": "equivalent: a column mean without keepdim broadcasts as the "
+    "same row",
+    "toolkit.models.causal_clip.x_hsic__mutmut_33": "equivalent (see x_hsic__mutmut_31)",
+    "toolkit.models.causal_clip.x_hsic__mutmut_32": "equivalent: the Gram matrices are symmetric, so row and column "
+    "means are the same vector and sum((K - 2 r 1') * L) = sum((K - 1 r' - r 1') * L)",
+    "toolkit.models.causal_clip.x_hsic__mutmut_37": "equivalent (see x_hsic__mutmut_32)",
+    "toolkit.models.causal_clip.x_hsic__mutmut_39": "equivalent (see x_hsic__mutmut_32)",
+    "toolkit.models.causal_clip.x__fold_linear__mutmut_16": "equivalent: the head has one output, so summing over "
+    "every axis sums the one row",
+    "toolkit.models.causal_clip.x_gumbel_keep_mask__mutmut_8": "equivalent: the logits are 1-d, so axis 1 is the "
+    "last axis",
+    "toolkit.models.causal_clip.x_gumbel_keep_mask__mutmut_30": "equivalent: dim=-1 is gumbel_softmax's default",
+    "toolkit.models.causal_clip.xǁCausalCLIPǁ__init____mutmut_40": "equivalent: torch reads persistent=None as false",
+    "toolkit.models.causal_clip.xǁCausalCLIPǁforward__mutmut_5": "equivalent: the head's output is (B, 1), where "
+    "axis 1 is the last axis",
+    "toolkit.models.causal_clip.xǁCausalCLIPǁloss__mutmut_27": "equivalent (see forward__mutmut_5)",
+    "toolkit.models.causal_clip.xǁCausalCLIPǁloss__mutmut_64": "equivalent (see forward__mutmut_5)",
+    "toolkit.models.causal_clip.xǁCausalCLIPǁloss__mutmut_12": "equivalent: hard=False is gumbel_keep_mask's "
+    "default and the default config's straight_through",
+    # toolkit/done_index.py, toolkit/locks.py
+    "toolkit.done_index.x__b__mutmut_6": "equivalent: Python's codec names are case-insensitive",
+    "toolkit.done_index.xǁDoneIndexǁdone__mutmut_25": "equivalent: Python's codec names are case-insensitive",
+    "toolkit.done_index.xǁInFlightǁdifference_update__mutmut_10": _EQ_SQL,
+    "toolkit.done_index.xǁInFlightǁdifference_update__mutmut_11": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁopen__mutmut_5": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁopen__mutmut_16": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁopen__mutmut_17": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁadd__mutmut_8": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁadd__mutmut_14": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁadd__mutmut_15": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁadd__mutmut_21": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁadd__mutmut_26": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_22": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_23": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_26": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_27": _EQ_SQL,
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_9": "equivalent: SQLite reads pragma names and values "
+    "case-insensitively",
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_10": "equivalent (see _connect__mutmut_9)",
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_12": "equivalent (see _connect__mutmut_9)",
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_13": "equivalent (see _connect__mutmut_9)",
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_15": "equivalent (see _connect__mutmut_9)",
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_16": "equivalent (see _connect__mutmut_9)",
+    "toolkit.done_index.xǁDoneIndexǁ_connect__mutmut_18": "equivalent (see _connect__mutmut_9)",
+    "toolkit.done_index.xǁDoneIndexǁ__init____mutmut_4": "equivalent in use: open() sets `empty` from the table "
+    "before anything reads it",
+    "toolkit.done_index.xǁDoneIndexǁ__init____mutmut_5": "equivalent in use (see __init____mutmut_4)",
+    "toolkit.done_index.xǁDoneIndexǁadd__mutmut_28": "equivalent: None and False are both false",
+    "toolkit.done_index.xǁDoneIndexǁdone__mutmut_1": "equivalent in results: an index empty at the start then looks "
+    "the keys up and finds none (slower)",
+    "toolkit.done_index.xǁDoneIndexǁdone__mutmut_9": "equivalent in results: a step of 1 looks up overlapping "
+    "windows of the keys into the same set (slower)",
+    "toolkit.locks.xǁexclusive_lockǁ__enter____mutmut_11": "not worth a test: the lock file would have to become "
+    "unopenable in the instant between the refused flock and reading the holder's pid",
+    "toolkit.locks.xǁexclusive_lockǁ__enter____mutmut_12": "not worth a test (see __enter____mutmut_11)",
+    "toolkit.locks.xǁexclusive_lockǁ__enter____mutmut_25": "equivalent: a pid is far shorter than 64 bytes",
+    "toolkit.locks.xǁexclusive_lockǁ__enter____mutmut_37": "equivalent: None and False are both false",
+    "toolkit.locks.xǁexclusive_lockǁ__enter____mutmut_45": "equivalent: the pid written next from offset 0 covers "
+    "the one byte kept (a pid has at least one digit)",
+    # toolkit/row_log.py
+    "toolkit.row_log.xǁResumableOutputǁ__init____mutmut_6": "equivalent in use: open() sets the counts before they "
+    "are read",
+    "toolkit.row_log.xǁResumableOutputǁ__init____mutmut_7": "equivalent in use (see __init____mutmut_6)",
+    "toolkit.row_log.xǁResumableOutputǁ__init____mutmut_8": "equivalent: only whether a prefix was recorded is read, "
+    "and '' and None are both false",
+    "toolkit.row_log.xǁPredictionLogǁ__init____mutmut_2": "not worth a test: the commit cadence's defaults (8192 "
+    "rows, 1 s) move when rows become durable, not which rows are written; the cadence itself is tested",
+    "toolkit.row_log.xǁPredictionLogǁ__init____mutmut_3": "not worth a test (see PredictionLog __init____mutmut_2)",
+    "toolkit.row_log.xǁPredictionLogǁ__init____mutmut_19": "not worth a test: the name in the lock's message (the "
+    "message is tested on the lock itself, tests/test_done_index.py)",
+    "toolkit.row_log.xǁPredictionLogǁ__init____mutmut_22": "not worth a test (see PredictionLog __init____mutmut_19)",
+    "toolkit.row_log.xǁPredictionLogǁ_close_files__mutmut_1": "equivalent in use: nothing reads the files after they "
+    "are closed",
+    "toolkit.row_log.xǁPredictionLogǁ_open__mutmut_5": "equivalent here: SQLite ignores a -wal / -shm file left "
+    "from another database (see DoneIndex reset__mutmut_2)",
+    "toolkit.row_log.xǁPredictionLogǁ_open__mutmut_6": "equivalent here (see _open__mutmut_5)",
+    "toolkit.row_log.xǁPredictionLogǁ_open__mutmut_7": "equivalent here (see _open__mutmut_5)",
+    "toolkit.row_log.xǁPredictionLogǁ_open__mutmut_8": "equivalent here (see _open__mutmut_5)",
+    "toolkit.row_log.xǁPredictionLogǁ_open__mutmut_63": "not worth a test: only an empty (or one-byte) output file "
+    "left without its meta tells them apart, refused as not written by infer either way once it holds a row",
+    "toolkit.row_log.xǁPredictionLogǁ_open__mutmut_64": "not worth a test (see _open__mutmut_63)",
+    "toolkit.row_log.xǁPredictionLogǁ_open__mutmut_95": "not testable without a race: a link at the output is "
+    "refused before this open (tested); the no-follow opener closes the window between that check and this open",
+    "toolkit.row_log.xǁPredictionLogǁ_open__mutmut_99": "not testable without a race (see _open__mutmut_95)",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_6": "equivalent: the recorded offsets and the committed "
+    "ones name the same outputs, so the default is never used",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_8": "equivalent (see _open_index__mutmut_6)",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_9": "equivalent (see _open_index__mutmut_6)",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_50": "equivalent in results: an index recorded without its "
+    "offsets is rebuilt from the output at the next open (slower)",
+    "toolkit.row_log.xǁPredictionLogǁ_commit_files__mutmut_15": "not worth a test: an OSError without a strerror",
+    # toolkit/artifact.py
+    "toolkit.artifact.x__digest__mutmut_9": "equivalent: ensure_ascii=True is json.dumps's default",
+    "toolkit.artifact.x__read_manifest__mutmut_22": "equivalent: Python's codec names are case-insensitive",
+    "toolkit.artifact.x__check_seal__mutmut_40": "not worth a test: how the message prints a nested file name",
+    "toolkit.artifact.x__check_seal__mutmut_41": "not worth a test (see _check_seal__mutmut_40)",
+    "toolkit.artifact.x__check_seal__mutmut_43": "not worth a test (see _check_seal__mutmut_40)",
+    "toolkit.artifact.x__check_seal__mutmut_61": "not worth a test: the separator between the problems a message lists",
+    "toolkit.artifact.xǁArtifactǁ_verify_files__mutmut_11": "not worth a test: a listed file that cannot be hashed "
+    "for a reason other than those tested (missing, a link, not a regular file)",
+    "toolkit.artifact.xǁArtifactǁ_verify_files__mutmut_12": "not worth a test (see _verify_files__mutmut_11)",
+    "toolkit.artifact.xǁArtifactǁ_verify_files__mutmut_28": "not worth a test: the end of a message's advice",
+    "toolkit.artifact.xǁArtifactǁ_verify_files__mutmut_29": "not worth a test (see _verify_files__mutmut_28)",
+    "toolkit.artifact.xǁArtifactǁwrite__mutmut_19": "equivalent for every body the toolkit writes: its format is this "
+    "version's, and files and integrity are set after the filter",
+    "toolkit.artifact.xǁArtifactǁwrite__mutmut_20": "equivalent (see write__mutmut_19)",
+    "toolkit.artifact.xǁArtifactǁwrite__mutmut_21": "equivalent (see write__mutmut_19)",
+    "toolkit.artifact.xǁArtifactǁwrite__mutmut_22": "equivalent (see write__mutmut_19)",
+    "toolkit.artifact.xǁArtifactǁwrite__mutmut_23": "equivalent (see write__mutmut_19)",
+    "toolkit.artifact.xǁArtifactǁwrite__mutmut_24": "equivalent (see write__mutmut_19)",
+    "toolkit.artifact.xǁArtifactǁwrite__mutmut_26": "equivalent in results: every file is hashed again instead of "
+    "taking the hash its caller knows (slower)",
+    "toolkit.artifact.xǁArtifactǁwrite__mutmut_38": "not worth a test: the path only names the file in the message "
+    "about a body the toolkit itself built",
+    # toolkit/compare.py, toolkit/evaluation.py, toolkit/preprocess.py
+    "toolkit.compare.xǁComparatorǁcompare__mutmut_1": "not worth a test: the default only labels the record of a "
+    "caller that names no engine; every caller names it",
+    "toolkit.compare.xǁComparatorǁcompare__mutmut_5": "not worth a test: the text of a programming error",
+    "toolkit.compare.xǁComparatorǁcompare__mutmut_6": "not worth a test (see compare__mutmut_5)",
+    "toolkit.evaluation.x_binary_metrics__mutmut_2": _EQ_DTYPE,
+    "toolkit.evaluation.x_binary_metrics__mutmut_6": _EQ_DTYPE,
+    "toolkit.evaluation.x_binary_metrics__mutmut_8": _EQ_DTYPE,
+    "toolkit.evaluation.x_binary_metrics__mutmut_10": _EQ_DTYPE,
+    "toolkit.preprocess.xǁPreprocessConfigǁfrom_open_clip__mutmut_9": "equivalent: open_clip's image sizes are "
+    "square, so both entries are the same",
+    "toolkit.preprocess.x_resize_and_crop__mutmut_8": "equivalent: this branch resizes a square image to a square, "
+    "where Pillow's default (bicubic) and the configured filter give the same pixels when the size is unchanged",
+    "toolkit.preprocess.x_resize_and_crop__mutmut_10": "equivalent (see x_resize_and_crop__mutmut_8)",
+    "toolkit.preprocess.x_resize_and_crop__mutmut_15": "equivalent: for a square image both orders are the same",
+    "toolkit.preprocess.x_resize_and_crop__mutmut_23": "equivalent (see x_resize_and_crop__mutmut_15)",
+    "toolkit.preprocess.x_to_array__mutmut_5": "equivalent: an RGB Pillow image converts to uint8 either way",
+    "toolkit.preprocess.x_to_array__mutmut_7": "equivalent (see x_to_array__mutmut_5)",
+    # toolkit/manifest.py
+    "toolkit.manifest.xǁ_Checkerǁneed__mutmut_12": "not worth a test: where a shown value is cut (80 or 81 characters)",
+    "toolkit.manifest.x_check_manifest__mutmut_49": "not worth a test: where a message is cut (160 or 161 characters)",
+    "toolkit.manifest.x_check_manifest__mutmut_129": "not worth a test (see x_check_manifest__mutmut_49)",
+    "toolkit.manifest.x_check_manifest__mutmut_209": "not worth a test (see x_check_manifest__mutmut_49)",
+    "toolkit.manifest.x_check_manifest__mutmut_249": "not worth a test (see x_check_manifest__mutmut_49)",
+    "toolkit.manifest.x_check_manifest__mutmut_314": "not worth a test (see x_check_manifest__mutmut_49)",
+    "toolkit.manifest.x_check_manifest__mutmut_90": "equivalent: data_file is the last key of the loop, so break "
+    "and continue both end it",
+    "toolkit.manifest.x_check_manifest__mutmut_185": "not worth a test: a 1-pixel input size is legal but never used",
+    "toolkit.manifest.x_check_manifest__mutmut_255": "equivalent: None and False are both false",
+    "toolkit.manifest.x_check_manifest__mutmut_289": "equivalent: None and False are both false",
+    "toolkit.manifest.x_check_manifest__mutmut_324": "equivalent: None and False are both false",
+    "toolkit.manifest.x_check_manifest__mutmut_339": "equivalent: None and False are both false",
+    # toolkit/attacks.py
+    "toolkit.attacks.x_pgd__mutmut_43": "equivalent: attack_loss reads x_clean only to compute the reference "
+    "feature when none is given, and one is given for the embedding target (the decision target reads neither)",
+    "toolkit.attacks.x_pgd__mutmut_46": "equivalent: without the reference, attack_loss computes the same one from "
+    "x_clean",
+    "toolkit.attacks.x_pgd__mutmut_52": "equivalent (see x_pgd__mutmut_46)",
+    "toolkit.attacks.x_pgd__mutmut_57": "not worth a test: the attacker's seeds only have to differ from each other "
+    "and from the evaluation's 0 (tested); where they start is arbitrary",
+    # export/tensorrt.py
     # toolkit/tuning.py
     "toolkit.tuning.x_write_record__mutmut_18": "equivalent: without it, record_path computes the same machine's "
     "fingerprint again",
@@ -355,8 +516,12 @@ def _diff(name: str, module: str) -> str:
 
 
 def _reason(name: str, status: str) -> str:
+    """The reason recorded for this mutant: its exact name, or its function's (a key ending in `__mutmut_`).
+    A numbered key never covers another number (`..._mutmut_1` is not `..._mutmut_12`)."""
+    if name in REASONS:
+        return REASONS[name]
     for key, why in REASONS.items():
-        if name == key or name.startswith(key):
+        if key.endswith("__mutmut_") and name.startswith(key):
             return why
     return "no test runs this function" if status == "no tests" else "not yet judged"
 

@@ -257,6 +257,12 @@ def test_bpda_attacks_through_a_defence_without_gradient():
     cfg = PGDConfig(eps=16, steps=10, random_start=False)
     stuck = pgd(model, x, labels, cfg, defence=Defence(posterise, True))
     assert torch.equal(stuck, quantise_in_ball(x, x, 16))
+    # BPDA's input: the defence's output forward, the identity's gradient backward
+    v = x.clone().requires_grad_(True)
+    through = Defence(posterise, False).attacked_input(v, 0)
+    assert torch.equal(through.detach(), posterise(x, 0))
+    (g,) = torch.autograd.grad(through.sum(), v)
+    assert torch.equal(g, torch.ones_like(x))
     adv = pgd(model, x, labels, cfg, defence=Defence(posterise, False))
     with torch.no_grad():
         before = attack_loss(model, posterise(x, 0), x, labels, "decision")
@@ -284,6 +290,9 @@ def test_eot_averages_fresh_draws_that_never_use_the_evaluation_seed():
     seen.clear()
     pgd(model, x, labels, PGDConfig(eps=4, steps=3, seed=1), defence=Defence(noisy, True, eot=5))
     assert 0 not in seen and len(set(seen)) == 15
+    seen.clear()
+    pgd(model, x, labels, PGDConfig(eps=4, steps=2), defence=Defence(noisy, False, eot=3))  # BPDA draws too
+    assert len(set(seen)) == 6 and all(isinstance(s, int) and s != 0 for s in seen)
     with pytest.raises(ValueError, match="at least one draw"):
         Defence(noisy, True, eot=0)
 

@@ -210,3 +210,100 @@ def test_probe_build_and_fold():
             return "folded"
 
     assert fold_head(Folds()) == "folded"
+
+
+def _ref_loss(m: CausalCLIP, f, y, tau, seed):
+    """The training loss written out term by term (the mask drawn from the same seed as the model's call)."""
+    import torch.nn.functional as F
+
+    cfg = m.cfg
+    torch.manual_seed(seed)
+    mask = gumbel_keep_mask(m.mask_logits, f.shape[0], tau, hard=cfg.straight_through)
+    z = f if m.standardiser is None else m.standardiser(f)
+    c, n = mask * z, (1 - mask) * z
+    y = y.float()
+    w, b = m.head.weight[0], m.head.bias[0]
+    total = F.binary_cross_entropy_with_logits(c @ w + b, y)
+    hc, hn = (c @ m.hsic_proj, n @ m.hsic_proj) if m.hsic_proj is not None else (c, n)
+    if cfg.hsic_kernel == "linear":
+        k, g = hc @ hc.T, hn @ hn.T
+    else:
+        bw = cfg.hsic_bandwidth
+
+        def sigma2(v):
+            if bw != "median":
+                return float(bw) ** 2
+            d2 = torch.cdist(v, v) ** 2
+            return (d2[~torch.eye(len(v), dtype=torch.bool)].median() / 2).clamp_min(1e-12)
+
+        k, g = _ref_rbf(hc, sigma2(hc)), _ref_rbf(hn, sigma2(hn))
+    total = total + cfg.hsic_weight * _ref_hsic(k, g)
+    aux = n @ m.aux_head.weight[0] + m.aux_head.bias[0]
+    aux_fit = F.binary_cross_entropy_with_logits(aux, y)
+    confuse = F.binary_cross_entropy_with_logits(aux, torch.full_like(y, 0.5))
+    total = total + cfg.noncausal_weight * (aux_fit + confuse)
+    keep = torch.sigmoid(m.mask_logits).mean()
+    return total + cfg.budget_weight * (keep - cfg.keep_ratio) ** 2
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"straight_through": True, "hsic_kernel": "linear", "hsic_project": 1},
+        {"straight_through": False, "hsic_bandwidth": "0.7", "init_keep_logit": 1.5},
+    ],
+    ids=["hard-linear-projected", "soft-fixed-bandwidth"],
+)
+def test_loss_equals_its_terms_written_out(kw):
+    """Each weight below 1 and each term checked by value against `_ref_loss` (the mutation run found the
+    loss's terms unchecked: a sign, a weight applied as a divisor, the budget cubed, the confusion target, the
+    aux bias dropped, the hard mask or the projection skipped, the kernel or the bandwidth ignored)."""
+    torch.manual_seed(3)
+    cfg = CausalCLIPConfig(feature_dim=6, hsic_weight=0.5, noncausal_weight=0.25, budget_weight=0.75,
+                           keep_ratio=0.3, standardise=False, **kw)  # fmt: skip
+    m = CausalCLIP(cfg)
+    with torch.no_grad():
+        m.aux_head.bias.fill_(0.4)
+        m.mask_logits.add_(torch.linspace(-1, 1, 6))
+    f, y = torch.randn(9, 6), torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1])
+    torch.manual_seed(11)
+    total, parts = m.loss(f, y, tau=0.5)
+    want = _ref_loss(m, f, y, 0.5, 11)
+    assert total.item() == pytest.approx(want.item(), rel=1e-6) and parts["loss"] == pytest.approx(want.item())
+
+
+def test_loss_gradients_reach_the_mask_but_not_through_the_aux_heads_fit():
+    """aux_fit trains the aux head on a detached n; the confusion term trains the mask through frozen aux
+    weights (bugs: detach dropped or moved)."""
+    cfg = CausalCLIPConfig(feature_dim=5, hsic_weight=0.0, budget_weight=0.0, noncausal_weight=1.0, standardise=False)
+    m = CausalCLIP(cfg)
+    f, y = torch.randn(6, 5), torch.tensor([0, 1, 0, 1, 0, 1])
+    m.head.weight.data.zero_()
+    m.head.bias.data.zero_()  # the bce term then carries no gradient to the mask
+    total, _ = m.loss(f, y, tau=0.5)
+    total.backward()
+    assert m.mask_logits.grad is not None and m.mask_logits.grad.abs().sum() > 0  # through the confusion term
+    assert m.aux_head.weight.grad.abs().sum() > 0
+
+
+def test_rbf_median_bandwidth_below_one_and_fixed_bandwidth_exact():
+    """Bugs: sigma^2 clamped at ~1 instead of 1e-12 (features at a scale of 0.01 have median d^2 / 2 far below
+    1), or a fixed bandwidth squared in float32 (0.7^2 is not exact there)."""
+    x = _x() * 0.01
+    d2 = torch.cdist(x, x) ** 2
+    sigma2 = d2[~torch.eye(7, dtype=torch.bool)].median() / 2
+    assert sigma2 < 1e-3
+    assert torch.allclose(rbf_kernel(x), _ref_rbf(x, sigma2), rtol=0, atol=1e-12)
+    y = _x(seed=4)
+    assert torch.allclose(rbf_kernel(y, 0.7), _ref_rbf(y, 0.7**2), rtol=0, atol=1e-15)
+
+
+def test_anneal_tau_with_two_steps_and_the_fixed_projection():
+    """Bugs: a two-step schedule collapsed to its end, the projection's seed or 1/sqrt(k) scale changed, or a
+    one-dimensional projection skipped."""
+    assert anneal_tau(0, 2, 1.0, 0.05) == pytest.approx(1.0) and anneal_tau(1, 2, 1.0, 0.05) == pytest.approx(0.05)
+    m = CausalCLIP(CausalCLIPConfig(feature_dim=4, hsic_project=1, standardise=False))
+    want = torch.randn(4, 1, generator=torch.Generator().manual_seed(0)) / math.sqrt(1)
+    assert m.hsic_proj is not None and torch.equal(m.hsic_proj, want)
+    m3 = CausalCLIP(CausalCLIPConfig(feature_dim=4, hsic_project=3, standardise=False))
+    assert torch.allclose(m3.hsic_proj, torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) / math.sqrt(3))

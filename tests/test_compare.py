@@ -178,3 +178,8 @@ def test_comparator_contract():
     labelled.set_reference(_Engine(1.0))
     res = labelled.compare(_Engine(1.0), PrecisionGate())
     assert res["passed"] is False and res["unmeasured"] == ["auc_drop_points", "acc_drop_points"]
+    # the labels reach the kind's parity (bug: a labelled comparison computed without them, its AUC unmeasured)
+    recorded = Comparator(kind, feeds, threshold=0.25, labels=np.array([0, 1]))
+    recorded.set_reference(_Engine(1.0))
+    recorded.compare(_Engine(1.0))
+    assert kind.seen[-1][3].tolist() == [0, 1]

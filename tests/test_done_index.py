@@ -219,3 +219,75 @@ def test_start_loads_committed_keys_that_are_not_utf8(tmp_path):
     d.open()
     d.start(expected=10)
     assert d.claim(["caf\udce9.png", "new.png"]) == [False, True]
+
+
+def test_index_connection_settings_threads_and_spill_through_its_own_connection(tmp_path):
+    """Bugs (survivors of the mutation run): a pragma misspelled (SQLite ignores an unknown pragma silently), the
+    connection not in autocommit mode (the explicit BEGIN / COMMIT are the transactions), the connection refused
+    to the writer thread, or the in-flight set spilling through something other than this index's connection."""
+    import threading
+
+    d = DoneIndex(tmp_path / "i.sqlite")
+    d.open()
+
+    def pragma(name):
+        return d.db.execute(f"PRAGMA {name}").fetchone()[0]
+
+    assert (pragma("journal_mode"), pragma("synchronous"), pragma("temp_store"), pragma("cache_size")) == (
+        "wal", 0, 1, -16000)  # fmt: skip
+    assert d.db.isolation_level is None
+    errors = []
+
+    def writer():
+        try:
+            d.add(["from-thread"], {"n": 1})
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    t.join(30)
+    assert errors == [] and d.done(["from-thread"]) == {"from-thread"}
+    d.start(expected=10)
+    d.in_flight.limit = 2
+    assert d.claim(["a", "b", "c", "d", "e"]) == [True] * 5 and d.in_flight.spilled > 0
+    assert d.claim(["c", "e", "f"]) == [False, False, True]
+
+
+def test_lock_details_holder_text_permissions_race_and_a_vanished_file(tmp_path, monkeypatch):
+    """Bugs (survivors of the mutation run): the lock's folders not created with their parents, its mode not
+    0644, the holder shown wrongly when the lock file is empty or not UTF-8, a lock file replaced between the
+    flock and the inode check taken anyway (or its fd closed wrongly), and a release failing when the lock file
+    is already gone."""
+    import toolkit.locks as locks
+    from toolkit.locks import Locked, exclusive_lock
+
+    old = os.umask(0)
+    try:
+        lock = tmp_path / "a" / "b" / "out.lock"
+        with exclusive_lock(lock, "out") as held:
+            assert lock.stat().st_mode & 0o777 == 0o644 and lock.read_text() == str(os.getpid())
+            for content, shown in ((b"", "?"), (b"  \n", "?"), (b"\xff42", "\ufffd42")):
+                lock.write_bytes(content)
+                with pytest.raises(Locked) as e:
+                    exclusive_lock(lock, "out").__enter__()
+                assert str(e.value).startswith(f"out is being written by another run (pid {shown}, lock {lock});")
+            lock.unlink()  # removed behind the holder's back: releasing must still work
+        assert held.fd is None and not lock.exists()
+    finally:
+        os.umask(old)
+
+    seen = []
+    real = os.lstat
+
+    def vanished_once(path, *a, **k):
+        seen.append(path)
+        if len(seen) == 1:
+            raise FileNotFoundError(path)
+        return real(path, *a, **k)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(locks.os, "lstat", vanished_once)
+        with exclusive_lock(tmp_path / "race.lock", "race"):
+            assert len(seen) == 2  # the first fd was for a file that had gone: locked again
+    assert (tmp_path / "race.lock").exists() is False

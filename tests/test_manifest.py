@@ -52,6 +52,10 @@ def test_a_valid_manifest_passes_and_optional_fields_may_be_absent():
     ):
         del m[key]
     check_manifest("a/manifest.json", m)
+    one = _valid()  # a dimension of 1 is a size like any other (a grayscale input, a one-unit output)
+    one["inputs"][0]["shape"] = ["batch", 1, 32, 32]
+    one["outputs"][0]["shape"] = ["batch", 1]
+    check_manifest("a/manifest.json", one)
     check_manifest("a/manifest.json", {**_valid(), "threshold": None, "unknown_future_field": [1]})
     assert DTYPES == ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
     assert UNLISTED_DIRS == ("plans", "bench", "tuning")
@@ -127,7 +131,9 @@ CASES = [
     (("preprocess", "std"), [0.5, 0.5, float("nan")], "preprocess.std: must be three numbers, got [0.5, 0.5, nan]"),
     (("preprocess", "mean"), "0.5", "preprocess.mean: must be three numbers, got '0.5'"),
     (("preprocess", "std"), [0.5, 0.0, 0.5], "preprocess.std: must be positive, got [0.5, 0.0, 0.5]"),
-    (("preprocess", "interpolation"), "magic", "preprocess: "),
+    (("preprocess", "interpolation"), "magic", "preprocess: interpolation must be one of ['bicubic', 'bilinear']"),
+    (("preprocess",), [], "preprocess: must be the preprocessing settings, got list"),
+    (("precisions",), [], "precisions: must be a mapping of precision to its file, got list"),
     (("threshold",), "0.5", "threshold: must be a number (or null for a kind without a decision), got '0.5'"),
     (("threshold",), float("inf"), "threshold: must be a number (or null for a kind without a decision), got inf"),
     (("threshold",), True, "threshold: must be a number (or null for a kind without a decision), got True"),

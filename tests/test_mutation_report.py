@@ -30,3 +30,16 @@ def test_a_mutant_whose_tests_could_not_run_is_alive_not_killed(tmp_path):
     assert "| pkg/a.py | 6 | 1 | 1 | 1 | 1 | 1 | 1 | 40.0% |" in md and "in 2.0 min" in md
     assert "`pkg.a.x_f__mutmut_2` (error)" in md
     assert json.loads(out.with_suffix(".json").read_text())["kill_rate"] == 0.4
+
+
+def test_a_numbered_reason_covers_only_its_own_mutant():
+    """Bug guarded: reasons matched by prefix, so the reason written for `..._mutmut_1` was shown for an unjudged
+    `..._mutmut_12`; only a key ending in `__mutmut_` (a whole function) covers several."""
+    from benchmarks.mutation_report import REASONS, _reason
+
+    numbered = next(k for k in REASONS if not k.endswith("__mutmut_"))
+    assert _reason(numbered, "survived") == REASONS[numbered]
+    assert _reason(numbered + "99999", "survived") == "not yet judged"
+    whole = next(k for k in REASONS if k.endswith("__mutmut_"))
+    assert _reason(whole + "7", "survived") == REASONS[whole]
+    assert _reason("pkg.a.x_nowhere__mutmut_1", "no tests") == "no test runs this function"

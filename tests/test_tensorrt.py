@@ -298,6 +298,7 @@ def test_build_artifact_plans_builds_each_precision_once_then_reuses_it(art, mon
     monkeypatch.setattr(et, "unavailable_reason", lambda: None)
     monkeypatch.setattr(et, "machine", lambda: H100)
     opened = Artifact.open(art)
+    real_open = Artifact.__dict__["open"]
     monkeypatch.setattr(Artifact, "open", classmethod(lambda *a, **k: pytest.fail("re-opened a verified artifact")))
     logs = []
     built = et.build_artifact_plans(opened, log=logs.append)
@@ -333,6 +334,8 @@ def test_build_artifact_plans_builds_each_precision_once_then_reuses_it(art, mon
     for bad in ((0, 1, 2), (2, 1, 4), (1, 8, 4)):
         with pytest.raises(ValueError, match=r"1 <= min <= opt <= max"):
             et.build_artifact_plans(opened, batches=bad, log=logs.append)
+    monkeypatch.setattr(Artifact, "open", real_open)  # a directory is opened (and verified) first
+    assert et.build_artifact_plans(art, precisions=("fp32",), log=logs.append) == {"fp32": built["fp32"]}
     monkeypatch.setattr(et, "unavailable_reason", lambda: "no CUDA device is visible")
     with pytest.raises(RuntimeError, match=r"^cannot build TensorRT plans: no CUDA device is visible$"):
         et.build_artifact_plans(opened, log=logs.append)
