@@ -473,6 +473,8 @@ REASONS: dict[str, str] = {
     "'median' with float() itself",
     "toolkit.row_log.x_read_keys__mutmut_15": "equivalent on a UTF-8 locale (this machine's): the default encoding "
     "is the locale's",
+    "toolkit.row_log.xǁPredictionLogǁ_open_index__mutmut_23": "not judged: mutmut's worker fails on this mutant "
+    "(exit 255) in two runs, so its tests never gave a verdict; counted alive",
     # export/tensorrt.py
     # toolkit/tuning.py
     "toolkit.tuning.x_write_record__mutmut_18": "equivalent: without it, record_path computes the same machine's "
@@ -549,6 +551,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "mutation")
     ap.add_argument("--seconds", type=float, default=None, help="wall time of the mutmut run, for the report")
     ap.add_argument("--command", default="make mutation")
+    ap.add_argument("--note", default="", help="a sentence on how the results were reached (reruns, ...)")
     args = ap.parse_args(argv)
     per, alive = collect(args.mutants)
     env = environment()
@@ -556,6 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["# Mutation testing (mutmut 3, `make mutation`)", "",
              f"Command: `{args.command}`{took}.  ",
              f"Machine: {cpu_line(env)}.", "",
+             *([args.note, ""] if args.note else []),
              "Each mutant runs the tests that executed its function (mutmut's stats pass over the test files in "
              "pyproject's [tool.mutmut]). Kill rate = (killed + timed out) / judged, where a mutant that no test runs "
              "counts as alive, and so does one whose tests mutmut could not run (\"error\").", "",
@@ -575,7 +579,8 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"- `{name}` ({status}): `{_diff(name, module)}` — {_reason(name, status)}")
     write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     write_json(args.out.with_suffix(".json"), {
-        "command": args.command, "seconds": args.seconds, "per_module": {m: dict(c) for m, c in per.items()},
+        "command": args.command, "seconds": args.seconds, "note": args.note,
+        "per_module": {m: dict(c) for m, c in per.items()},
         "kill_rate": rate(tot), "alive": {m: [{"mutant": n, "status": s, "reason": _reason(n, s)} for n, s in v]
                                           for m, v in alive.items()}, "environment": env})  # fmt: skip
     print("\n".join(lines[: 11 + len(per)]))
