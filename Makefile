@@ -31,7 +31,7 @@ test: lint
 gpu-wheels: $(STAMP)
 	$(BIN)/python -m benchmarks.gpu_wheels .whl
 
-# mutation testing of the critical modules (pyproject [tool.mutmut]; about 30 minutes on 2 cores); not in `make test`
+# mutation testing of the critical modules (pyproject [tool.mutmut]; about 70 minutes on 2 cores); not in `make test`
 mutation: $(STAMP)
 	$(BIN)/pip install -q mutmut==3.8.1
 	rm -rf mutants

@@ -221,12 +221,17 @@ def purifier_markdown(r: dict) -> str:
         f"over {r.get('eot', 1)} noise draws per step for the stochastic multi-step ones).",
     ]
     if r.get("paired"):
-        lines += ["", "McNemar's exact test of the student against each defence on the same images (two-sided p):", ""]
+        lines += [
+            "",
+            "McNemar's exact test of the student against no defence and the teacher on the same images "
+            "(two-sided p; every pair is in the JSON):",
+            "",
+        ]
         lines += [
             "| student vs | column | right only with the student | right only with the other | p |",
             "|---|---|---|---|---|",
         ]
-        for t in r["paired"]:
+        for t in (t for t in r["paired"] if t["b"] == "none" or t["b"].startswith("teacher (")):
             col = t["column"] if not t["column"].replace(".", "").isdigit() else f"eps {t['column']}"
             lines.append(f"| {t['b']} | {col} | {t['only_a']} | {t['only_b']} | {t['p_value']:.3g} |")
     return "\n".join(lines) + "\n"
