@@ -516,9 +516,9 @@ def collect(mutants: Path) -> tuple[dict[str, Counter], dict[str, list[tuple[str
 
 
 def _diff(name: str, module: str) -> str:
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    try:  # mutmut is installed by `make mutation` only; without it the report still counts
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
 
-    try:
         text = get_diff_for_mutant(name, path=module)
     except Exception as e:  # a report line, never a crash of the report
         return f"(diff unavailable: {type(e).__name__})"
