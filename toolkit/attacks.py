@@ -78,6 +78,9 @@ class Defence:
         return x + (out - x).detach()  # BPDA: the defence's output forward, the identity's gradient backward
 
 
+_NO_DEFENCE = Defence(lambda x, seed: x, True)  # plain PGD: the attack sees the detector's input itself
+
+
 class PixelDetector(nn.Module):
     """[0,1] pixels -> normalise -> deployed detector -> (logit, feature)."""
 
@@ -113,6 +116,7 @@ def pgd(
     """x_clean (N,3,H,W) in [0,1] (8-bit values) -> adversarial images on the same 8-bit grid, |delta| <= eps;
     with `defence`, adaptive: the loss is the detector's on the defended image (see `Defence`)."""
     model.eval()
+    through = defence or _NO_DEFENCE
     eps = cfg.eps / 255.0
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
@@ -121,19 +125,10 @@ def pgd(
     delta = (x_clean + delta).clamp(0, 1) - x_clean
     for step in range(cfg.steps):
         delta.requires_grad_(True)
-        if defence is None:
-            loss = attack_loss(model, x_clean + delta, x_clean, labels, cfg.target, ref).sum()
-        else:  # EOT: the mean loss over fresh draws; attacker seeds start past the evaluation's seed 0
-            seeds = [1 + (cfg.seed * cfg.steps + step) * defence.eot + k for k in range(defence.eot)]
-            loss = (
-                sum(
-                    attack_loss(
-                        model, defence.attacked_input(x_clean + delta, s), x_clean, labels, cfg.target, ref
-                    ).sum()
-                    for s in seeds
-                )
-                / defence.eot
-            )
+        # EOT: the mean loss over fresh draws; attacker seeds start past the evaluation's seed 0
+        seeds = [1 + (cfg.seed * cfg.steps + step) * through.eot + k for k in range(through.eot)]
+        x_in = [through.attacked_input(x_clean + delta, s) for s in seeds]
+        loss = sum(attack_loss(model, v, x_clean, labels, cfg.target, ref).sum() for v in x_in) / through.eot
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             delta = (delta + cfg.alpha * grad.sign()).clamp(-eps, eps)

@@ -95,12 +95,12 @@ def one_call_purify(unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0) -
     """x in [-1, 1] -> noise to t* -> the UNet's x0 prediction at t* (one call, no DDIM steps after) -> [-1, 1].
     The multi-step purifier's first step alone: as stochastic as it (the noise that drowns the perturbation),
     as cheap as the one-step student. Differentiable, so an adaptive attack goes through it."""
-    ac = alphas_cumprod(cfg.num_train_timesteps)
-    gen = torch.Generator().manual_seed(seed)
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps)
     t = torch.full((x.shape[0],), cfg.t_star, dtype=torch.long)
-    noise = torch.randn(x.shape, generator=gen)
-    x_t = ac[cfg.t_star].sqrt() * x + (1 - ac[cfg.t_star]).sqrt() * noise
-    return predict_x0(unet, x_t, t, ac).clamp(-1, 1)
+    x_t = sched.add_noise(x, torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)), t)
+    return predict_x0(unet, x_t, t, sched.alphas_cumprod).clamp(-1, 1)
 
 
 @torch.no_grad()
