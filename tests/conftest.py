@@ -182,7 +182,9 @@ def purifier_run(pairs, tmp_path_factory):
         pairs,
         out,
         cfg,
-        PurifierTrainConfig(teacher_steps=150, student_steps=150, diffpure_steps=20, batch_size=16, lr=3e-3),
+        PurifierTrainConfig(
+            teacher_steps=150, student_steps=150, diffpure_steps=20, noised_steps=100, batch_size=16, lr=3e-3
+        ),
         progress=False,
     )
     return out

@@ -68,6 +68,8 @@ def test_exported_purifier_matches_pytorch(purifier_run, tmp_path):
 
     m = export_run(purifier_run, tmp_path / "p", log=lambda *_: None).manifest
     assert m["kind"] == "purifier" and m["gates"]["fp32"]["passed"] and m["gates"]["fp16"]["passed"]
+    # the deployed graph is the noised student, its fixed noise a constant of the graph drawn from noise_seed
+    assert m["model_config"]["noised_calls"] == 1 and "noised student" in m["model_name"]
     assert m["gates"]["fp32"]["stats"]["max_abs_pixel"] <= 1e-4 and m["gates"]["fp16"]["stats"]["min_psnr_db"] >= 40
     x = np.random.default_rng(3).uniform(0, 1, (5, 3, 32, 32)).astype(np.float32)
     with open_engine(tmp_path / "p", "torch") as t, open_engine(tmp_path / "p", "onnxruntime", "fp32") as o:
@@ -130,3 +132,112 @@ def test_one_call_purify_is_the_x0_prediction_at_t_star_and_seeded():
         assert torch.allclose(got, want, atol=1e-5)
         assert torch.equal(got, one_call_purify(unet, x, cfg, seed=5))
         assert not torch.equal(got, one_call_purify(unet, x, cfg, seed=6))
+
+
+@pytest.mark.parametrize("calls", [1, 2, 4])
+def test_noised_student_steps_as_ddim_does(calls):
+    """The k-call noised student is DDIM (eta 0, x0 clipped) on the timesteps t*, t*(k-1)/k, ..., t*/k: its
+    output is the x0 that diffusers' DDIMScheduler, stepping the same schedule from the same noise, has the
+    UNet predict at t*/k (bug guarded: another alpha, an eps from the clipped x0, a step skipped)."""
+    from diffusers import DDIMScheduler
+
+    from toolkit.models.purifier import (
+        PurifierConfig,
+        alphas_cumprod,
+        make_unet,
+        noised_student_purify,
+        predict_x0,
+        student_timesteps,
+    )
+
+    cfg = PurifierConfig.tiny(16)
+    unet = make_unet(cfg)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.3)  # not the identity, so that every call matters
+    unet.eval()
+    ac = alphas_cumprod()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    ts = student_timesteps(cfg.t_star, calls)
+    assert ts[0] == cfg.t_star and len(ts) == calls and ts[-1] == cfg.t_star // calls
+    sched = DDIMScheduler(prediction_type="sample", clip_sample=True)
+    sched.set_timesteps(1000 * calls // cfg.t_star)
+    sample = sched.add_noise(x, noise, torch.tensor([ts[0]]))
+    with torch.no_grad():
+        for t in ts:
+            x0 = predict_x0(unet, sample, torch.full((2,), t), ac)
+            sample = sched.step(x0, t, sample).prev_sample
+        want = x0.clamp(-1, 1)
+        got = noised_student_purify(unet, x, noise, cfg.t_star, calls, ac)
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+
+
+def test_noised_student_noise_is_fixed_when_deployed_and_drawn_when_given():
+    from toolkit.models.purifier import NoisedStudent, PurifierConfig, make_unet
+
+    cfg = PurifierConfig.tiny(16)
+    x = torch.rand(3, 3, 16, 16)
+    a, b = NoisedStudent(make_unet(cfg), cfg, 2, noise_seed=7), NoisedStudent(make_unet(cfg), cfg, 2, noise_seed=8)
+    with torch.no_grad():
+        assert torch.equal(a(x), a(x)) and not torch.equal(a(x), b(x))  # the seed chooses the fixed noise
+        given = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(a(x, given), b(x, given)) and not torch.equal(a(x, given), a(x))
+        out = a(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+
+
+def test_teacher_endpoints_are_the_teachers_purification_from_that_noise():
+    """Each target is the teacher's multi-step purification from exactly the noise stored with it (what makes
+    it learnable in one call), and a seed reproduces them."""
+    from toolkit.models.purifier import PurifierConfig, make_unet, multistep_purify, teacher_endpoints
+
+    cfg = PurifierConfig(sample_size=16, block_out_channels=(8, 8), norm_num_groups=4, steps=2)
+    unet = make_unet(cfg)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.3)
+    unet.eval()
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    noises, targets = teacher_endpoints(unet, x, cfg, draws=2, seed=4)
+    assert noises.shape == targets.shape == (6, 3, 16, 16)
+    assert not torch.equal(noises[:3], noises[3:])
+    for d in range(2):
+        sl = slice(3 * d, 3 * d + 3)
+        assert torch.allclose(targets[sl], multistep_purify(unet, x, cfg, noise=noises[sl]), atol=1e-6)
+    n2, t2 = teacher_endpoints(unet, x, cfg, draws=2, seed=4)
+    assert torch.equal(n2, noises) and torch.equal(t2, targets)
+
+
+def test_noised_student_learns_the_teachers_endpoints(purifier_run, pairs):
+    """Distillation did its job: from the same noise, the trained noised student is closer to the teacher's
+    multi-step endpoint than the teacher's own first call (its initialisation) is (bug guarded: targets from
+    other noise than the student's input, or the student not trained)."""
+    from toolkit.kinds.purifier import load_run
+    from toolkit.models.purifier import alphas_cumprod, noised_student_purify, teacher_endpoints
+
+    nets, cfg = load_run(purifier_run)
+    adv, _, _ = read_pairs(pairs)
+    x = adv[:32] * 2 - 1
+    noises, targets = teacher_endpoints(nets["teacher"], x, cfg, draws=1, seed=123)  # not the training draws
+    ac = alphas_cumprod()
+    with torch.no_grad():
+        student = noised_student_purify(nets["noised"], x, noises, cfg.t_star, cfg.noised_calls, ac)
+        first_call = noised_student_purify(nets["teacher"], x, noises, cfg.t_star, cfg.noised_calls, ac)
+    assert ((student - targets) ** 2).mean() < 0.8 * ((first_call - targets) ** 2).mean()
+
+
+def test_a_run_without_a_noised_student_still_deploys_its_one_step_student(purifier_run, tmp_path):
+    """Runs written before the noised student (no noised_calls in config.json, no noised.safetensors) load
+    and deploy the one-step student they were exported with."""
+    import shutil
+
+    from toolkit.io import read_json, write_json
+    from toolkit.kinds.purifier import deployed, load_run
+    from toolkit.models.purifier import OneStepPurifier
+
+    old = tmp_path / "old"
+    shutil.copytree(purifier_run, old)
+    (old / "noised.safetensors").unlink()
+    config = read_json(old / "config.json")
+    del config["purifier"]["noised_calls"], config["purifier"]["noise_seed"]
+    write_json(old / "config.json", config)
+    nets, cfg = load_run(old)
+    assert "noised" not in nets and cfg.noised_calls == 0
+    assert isinstance(deployed(nets, cfg), OneStepPurifier)

@@ -1,9 +1,20 @@
-"""The purifier kind (after CoDefend): run format, the deployed one-step student, its export spec and parity.
+"""The purifier kind (after CoDefend): run format, the deployed student, its export spec and parity.
 
 Run directory (`toolkit train purifier`): `teacher.safetensors`, `student.safetensors`,
-`diffpure.safetensors` + `config.json`. Deployed graph: the one-step student, input `images` (N,3,H,W)
-in [0, 1], output `purified` (N,3,H,W) in [0, 1]. Gates: fp32 max |pixel diff| <= 1e-4; fp16 PSNR
-against PyTorch >= 40 dB. fp16 keeps the normalisation layers (GroupNorm and the ops it lowers to) in fp32.
+`diffpure.safetensors`, `noised.safetensors` (runs before the noised student lack it) + `config.json`.
+Deployed graph: the noised student (`NoisedStudent`: noise to t*, `noised_calls` UNet calls, DDIM between
+them, one graph), or in a run without one the one-step student; input `images` (N,3,H,W) in [0, 1], output
+`purified` (N,3,H,W) in [0, 1].
+
+The deployed noised student's noise is a constant of the graph, drawn once from `noise_seed` (recorded in
+the manifest's model_config), not an ONNX random op: every engine (PyTorch, onnxruntime, OpenVINO, TensorRT)
+then computes the same function, so the fp32/fp16 gates compare it pixel for pixel as they do any graph, and
+a purified file is reproducible. What a fixed noise gives up: an attacker who knows it attacks a deterministic
+function; with fresh noise per call an adaptive attacker averages over draws (EOT), which costs them more
+queries but, through a differentiable student, not much robustness (the purifier table shows both rows).
+
+Gates: fp32 max |pixel diff| <= 1e-4; fp16 PSNR against PyTorch >= 40 dB. fp16 keeps the normalisation
+layers (GroupNorm and the ops it lowers to) in fp32.
 No int8: its gate is a detection AUC, which an image-to-image model does not have.
 """
 
@@ -19,7 +30,7 @@ from toolkit.io import atomic_path, read_json, write_json
 from toolkit.kinds.base import Capabilities, ExportSpec, ModelKind
 
 FORMAT = "causal-deploy-toolkit/purifier@2"  # @2: skip (residual) x0 parametrisation
-NETS = ("teacher", "student", "diffpure")
+NETS = ("teacher", "student", "diffpure", "noised")  # noised: only where config's noised_calls > 0
 WEIGHTS = "student.safetensors"
 
 
@@ -29,7 +40,7 @@ def save_run(run_dir: str | Path, nets: dict, config: dict) -> Path:
 
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in NETS:
+    for name in (n for n in NETS if n in nets):
         with atomic_path(out / f"{name}.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in nets[name].state_dict().items()}, str(tmp))
     write_json(out / "config.json", {"format": FORMAT, **config})
@@ -37,7 +48,7 @@ def save_run(run_dir: str | Path, nets: dict, config: dict) -> Path:
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, object]:
-    """-> ({teacher, student, diffpure: UNet in eval mode}, PurifierConfig)."""
+    """-> ({teacher, student, diffpure[, noised]: UNet in eval mode}, PurifierConfig)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -51,7 +62,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, object]:
         raise ValueError(f"{d / 'config.json'} is not a purifier run (format {config.get('format')!r}, want {FORMAT})")
     cfg = PurifierConfig.from_dict(config["purifier"])
     nets = {}
-    for name in NETS:
+    for name in NETS if cfg.noised_calls > 0 else NETS[:-1]:
         net = make_unet(cfg)
         try:
             net.load_state_dict(load_file(str(d / f"{name}.safetensors")))
@@ -61,11 +72,21 @@ def load_run(run_dir: str | Path) -> tuple[dict, object]:
     return nets, cfg
 
 
-def _deployed(nets: dict):
-    """The one-step student, as deployed (images in [0, 1] -> purified images)."""
-    from toolkit.models.purifier import OneStepPurifier
+def deployed(nets: dict, cfg):
+    """The student a run deploys (images in [0, 1] -> purified images): its noised student with the fixed
+    noise, or in a run without one its one-step student."""
+    from toolkit.models.purifier import NoisedStudent, OneStepPurifier
 
-    return OneStepPurifier(nets["student"]).eval().requires_grad_(False)
+    net = NoisedStudent(nets["noised"], cfg) if cfg.noised_calls > 0 else OneStepPurifier(nets["student"])
+    return net.eval().requires_grad_(False)
+
+
+def deployed_name(cfg) -> str:
+    """The deployed student's row name in the purifier tables."""
+    if cfg.noised_calls > 0:
+        calls = f"{cfg.noised_calls} call{'s' if cfg.noised_calls > 1 else ''}"
+        return f"noised student ({calls}, fixed noise: deployed)"
+    return "student (1 step)"
 
 
 def image_parity(ref: dict, got: dict, name: str = "purified") -> dict:
@@ -99,7 +120,7 @@ class PurifierKind(ModelKind):
     )
 
     def load_reference(self, run_dir: Path):
-        return _deployed(load_run(run_dir)[0])
+        return deployed(*load_run(run_dir))
 
     def parity(self, ref: dict, got: dict, threshold: float | None = None, labels=None, refit: bool = False,
                got_threshold: float | None = None) -> dict:  # fmt: skip
@@ -108,17 +129,17 @@ class PurifierKind(ModelKind):
     def export_spec(self, run_dir: Path, verify_images: Path | None = None, verify_n: int = 17, seed: int = 0):
         import torch
 
-        nets, cfg = load_run(run_dir)  # the three UNets are read once: the student is the deployed graph
+        nets, cfg = load_run(run_dir)  # the UNets are read once: the deployed student is the graph
         s = cfg.sample_size
         x = np.random.default_rng(seed).uniform(0, 1, (max(verify_n, 10), 3, s, s)).astype(np.float32)
         pre = {"size": s, "mean": [0.0] * 3, "std": [1.0] * 3, "interpolation": "bicubic", "resize_mode": "shortest"}
         return ExportSpec(
-            module=_deployed(nets),
+            module=deployed(nets, cfg),
             example=torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(seed)),
             verify_feeds=[x[:1], x[1:9], x[9:]],
             manifest={
                 "model_config": cfg.to_dict(),
-                "model_name": f"purifier UNet {list(cfg.block_out_channels)} @ {s} px",
+                "model_name": f"purifier UNet {list(cfg.block_out_channels)} @ {s} px, {deployed_name(cfg)}",
                 "preprocess": pre,
                 "verify_source": f"seeded uniform noise (seed {seed})",
             },

@@ -37,6 +37,10 @@ class PurifierConfig:
     t_star: int = 100  # purification starts from this timestep (0.1 T)
     steps: int = 5  # DDIM steps of the multi-step purifiers
     seed: int = 0
+    # the deployed student: noised to t* and `noised_calls` UNet calls (`NoisedStudent`), its fixed noise drawn
+    # from `noise_seed`; 0 = the deterministic one-step student at t = 0 (`OneStepPurifier`, runs before it)
+    noised_calls: int = 1
+    noise_seed: int = 0
 
     @classmethod
     def tiny(cls, sample_size: int = 64) -> PurifierConfig:
@@ -49,7 +53,8 @@ class PurifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PurifierConfig:
-        return cls(**{**d, "block_out_channels": tuple(d["block_out_channels"])})
+        # a run written before the noised student has none: it deploys its one-step student
+        return cls(**{"noised_calls": 0, **d, "block_out_channels": tuple(d["block_out_channels"])})
 
 
 def make_unet(cfg: PurifierConfig):
@@ -85,10 +90,13 @@ def predict_x0(unet, x_t: torch.Tensor, t: torch.Tensor, ac: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def multistep_purify(unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0) -> torch.Tensor:
+def multistep_purify(
+    unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """x in [-1, 1] -> noise to t* -> `cfg.steps` DDIM steps (x0 prediction) back to 0 -> [-1, 1]."""
     ac = alphas_cumprod(cfg.num_train_timesteps)
-    return sdedit(lambda s, t: predict_x0(unet, s, t, ac), x, cfg.t_star, cfg.steps, cfg.num_train_timesteps, seed)
+    fn = lambda s, t: predict_x0(unet, s, t, ac)  # noqa: E731
+    return sdedit(fn, x, cfg.t_star, cfg.steps, cfg.num_train_timesteps, seed, noise)
 
 
 def one_call_purify(unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0) -> torch.Tensor:
@@ -104,15 +112,24 @@ def one_call_purify(unet, x: torch.Tensor, cfg: PurifierConfig, seed: int = 0) -
 
 
 @torch.no_grad()
-def sdedit(x0_fn, x: torch.Tensor, t_star: int, steps: int, num_train_timesteps: int = 1000, seed: int = 0):
-    """SDEdit with an x0 predictor `x0_fn(x_t, t)`: noise x to t*, then DDIM back to t = 0 in about `steps` steps."""
+def sdedit(
+    x0_fn,
+    x: torch.Tensor,
+    t_star: int,
+    steps: int,
+    num_train_timesteps: int = 1000,
+    seed: int = 0,
+    noise: torch.Tensor | None = None,
+):
+    """SDEdit with an x0 predictor `x0_fn(x_t, t)`: noise x to t*, then DDIM back to t = 0 in about `steps` steps.
+    The noise is drawn from `seed`, or is `noise` (shaped like x) when given."""
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler(num_train_timesteps=num_train_timesteps, prediction_type="sample", clip_sample=True)
     sched.set_timesteps(max(1, round(steps * num_train_timesteps / t_star)))
     timesteps = sched.timesteps[sched.timesteps <= t_star]
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(x.shape, generator=gen)
+    if noise is None:
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
     sample = sched.add_noise(x, noise, timesteps[:1].repeat(x.shape[0]))
     for t in timesteps:
         x0 = x0_fn(sample, t)
@@ -136,6 +153,46 @@ class OneStepPurifier(nn.Module):
         return ((x0.clamp(-1, 1) + 1) / 2).clamp(0, 1)
 
 
+def student_timesteps(t_star: int, calls: int) -> list[int]:
+    """The timesteps a `calls`-call noised student predicts x0 at: t*, t*(k-1)/k, ..., t*/k (k = calls)."""
+    return [round(t_star * (calls - i) / calls) for i in range(calls)]
+
+
+def noised_student_purify(unet, x: torch.Tensor, noise: torch.Tensor, t_star: int, calls: int, ac: torch.Tensor):
+    """x in [-1, 1] -> noise to t* with `noise` -> `calls` x0 predictions, a DDIM step (eta 0) between two
+    -> [-1, 1]. Differentiable: what the noised student is trained through and attacked through."""
+    ts = student_timesteps(t_star, calls)
+    a = ac[ts[0]]
+    sample = a.sqrt() * x + (1 - a).sqrt() * noise
+    for i, t in enumerate(ts):
+        x0 = predict_x0(unet, sample, torch.full((x.shape[0],), t, dtype=torch.long), ac)
+        if i + 1 < len(ts):  # as diffusers' DDIMScheduler.step: eps from the unclipped x0, the step from the clipped
+            a_t, a_next = ac[t], ac[ts[i + 1]]
+            eps = (sample - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+            sample = a_next.sqrt() * x0.clamp(-1, 1) + (1 - a_next).sqrt() * eps
+    return x0.clamp(-1, 1)
+
+
+class NoisedStudent(nn.Module):
+    """The stochastic student: images in [0, 1] -> noise to t* -> `calls` UNet calls -> purified images in
+    [0, 1]. With `noise` (N or 1,3,H,W) each call draws what it is given; without, the deployed graph's fixed
+    seeded noise (a constant in the ONNX graph, see `toolkit/kinds/purifier.py` for why)."""
+
+    def __init__(self, unet, cfg: PurifierConfig, calls: int | None = None, noise_seed: int | None = None):
+        super().__init__()
+        self.unet, self.t_star = unet, cfg.t_star
+        self.calls = cfg.noised_calls if calls is None else calls
+        self.register_buffer("ac", alphas_cumprod(cfg.num_train_timesteps), persistent=False)
+        gen = torch.Generator().manual_seed(cfg.noise_seed if noise_seed is None else noise_seed)
+        s = cfg.sample_size
+        self.register_buffer("noise", torch.randn((1, 3, s, s), generator=gen), persistent=False)
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        noise = self.noise if noise is None else noise
+        x0 = noised_student_purify(self.unet, images * 2 - 1, noise, self.t_star, self.calls, self.ac)
+        return ((x0 + 1) / 2).clamp(0, 1)
+
+
 @dataclass
 class PurifierTrainConfig:
     teacher_steps: int = 400
@@ -147,6 +204,8 @@ class PurifierTrainConfig:
     # fraction of each batch whose input is the clean image (target: itself), so that the purifiers learn to
     # leave clean images alone; this is what keeps the clean-accuracy cost of a defence low
     clean_fraction: float = 0.25
+    noised_steps: int = 400  # optimiser steps of the noised student (its calls: PurifierConfig.noised_calls)
+    noised_draws: int = 2  # noise draws per training image whose teacher endpoints it learns
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -208,14 +267,17 @@ def train_student(
     cfg: PurifierConfig,
     tc: PurifierTrainConfig,
     advance=lambda **_: None,
+    targets: torch.Tensor | None = None,
 ):
-    """Distil the teacher's multi-step purification into one UNet call (initialised from the teacher)."""
+    """Distil the teacher's multi-step purification into one UNet call (initialised from the teacher).
+    `targets`: the teacher's purification of each of `adv`, when a caller has it (`teacher_endpoints`)."""
     import copy
 
-    with torch.no_grad():
-        targets = torch.cat(
-            [multistep_purify(teacher, adv[i : i + 64], cfg, seed=tc.seed + i) for i in range(0, len(adv), 64)]
-        )
+    if targets is None:
+        with torch.no_grad():
+            targets = torch.cat(
+                [multistep_purify(teacher, adv[i : i + 64], cfg, seed=tc.seed + i) for i in range(0, len(adv), 64)]
+            )
     student = copy.deepcopy(teacher).train()
     ac = alphas_cumprod(cfg.num_train_timesteps)
     opt = torch.optim.AdamW(student.parameters(), lr=tc.lr / 2)
@@ -236,3 +298,55 @@ def train_student(
 def train_diffpure(clean: torch.Tensor, cfg: PurifierConfig, tc: PurifierTrainConfig, advance=lambda **_: None):
     """Unsupervised baseline: a DDPM x0-denoiser on clean images only, t in [0, t*] (what purification uses)."""
     return _train_x0(clean, clean, cfg.t_star, tc.diffpure_steps, cfg, tc, tc.seed + 2, advance)
+
+
+def teacher_endpoints(teacher, inputs: torch.Tensor, cfg: PurifierConfig, draws: int, seed: int, advance=None):
+    """For each input and each of `draws` seeded noises: (noise, the teacher's multi-step purification of the
+    input from exactly that noise). DDIM (eta 0) makes the endpoint a function of (input, noise), which one
+    call can learn; a target drawn from other noise would teach the blurred mean of all endpoints."""
+    gen = torch.Generator().manual_seed(seed)
+    noises, targets = [], []
+    for _ in range(draws):
+        noise = torch.randn(inputs.shape, generator=gen)
+        for i in range(0, len(inputs), 64):
+            targets.append(multistep_purify(teacher, inputs[i : i + 64], cfg, noise=noise[i : i + 64]))
+            if advance:
+                advance(len(inputs[i : i + 64]))
+        noises.append(noise)
+    return torch.cat(noises), torch.cat(targets)
+
+
+def train_noised_student(
+    teacher,
+    adv: torch.Tensor,
+    clean: torch.Tensor,
+    cfg: PurifierConfig,
+    tc: PurifierTrainConfig,
+    advance=lambda **_: None,
+    endpoints=None,
+):
+    """Distil the teacher into a `cfg.noised_calls`-call student that keeps its noise: the student noises its
+    input to t* as the teacher does and learns, through its unrolled calls, the teacher's endpoint from that
+    same noise (knowledge distillation of a deterministic sampler, Luhman & Luhman 2021), for adversarial and
+    clean inputs, with the clean image as an extra target. `endpoints`: (inputs, noises, targets) from
+    `teacher_endpoints`, to share them between students; initialised from the teacher."""
+    import copy
+
+    if endpoints is None:
+        inputs = torch.cat([adv, clean])
+        noises, targets = teacher_endpoints(teacher, inputs, cfg, tc.noised_draws, tc.seed + 3)
+        endpoints = (inputs.repeat(tc.noised_draws, 1, 1, 1), noises, targets)
+    inputs, noises, targets = endpoints
+    refs = torch.cat([clean, clean]).repeat(len(inputs) // (2 * len(clean)), 1, 1, 1)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    ac = alphas_cumprod(cfg.num_train_timesteps)
+    opt = torch.optim.AdamW(student.parameters(), lr=tc.lr / 2)
+    gen = torch.Generator().manual_seed(tc.seed + 4)
+    for idx in _batches(len(inputs), tc.noised_steps, tc.batch_size, gen):
+        out = noised_student_purify(student, inputs[idx], noises[idx], cfg.t_star, cfg.noised_calls, ac)
+        loss = nn.functional.mse_loss(out, targets[idx]) + tc.clean_weight * nn.functional.mse_loss(out, refs[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        advance(loss=loss.item())
+    return student.eval().requires_grad_(False)

@@ -16,7 +16,8 @@ def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05, e
     """name -> `Defence` (images in [0, 1] -> [0, 1], and how an adaptive attacker gets gradients through it);
     the table's rows in order. The multi-step purifiers are stochastic (noise to t*): each call draws its
     noise from `seed`, and an adaptive attack averages `eot` draws per step."""
-    from toolkit.models.purifier import OneStepPurifier, multistep_purify, one_call_purify
+    from toolkit.kinds.purifier import deployed, deployed_name
+    from toolkit.models.purifier import NoisedStudent, OneStepPurifier, multistep_purify, one_call_purify
 
     student = OneStepPurifier(nets["student"]).eval()
 
@@ -44,7 +45,7 @@ def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05, e
     def multi(name):
         return Defence(lambda x, seed=0: (multistep_purify(nets[name], x * 2 - 1, cfg, seed=seed) + 1) / 2, False, eot)
 
-    return {
+    rows = {
         "none": Defence(lambda x, seed=0: x, True),
         f"JPEG q{jpeg_quality}": Defence(jpeg, False),
         f"TV (weight {tv_weight})": Defence(tv, False),
@@ -56,15 +57,30 @@ def defences(nets: dict, cfg, jpeg_quality: int = 75, tv_weight: float = 0.05, e
         ),
         "student (1 step)": Defence(lambda x, seed=0: student(x), True),
     }
+    if "noised" in nets:  # the noised student with fresh noise per call (EOT), and as deployed (fixed noise)
+        noised, k = NoisedStudent(nets["noised"], cfg).eval(), cfg.noised_calls
+
+        def fresh(x, seed=0):
+            return noised(x, torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)))
+
+        rows[f"noised student ({k} call{'s' if k > 1 else ''}, fresh noise)"] = Defence(fresh, True, eot)
+        fixed = deployed(nets, cfg)
+        rows[deployed_name(cfg)] = Defence(lambda x, seed=0: fixed(x), True)
+    return rows
 
 
-def _held_out(images: str | Path, size: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded sample of `n` labelled images as pixels in [0, 1] at `size`, and their labels."""
+def _held_out(images, size: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded sample of `n` labelled images of a folder (or of a list of folders, pooled) as pixels in [0, 1]
+    at `size`, and their labels."""
     from toolkit.data.folders import find_labelled_images
 
-    ds = find_labelled_images(images)
-    idx = sorted(np.random.default_rng(seed).permutation(len(ds.paths))[:n])
-    return load_pixels([ds.paths[i] for i in idx], size), torch.tensor([ds.labels[i] for i in idx])
+    paths, labels = [], []
+    for folder in [images] if isinstance(images, (str, Path)) else images:
+        ds = find_labelled_images(folder)
+        paths += ds.paths
+        labels += ds.labels
+    idx = sorted(np.random.default_rng(seed).permutation(len(paths))[:n])
+    return load_pixels([paths[i] for i in idx], size), torch.tensor([labels[i] for i in idx])
 
 
 def _correct(model, imgs: torch.Tensor, y: torch.Tensor, threshold: float) -> np.ndarray:
@@ -112,12 +128,12 @@ def evaluate_purifiers(
     detector alone (non-adaptive: the attacker does not know the defence) at each eps, accuracy under adaptive
     PGD through the defence (`Defence`: through the student, BPDA for JPEG/TV/multi-step, EOT over `eot` draws
     for the stochastic ones) at each `adaptive_eps`, PSNR/SSIM to the clean image, time per image; every
-    accuracy with its 95% Wilson interval, and McNemar's test of the student against each other defence.
+    accuracy with its 95% Wilson interval, and McNemar's test of the deployed student against each other defence.
     `adaptive_rows`: the defences (name prefixes) attacked adaptively; None = all (the multi-step ones cost
     `eot` purifications per PGD step)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from toolkit.kinds.purifier import load_run
+    from toolkit.kinds.purifier import deployed_name, load_run
     from toolkit.progress import progress_bar
     from toolkit.statistics import wilson
 
@@ -175,11 +191,10 @@ def evaluate_purifiers(
                     row["adaptive"][str(eps)] = {"acc": float(c.mean()), "ci": wilson(c).to_dict()}
                     advance()
             rows[name] = row
-    student_name = next(n for n in rows if n.startswith("student"))
     return {
         "purifier_run": str(purifier_run),
         "detector_run": str(detector_run),
-        "images": str(images),
+        "images": str(images) if isinstance(images, (str, Path)) else [str(i) for i in images],
         "n": len(x),
         "eps": [str(e) for e in eps_list],
         "train_eps": [str(e) for e in train_eps],
@@ -187,7 +202,48 @@ def evaluate_purifiers(
         "eot": eot,
         "pgd_steps": steps,
         "rows": rows,
-        "paired": paired_tests(correct, student_name),
+        "deployed": deployed_name(cfg),
+        "paired": paired_tests(correct, deployed_name(cfg)),
+    }
+
+
+def over_seeds_table(results: list[dict], seeds: list[int]) -> dict:
+    """Purifier tables of several training seeds (same held-out images and attacks) -> one table whose every
+    accuracy is the mean over the seeds with Student's t interval (`toolkit.statistics.over_seeds`), keeping the
+    per-seed values and each seed's own paired tests; PSNR, SSIM and times are means."""
+    from toolkit.statistics import over_seeds
+
+    def acc(cells: list[dict]) -> dict:
+        values = [c["acc"] for c in cells]
+        return {"acc": float(np.mean(values)), "ci": over_seeds(values).to_dict(), "per_seed": values}
+
+    first = results[0]
+    rows = {}
+    for name, row in first["rows"].items():
+        per = [r["rows"][name] for r in results]
+        clean = acc([{"acc": p["clean_acc"]} for p in per])
+        rows[name] = {
+            "clean_acc": clean["acc"],
+            "clean_ci": clean["ci"],
+            "clean_per_seed": clean["per_seed"],
+            "ms_per_image": float(np.mean([p["ms_per_image"] for p in per])),
+            "eps": {
+                e: {
+                    **acc([p["eps"][e] for p in per]),
+                    "psnr": float(np.mean([p["eps"][e]["psnr"] for p in per])),
+                    "ssim": float(np.mean([p["eps"][e]["ssim"] for p in per])),
+                }
+                for e in row["eps"]
+            },
+            "adaptive": {e: acc([p["adaptive"][e] for p in per]) for e in row.get("adaptive", {})},
+        }
+    keep = ("images", "n", "eps", "train_eps", "adaptive_eps", "eot", "pgd_steps", "deployed", "detector_run")
+    return {
+        **{k: first[k] for k in keep if k in first},
+        "seeds": list(seeds),
+        "purifier_runs": [r["purifier_run"] for r in results],
+        "rows": rows,
+        "paired_per_seed": [r["paired"] for r in results],
     }
 
 
@@ -212,28 +268,53 @@ def purifier_markdown(r: dict) -> str:
         cells += [_cell(ad[e]["acc"], ad[e]["ci"]) if e in ad else "not run" for e in ad_eps]
         cells += [f"{e8['psnr']:.2f}", f"{e8['ssim']:.3f}", f"{row['ms_per_image']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    seeds = r.get("seeds")
+    spread = (
+        f"means over {len(seeds)} training seeds ({', '.join(map(str, seeds))}) with Student's t 95% intervals "
+        "over the seeds in brackets"
+        if seeds and len(seeds) > 1
+        else "95% Wilson intervals in brackets"
+    )
     lines += [
         "",
-        f"Accuracies in % of {r['n']} held-out images, 95% Wilson intervals in brackets (half-widths up to "
+        f"Accuracies in % of {r['n']} held-out images, {spread} (half-widths up to "
         f"{_widest(r):.1f} points); whether two defences differ is the paired test below. Non-adaptive: PGD "
         f"({r['pgd_steps']} steps) on the detector alone, then the defence. Adaptive: PGD through the defence "
-        f"(gradients through the student; BPDA with the identity for JPEG, TV and the multi-step purifiers; EOT "
-        f"over {r.get('eot', 1)} noise draws per step for the stochastic multi-step ones).",
+        f"(gradients through the students; BPDA with the identity for JPEG, TV and the multi-step purifiers; EOT "
+        f"over {r.get('eot', 1)} noise draws per step for the ones with fresh noise per call).",
     ]
     if r.get("paired"):
+        who = r.get("deployed", "student (1 step)")
         lines += [
             "",
-            "McNemar's exact test of the student against no defence and the teacher on the same images "
-            "(two-sided p; every pair is in the JSON):",
+            f"McNemar's exact test of the deployed {who} against no defence and the teacher on the same "
+            "images (two-sided p; every pair is in the JSON):",
             "",
         ]
         lines += [
-            "| student vs | column | right only with the student | right only with the other | p |",
+            "| deployed vs | column | right only with the deployed | right only with the other | p |",
             "|---|---|---|---|---|",
         ]
         for t in (t for t in r["paired"] if t["b"] == "none" or t["b"].startswith("teacher (")):
             col = t["column"] if not t["column"].replace(".", "").isdigit() else f"eps {t['column']}"
             lines.append(f"| {t['b']} | {col} | {t['only_a']} | {t['only_b']} | {t['p_value']:.3g} |")
+    if r.get("paired_per_seed"):
+        who = r.get("deployed", "student (1 step)")
+        lines += [
+            "",
+            f"McNemar's exact test of the deployed {who} against no defence and the teacher on the same images, "
+            "one per training seed (images where only the deployed / only the other is right, two-sided p):",
+            "",
+            "| deployed vs | column | " + " | ".join(f"seed {s}" for s in r["seeds"]) + " |",
+            "|---|---|" + "---|" * len(r["seeds"]),
+        ]
+        for i, t in enumerate(r["paired_per_seed"][0]):
+            if not (t["b"] == "none" or t["b"].startswith("teacher (")):
+                continue
+            col = t["column"] if not t["column"].replace(".", "").isdigit() else f"eps {t['column']}"
+            per = [p[i] for p in r["paired_per_seed"]]
+            cells = [f"{p['only_a']} / {p['only_b']}, p {p['p_value']:.2g}" for p in per]
+            lines.append(f"| {t['b']} | {col} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -255,10 +336,11 @@ def head_defence_table(
     seed: int = 1,
     progress: bool = True,
 ) -> dict:
-    """One row per detector head x (alone | purifier student in front): clean accuracy, accuracy under PGD on
-    that head's decision at each eps (the attack sees the head, not the purifier: the transfer setting of the
-    purifier table), accuracy on JPEG-compressed clean images, and ms per image of the chain (PyTorch, CPU)."""
-    from toolkit.kinds.purifier import load_run
+    """One row per detector head x (alone | the deployed purifier student in front): clean accuracy, accuracy
+    under PGD on that head's decision at each eps (the attack sees the head, not the purifier: the transfer setting
+    of the purifier table), accuracy on JPEG-compressed clean images, and ms per image of the chain (PyTorch,
+    CPU)."""
+    from toolkit.kinds.purifier import deployed_name, load_run
     from toolkit.progress import progress_bar
 
     nets, cfg = load_run(purifier_run)
@@ -278,7 +360,7 @@ def head_defence_table(
             attacked = {
                 e: pgd(model, x, y, PGDConfig(eps=e, steps=steps, target="decision", seed=seed)) for e in eps_list
             }
-            for defence in ("none", "student (1 step)"):
+            for defence in ("none", deployed_name(cfg)):
                 d = defs[defence]
                 with torch.no_grad():
                     t = time.perf_counter()

@@ -1,9 +1,12 @@
-"""Purifier training: pairs -> supervised teacher -> one-step student (distilled) + unsupervised DiffPure baseline."""
+"""Purifier training: pairs -> supervised teacher -> one-step student and noised student (distilled) + unsupervised
+DiffPure baseline."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+
+import torch
 
 from toolkit.pipelines.attack import read_pairs
 
@@ -29,7 +32,9 @@ def train_purifiers(
     from toolkit.models.purifier import (
         PurifierConfig,
         PurifierTrainConfig,
+        teacher_endpoints,
         train_diffpure,
+        train_noised_student,
         train_student,
         train_teacher,
     )
@@ -53,14 +58,28 @@ def train_purifiers(
     with progress_bar("train teacher", tc.teacher_steps, progress) as adv_:
         teacher = train_teacher(a, c, cfg, tc, lambda **kw: adv_(1, **kw))
     times["teacher_s"] = time.perf_counter() - t
+    endpoints = student_targets = None
+    if cfg.noised_calls > 0:  # the teacher's endpoints, computed once: the first draw's on adv are the
+        t = time.perf_counter()  # one-step student's targets too (one teacher pass over adv saved)
+        inputs = torch.cat([a, c])
+        with progress_bar("teacher endpoints", len(inputs) * tc.noised_draws, progress) as adv_:
+            noises, targets = teacher_endpoints(teacher, inputs, cfg, tc.noised_draws, tc.seed + 3, adv_)
+        endpoints, student_targets = (inputs.repeat(tc.noised_draws, 1, 1, 1), noises, targets), targets[: len(a)]
+        times["endpoints_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with progress_bar("distil student", tc.student_steps, progress) as adv_:
-        student = train_student(teacher, a, c, cfg, tc, lambda **kw: adv_(1, **kw))
+        student = train_student(teacher, a, c, cfg, tc, lambda **kw: adv_(1, **kw), student_targets)
     times["student_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with progress_bar("train DiffPure baseline", tc.diffpure_steps, progress) as adv_:
         diffpure = train_diffpure(c, cfg, tc, lambda **kw: adv_(1, **kw))
     times["diffpure_s"] = time.perf_counter() - t
+    nets = {"teacher": teacher, "student": student, "diffpure": diffpure}
+    if endpoints is not None:
+        t = time.perf_counter()
+        with progress_bar(f"distil noised student ({cfg.noised_calls} calls)", tc.noised_steps, progress) as adv_:
+            nets["noised"] = train_noised_student(teacher, a, c, cfg, tc, lambda **kw: adv_(1, **kw), endpoints)
+        times["noised_s"] = time.perf_counter() - t
     config = {
         "purifier": cfg.to_dict(),
         "train": {**tc.__dict__},
@@ -68,5 +87,5 @@ def train_purifiers(
         "n_pairs": len(meta),
         "timings": times,
     }
-    save_run(out, {"teacher": teacher, "student": student, "diffpure": diffpure}, config)
+    save_run(out, nets, config)
     return config
