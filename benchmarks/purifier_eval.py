@@ -6,11 +6,16 @@ Run (after `toolkit demo`, which leaves the detector run and the benchmark in de
 The detector is the demo's CausalCLIP run; pairs come from its training family's train split (eps 4
 and 8), evaluation uses held-out test images of the same family at eps 2, 4, 8, 16 (2 and 16 unseen).
 Writes benchmarks/results/purifier_eval.{md,json} with the machine, versions and command.
+
+The frontier (after a run): noised students with 2 and 4 UNet calls from that run's teacher, beside it:
+  .venv/bin/python -m benchmarks.purifier_eval --frontier-calls 1 2 4 [--n-eval 256] [--with-val]
+Writes benchmarks/results/purifier_frontier.{md,json}.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from benchmarks.environment import cpu_line, environment
@@ -40,6 +45,8 @@ def run(
     noised_steps: int = 400,
     noised_draws: int = 2,
     with_val: bool = False,
+    eps: tuple[float, ...] = (2, 4, 8, 16),
+    skip_rows: tuple[str, ...] = (),
 ) -> dict:
     """One training seed: the table of `toolkit.pipelines.defences.evaluate_purifiers` (run dir purifier/run).
     Several: a run per seed (purifier/run_seed<s>, the seed moves the UNets' initialisation and the training
@@ -83,7 +90,7 @@ def run(
                 run_dir,
                 detector,
                 held_out if with_val else held_out[0],
-                (2, 4, 8, 16),
+                eps,
                 (4, 8),
                 steps,
                 n_eval,
@@ -91,6 +98,7 @@ def run(
                 adaptive_rows=adaptive_rows,
                 eot=eot,
                 progress=progress,
+                skip_rows=skip_rows,
             )
         )
     r = results[0] if len(seeds) == 1 else over_seeds_table(results, list(seeds))
@@ -101,6 +109,81 @@ def run(
         "train": trained[0]["train"],
         "purifier_config": trained[0]["purifier"],
     }
+
+
+def frontier(
+    workdir: Path,
+    run_dir: Path,
+    calls: tuple[int, ...],
+    n_eval: int,
+    steps: int,
+    eps: tuple[float, ...] = (2, 4, 8, 16),
+    adaptive_eps: tuple[float, ...] = (8,),
+    eot: int = 4,
+    with_val: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """The frontier: noised students of each number of UNet calls in `calls`, distilled from one run's teacher
+    on the same endpoints (its noised_steps and noised_draws), each written as a run (purifier/run_calls<k>) and
+    evaluated on the same held-out images and attacks as the run itself, whose every row but DiffPure's is the
+    frontier's reference (teacher, its one call, the one-step student, the run's own noised student)."""
+    import shutil
+    from dataclasses import replace
+
+    import torch
+
+    from toolkit.kinds.purifier import load_run, save_run
+    from toolkit.models.purifier import PurifierTrainConfig, teacher_endpoints, train_noised_student
+    from toolkit.pipelines.attack import read_pairs
+    from toolkit.pipelines.defences import evaluate_purifiers
+    from toolkit.progress import progress_bar
+
+    bench = workdir / "data" / "embedded"
+    proto = read_json(bench / "benchmark.json")["protocol"]
+    family = Path(proto["train"]).name
+    held_out = [bench / "test" / family] + ([bench / proto["threshold"]] if with_val else [])
+    detector = workdir / "runs" / "causal"
+    config = read_json(run_dir / "config.json")
+    nets, cfg = load_run(run_dir)
+    tc = PurifierTrainConfig(**config["train"])
+    adv, clean, _ = read_pairs(config["pairs"])
+    a, c = adv * 2 - 1, clean * 2 - 1
+    inputs = torch.cat([a, c])
+    with progress_bar("teacher endpoints", len(inputs) * tc.noised_draws, progress) as advance:
+        noises, targets = teacher_endpoints(nets["teacher"], inputs, cfg, tc.noised_draws, tc.seed + 3, advance)
+    endpoints = (inputs.repeat(tc.noised_draws, 1, 1, 1), noises, targets)
+
+    def evaluate(d, skip):
+        return evaluate_purifiers(d, detector, held_out if with_val else held_out[0], eps, (4, 8), steps, n_eval,
+                                  adaptive_eps=adaptive_eps, adaptive_rows=("none", "student", "noised"), eot=eot,
+                                  progress=progress, skip_rows=skip)  # fmt: skip
+
+    log(f"evaluating {run_dir} (the reference rows) ...")
+    table = evaluate(run_dir, ("DiffPure",))
+    others = ("none", "JPEG", "TV", "DiffPure", "teacher", "student")
+    train_s = {}
+    for k in (k for k in calls if k != cfg.noised_calls):
+        k_cfg = replace(cfg, noised_calls=k)
+        t = time.perf_counter()
+        with progress_bar(
+            f"distil noised student ({k} call{'s' if k > 1 else ''})", tc.noised_steps, progress
+        ) as advance:
+            student = train_noised_student(nets["teacher"], a, c, k_cfg, tc, lambda **kw: advance(1, **kw), endpoints)
+        train_s[k] = time.perf_counter() - t
+        k_dir = workdir / "purifier" / f"run_calls{k}"
+        shutil.rmtree(k_dir, ignore_errors=True)
+        save_run(k_dir, {**nets, "noised": student}, {**config, "purifier": k_cfg.to_dict()})
+        log(f"evaluating the {k}-call noised student ...")
+        table["rows"].update(evaluate(k_dir, others)["rows"])
+    table["frontier_train_s"] = train_s
+    table["frontier_calls"] = list(calls)
+    return table
+
+
+def _whole(eps: list[float]) -> tuple[float, ...]:
+    """8.0 -> 8, so that a table's columns read `8/255` as the default's do."""
+    return tuple(int(e) if float(e).is_integer() else e for e in eps)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,9 +207,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--noised-steps", type=int, default=400, help="noised student's optimiser steps")
     ap.add_argument("--noised-draws", type=int, default=2, help="noise draws per pair of its teacher targets")
     ap.add_argument("--with-val", action="store_true", help="held-out: the family's test and val splits pooled")
-    ap.add_argument("--out", type=Path, default=RESULTS / "purifier_eval")
+    ap.add_argument("--eps", type=float, nargs="+", default=[2, 4, 8, 16], help="eps of the non-adaptive attacks")
+    ap.add_argument("--skip-rows", nargs="+", default=[], help="defences (name prefixes) left out of the table")
+    ap.add_argument("--frontier-calls", type=int, nargs="+", default=None,
+                    help="instead: the frontier of noised students with these UNet calls, from --frontier-run's "
+                    "teacher (writes --out, default results/purifier_frontier)")  # fmt: skip
+    ap.add_argument("--frontier-run", type=Path, default=None, help="default: WORKDIR/purifier/run_seed0 or run")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/purifier_eval (or _frontier)")
     args = ap.parse_args(argv)
     command = command_line("benchmarks.purifier_eval", argv)
+    if args.frontier_calls:
+        return _frontier_main(args, command)
+    args.out = args.out or RESULTS / "purifier_eval"
     r = run(
         args.workdir,
         args.n_pairs,
@@ -137,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         args.diffpure_steps,
         args.ddim_steps,
         args.clean_fraction,
-        tuple(args.adaptive_eps),
+        _whole(args.adaptive_eps),
         tuple(args.adaptive_rows) if args.adaptive_rows else None,
         args.eot,
         seeds=tuple(args.seeds),
@@ -145,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         noised_steps=args.noised_steps,
         noised_draws=args.noised_draws,
         with_val=args.with_val,
+        eps=_whole(args.eps),
+        skip_rows=tuple(args.skip_rows),
     )
     env = environment()
     images = r["images"] if isinstance(r["images"], str) else " + ".join(r["images"])
@@ -166,6 +260,36 @@ def main(argv: list[str] | None = None) -> None:
         ]
     )
     write_result(args.out, {"command": command, "environment": env, **r}, md)
+
+
+def _frontier_main(args, command: str) -> None:
+    from toolkit.pipelines.defences import purifier_markdown
+
+    run_dir = args.frontier_run or next(
+        d for d in (args.workdir / "purifier" / "run_seed0", args.workdir / "purifier" / "run") if d.exists()
+    )
+    r = frontier(args.workdir, run_dir, tuple(args.frontier_calls), args.n_eval, args.pgd_steps, _whole(args.eps),
+                 _whole(args.adaptive_eps), args.eot, args.with_val)  # fmt: skip
+    env = environment()
+    train = read_json(run_dir / "config.json")["train"]
+    images = r["images"] if isinstance(r["images"], str) else " + ".join(r["images"])
+    times = ", ".join(f"{k} calls {s:.0f} s" for k, s in r["frontier_train_s"].items())
+    md = "\n".join(
+        [
+            "# Purifier frontier: noised students by UNet calls, embedded benchmark (CPU)",
+            "",
+            f"Command: `{command}`  ",
+            f"Machine: {cpu_line(env)}, torch {env['versions']['torch']}, diffusers {env['versions']['diffusers']}.  ",
+            f"Teacher and reference rows: {run_dir} (training seed {train['seed']}). Every noised student is "
+            f"distilled from that teacher on the same endpoints ({train['noised_steps']} steps, "
+            f"{train['noised_draws']} endpoints per training image; training time: {times or 'none'}). Held-out: "
+            f"{r['n']} images of {images}; PGD on the detector's decision, {r['pgd_steps']} steps. One training "
+            "seed: the intervals are Wilson's over images, not over seeds.",
+            "",
+            purifier_markdown(r),
+        ]
+    )
+    write_result(args.out or RESULTS / "purifier_frontier", {"command": command, "environment": env, **r}, md)
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def demo(
             eot=1,
             log=out.print,
             noised_steps=max(1, 2 * steps // 3),
-            noised_draws=1,  # one teacher pass over adv + clean (~50 s here); the benchmark draws 2
+            noised_draws=1,  # one teacher pass over adv + clean (37 s of 2 cores); the benchmark draws 2
         )
         p_art = workdir / "artifacts" / "purifier"
         pm = export_run(workdir / "purifier" / "run", p_art, log=out.print)

@@ -123,6 +123,7 @@ def evaluate_purifiers(
     eot: int = 4,
     seed: int = 1,
     progress: bool = True,
+    skip_rows: tuple[str, ...] = (),
 ) -> dict:
     """The purifier table on held-out labelled images: per defence, clean accuracy, accuracy under PGD on the
     detector alone (non-adaptive: the attacker does not know the defence) at each eps, accuracy under adaptive
@@ -130,7 +131,7 @@ def evaluate_purifiers(
     for the stochastic ones) at each `adaptive_eps`, PSNR/SSIM to the clean image, time per image; every
     accuracy with its 95% Wilson interval, and McNemar's test of the deployed student against each other defence.
     `adaptive_rows`: the defences (name prefixes) attacked adaptively; None = all (the multi-step ones cost
-    `eot` purifications per PGD step)."""
+    `eot` purifications per PGD step); `skip_rows`: defences (name prefixes) left out of the table."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from toolkit.kinds.purifier import deployed_name, load_run
@@ -154,7 +155,7 @@ def evaluate_purifiers(
         )
         return float(psnr), float(ssim)
 
-    defs = defences(nets, cfg, eot=eot)
+    defs = {k: d for k, d in defences(nets, cfg, eot=eot).items() if not k.startswith(tuple(skip_rows))}
     adaptive_of = [d for d in defs if adaptive_rows is None or d.startswith(tuple(adaptive_rows))]
     attacked = {}
     with progress_bar("attack held-out", len(eps_list), progress) as advance:

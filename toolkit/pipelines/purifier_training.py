@@ -77,7 +77,8 @@ def train_purifiers(
     nets = {"teacher": teacher, "student": student, "diffpure": diffpure}
     if endpoints is not None:
         t = time.perf_counter()
-        with progress_bar(f"distil noised student ({cfg.noised_calls} calls)", tc.noised_steps, progress) as adv_:
+        calls = f"{cfg.noised_calls} call{'s' if cfg.noised_calls > 1 else ''}"
+        with progress_bar(f"distil noised student ({calls})", tc.noised_steps, progress) as adv_:
             nets["noised"] = train_noised_student(teacher, a, c, cfg, tc, lambda **kw: adv_(1, **kw), endpoints)
         times["noised_s"] = time.perf_counter() - t
     config = {
