@@ -220,6 +220,61 @@ def test_http_health_metrics_and_the_readme_curl_example(server, tmp_path):
     assert abs(outputs["p_generated"][0] - _detect(server.url, [_png(7)])["p_generated"][0]) < 1e-6
 
 
+# ---- toolkit loadtest against the real server -------------------------------------------------------------------
+def test_loadtest_sweeps_grpc_and_http_with_the_servers_own_queue_and_compute_times(server, tmp_path):
+    from toolkit.serving.loadtest import LoadConfig, loadtest, write_report
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        (tmp_path / "imgs" / f"{i}.png").write_bytes(_png(20 + i))
+    cfg = LoadConfig(concurrency=(1, 2), batch=(1, 4), requests=12, warmup_requests=2)
+    r = loadtest(server.url, cfg, tmp_path / "imgs", progress=False, log=lambda *_: None)
+    assert r["images"] == f"6 files of {tmp_path / 'imgs'}" and r["served_artifact"] is None
+    assert [(c["concurrency"], c["images_per_request"]) for c in r["cells"]] == [(1, 1), (2, 1), (1, 4), (2, 4)]
+    for c in r["cells"]:
+        assert c["requests"] == 12 and c["errors"] == 0 and c["p50_ms"] <= c["p99_ms"]
+        s = c["server"]  # the server saw the measured requests (not the warm-up), and batched what it was sent
+        assert 12 <= s["requests"] <= 14 and s["queue_ms"] >= 0 and 0 < s["compute_ms"] < c["p99_ms"]
+        assert s["mean_batch"] >= c["images_per_request"]
+    http = loadtest(f"http://127.0.0.1:{server.http}", LoadConfig((1,), (2,), 6, warmup_requests=1),
+                    progress=False, log=lambda *_: None)  # fmt: skip
+    assert http["cells"][0]["errors"] == 0 and http["cells"][0]["server"]["requests"] >= 6
+    files = write_report(r, tmp_path / "report", "toolkit loadtest ...", "test machine")
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = files["md"].read_text()
+    assert "| 2 | 4 | 12 | 0 |" in md and "server queue ms" in md
+
+
+def _loadtest_processes() -> list[str]:
+    """Processes whose command line holds loadtest's private serving directory (`toolkit serve`, tritonserver)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if "loadtest-" in cmd and "pytest" not in cmd:
+                    found.append(f"{d.name}: {cmd[:200]}")
+    return found
+
+
+def test_loadtest_of_an_artifact_serves_it_on_loopback_and_leaves_no_process(exported_artifact, tmp_path):
+    out = tmp_path / "lt"
+    done = subprocess.run([*CLI, "loadtest", str(exported_artifact), "--concurrency", "2", "--batch", "2",
+                           "--requests", "8", "--warmup", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    import json
+
+    r = json.loads((out / "loadtest.json").read_text())
+    assert r["served_artifact"] == str(exported_artifact) and r["address"].startswith("grpc://127.0.0.1:")
+    assert r["cells"][0]["requests"] == 8 and r["cells"][0]["errors"] == 0 and r["machine"]
+    assert (out / "loadtest.md").exists() and (out / "loadtest.png").exists()
+    deadline = time.time() + 30  # the session was SIGKILLed at the end; the kernel reaps it at once
+    while _loadtest_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert _loadtest_processes() == []
+
+
 # ---- item 3: toolkit infer --server --------------------------------------------------------------------------------
 def _folder(root: Path, n: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)

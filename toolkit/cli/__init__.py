@@ -14,6 +14,7 @@ from toolkit.cli import (
     evaluate,
     export,
     infer,
+    loadtest,
     purify,
     serve,
     threshold,
@@ -39,6 +40,7 @@ app.command("infer")(infer.infer_command)
 app.command("purify")(purify.purify_command)
 app.command("serve")(serve.serve_command)
 app.command("triton-repo")(serve.triton_repo_command)
+app.command("loadtest")(loadtest.loadtest_command)
 app.command("demo")(demo.demo_command)
 
 
