@@ -257,6 +257,13 @@ def _loadtest_processes() -> list[str]:
     return found
 
 
+def _assert_no_loadtest_process_left(within_s: float = 30) -> None:
+    deadline = time.time() + within_s  # each served session was SIGKILLed at the end; the kernel reaps it at once
+    while _loadtest_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert _loadtest_processes() == []
+
+
 def test_loadtest_of_an_artifact_serves_it_on_loopback_and_leaves_no_process(exported_artifact, tmp_path):
     out = tmp_path / "lt"
     done = subprocess.run([*CLI, "loadtest", str(exported_artifact), "--concurrency", "2", "--batch", "2",
@@ -269,10 +276,42 @@ def test_loadtest_of_an_artifact_serves_it_on_loopback_and_leaves_no_process(exp
     assert r["served_artifact"] == str(exported_artifact) and r["address"].startswith("grpc://127.0.0.1:")
     assert r["cells"][0]["requests"] == 8 and r["cells"][0]["errors"] == 0 and r["machine"]
     assert (out / "loadtest.md").exists() and (out / "loadtest.png").exists()
-    deadline = time.time() + 30  # the session was SIGKILLed at the end; the kernel reaps it at once
-    while _loadtest_processes() and time.time() < deadline:
-        time.sleep(0.5)
-    assert _loadtest_processes() == []
+    _assert_no_loadtest_process_left()
+
+
+def test_tune_measures_each_config_served_records_the_choice_and_config_auto_uses_it(exported_artifact, tmp_path):
+    """`toolkit loadtest --tune` on a copy of the artifact: every config (and the default) served and measured,
+    the choice within the budget recorded in tuning/; `triton-repo --config auto` writes it into config.pbtxt,
+    and `serve --config auto` without a record for this machine is one line."""
+    import json
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(exported_artifact, art)
+    out = tmp_path / "tune"
+    done = subprocess.run([*CLI, "loadtest", str(art), "--tune", "--p99-ms", "5000", "--concurrency", "2",
+                           "--batch", "2", "--requests", "8", "--warmup", "2", "--tune-instances", "1",
+                           "--tune-max-batch", "4", "--tune-queue-delay-us", "0", "--out", str(out)],
+                          capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((out / "tune.json").read_text())
+    configs = [p["config"] for p in record["points"]]
+    assert configs == [{"instances": 1, "max_batch": 4, "max_queue_delay_us": 0, "threads": None},
+                       {"instances": 1, "max_batch": 64, "max_queue_delay_us": 2000, "threads": None}]  # fmt: skip
+    assert all(p["cell"]["requests"] == 8 and p["cell"]["errors"] == 0 for p in record["points"])
+    assert record["chosen"] is not None and record["chosen"]["cell"]["p99_ms"] <= 5000
+    assert list((art / "tuning").glob("serve-*.json")) and "| chosen" in (out / "tune.md").read_text()
+    repo = tmp_path / "repo"
+    done = subprocess.run([*CLI, "triton-repo", str(art), "--out", str(repo), "--config", "auto"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    pbtxt = next(repo.glob("detector_fp32/config.pbtxt")).read_text()
+    assert f"max_batch_size: {record['chosen']['config']['max_batch']}" in pbtxt
+    done = subprocess.run([*CLI, "serve", str(exported_artifact), "--config", "auto"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "no serving tuning record for this machine" in done.stderr
+    assert "Traceback" not in done.stderr
+    _assert_no_loadtest_process_left()
 
 
 # ---- item 3: toolkit infer --server --------------------------------------------------------------------------------

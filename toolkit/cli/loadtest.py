@@ -10,13 +10,13 @@ import typer
 from toolkit.cli.common import out, user_errors
 
 
-def _ints(text: str, name: str) -> tuple[int, ...]:
+def _ints(text: str, name: str, least: int = 1) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"{name} takes comma-separated whole numbers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ValueError(f"{name} takes comma-separated whole numbers >= 1, got {text!r}")
+    if not values or min(values) < least:
+        raise ValueError(f"{name} takes comma-separated whole numbers >= {least}, got {text!r}")
     return values
 
 
@@ -39,22 +39,58 @@ def loadtest_command(
     max_queue_delay_us: int = typer.Option(2000, min=0, help="artifact target: dynamic batching delay (µs)"),
     threads: int | None = typer.Option(None, min=1, help="artifact target: engine threads per instance"),
     out_dir: Path = typer.Option(Path("loadtest"), "--out", help="report directory (loadtest.json, .md, .png)"),
+    tune: bool = typer.Option(False, help="search serving configs of an artifact under --p99-ms (one workload)"),
+    p99_ms: float | None = typer.Option(None, min=0.001, help="--tune: the p99 latency budget (ms)"),
+    tune_instances: str = typer.Option("1,2", help="--tune: instance counts to try"),
+    tune_max_batch: str = typer.Option("8,64", help="--tune: max batch sizes to try"),
+    tune_queue_delay_us: str = typer.Option("0,2000", help="--tune: dynamic batching delays to try (µs)"),
+    tune_threads: str = typer.Option(
+        "auto", help="--tune: engine threads per instance to try (auto: cores / instances)"
+    ),
 ) -> None:
     """Sweep concurrency x images per request against a served `detect` model, as perf_analyzer does: per
     cell, images/s, requests/s, p50/p90/p95/p99 latency, errors, and the server's queue and compute time
     from Triton's statistics. An artifact is served on 127.0.0.1 for the duration. Targets outside loopback
     need --allow-remote.
 
+    With --tune (an artifact target, one --concurrency and one --batch: the workload you expect), every
+    config of the grid instances x max batch x queue delay x threads, and the default, is served and measured;
+    the one with the most images/s whose p99 is within --p99-ms is recorded in the artifact's tuning/ for
+    this machine, and 'toolkit serve --config auto' / 'toolkit triton-repo --config auto' use it.
+
     Example: toolkit loadtest artifacts/causal --concurrency 1,4,16 --batch 1,8 --requests 500 --out loadtest
     Or:      toolkit loadtest grpc://127.0.0.1:8001 --images photos/ --duration 30
+    Or:      toolkit loadtest artifacts/causal --tune --p99-ms 50 --concurrency 16 --batch 1 --requests 500
     """
     from toolkit.serving.loadtest import LoadConfig, ServeOptions, run_and_report
+    from toolkit.serving.sizing import SearchSpace, describe, tune_and_report
 
+    log = lambda m: out.print(m, markup=False, highlight=False)  # noqa: E731
     with user_errors():
         cfg = LoadConfig(_ints(concurrency, "--concurrency"), _ints(batch, "--batch"), requests, duration, warmup,
                          timeout, allow_remote=allow_remote)  # fmt: skip
         serve = ServeOptions(engine, precision, instances, max_batch, max_queue_delay_us, threads)
         command = "toolkit " + " ".join(sys.argv[1:])
-        _, files = run_and_report(target, cfg, out_dir, images, pool, serve, protocol, command,
-                                  log=lambda m: out.print(m, markup=False, highlight=False))  # fmt: skip
+        if tune:
+            if p99_ms is None:
+                raise ValueError("--tune needs --p99-ms, the p99 latency budget in ms")
+            space = SearchSpace(
+                _ints(tune_instances, "--tune-instances"),
+                _ints(tune_max_batch, "--tune-max-batch"),
+                _ints(tune_queue_delay_us, "--tune-queue-delay-us", 0),
+                _threads(tune_threads),
+            )
+            args = (Path(target), p99_ms, cfg, space, serve, out_dir, images, pool, command)
+            record, files = tune_and_report(*args, log=log)
+            chosen = record["chosen"]
+            log(f"chosen: {describe(chosen['config'])}" if chosen else "no config met the budget: nothing chosen")
+        else:
+            _, files = run_and_report(target, cfg, out_dir, images, pool, serve, protocol, command, log=log)
     out.print("report: " + ", ".join(str(p) for p in files.values()), markup=False)
+
+
+def _threads(text: str) -> tuple[int | None, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"--tune-threads takes auto or comma-separated whole numbers, got {text!r}")
+    return tuple(None if p == "auto" else _ints(p, "--tune-threads")[0] for p in parts)

@@ -26,6 +26,11 @@ def serve_command(
     threads: int | None = typer.Option(None, min=1, help="engine threads per instance (default: cores / instances)"),
     drain_s: int = typer.Option(30, min=0, help="on SIGTERM: seconds in-flight requests may take to finish"),
     log_file: Path | None = typer.Option(None, help="tritonserver's own log (default: a new private temp directory)"),
+    config: str = typer.Option(
+        "default",
+        help="default | auto: engine, precision, instances, max batch, queue "
+        "delay and threads from 'toolkit loadtest --tune' on this machine",
+    ),
 ) -> None:
     """Serve a detector (optionally behind a purifier) on Triton: models `detect` (encoded image bytes in)
     and `detect_tensor` (preprocessed float32 batches in), both running the same prediction path as
@@ -50,8 +55,11 @@ def serve_command(
         threads=threads,
         drain_s=drain_s,
         log_file=str(log_file) if log_file else None,
+        tuned=config == "auto",
     )
     with user_errors():
+        if config not in ("default", "auto"):
+            raise ValueError(f"--config takes default or auto, got {config!r}")
         served = serve(artifact, purify, cfg, log=lambda m: out.print(m, markup=False, highlight=False))
     out.print(f"stopped on {served['stopped_by']}: in-flight requests finished", markup=False)
 
@@ -64,6 +72,10 @@ def triton_repo_command(
     max_queue_delay_us: int = typer.Option(2000, min=0, help="dynamic batching queue delay (µs)"),
     instances: int = typer.Option(1, min=1, help="instance_group count per model"),
     gpu: bool = typer.Option(False, help="instance_group kind KIND_GPU (default KIND_CPU)"),
+    config: str = typer.Option(
+        "default",
+        help="default | auto: max batch, queue delay and instances from 'toolkit loadtest --tune' on this machine",
+    ),
 ) -> None:
     """Write a standard Triton model repository for the native backends: one onnxruntime_onnx model per
     precision file, tensorrt_plan models where TensorRT plans were built, and with --purify an ensemble
@@ -74,7 +86,10 @@ def triton_repo_command(
     """
     from toolkit.serving.repository import RepositoryConfig, write_model_repository
 
-    cfg = RepositoryConfig(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, gpu=gpu)
+    cfg = RepositoryConfig(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, gpu=gpu,
+                           tuned=config == "auto")  # fmt: skip
     with user_errors():
+        if config not in ("default", "auto"):
+            raise ValueError(f"--config takes default or auto, got {config!r}")
         models = write_model_repository(artifact, out_dir, purify, cfg)
     out.print(f"wrote {len(models)} models to {out_dir}: {', '.join(models)}", markup=False)

@@ -408,12 +408,14 @@ def loadtest(
     protocol: str = "grpc",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    pool: tuple[list[bytes], str] | None = None,
 ) -> dict:
     """The sweep over `cfg.concurrency` x `cfg.batch` against `target` (an address, or an artifact served on
-    loopback meanwhile, reached over `protocol`) -> {target, config, images, cells: [cell + server side]}."""
+    loopback meanwhile, reached over `protocol`) -> {target, config, images, cells: [cell + server side]}.
+    `pool`: (images, what they are) already read, instead of `images` / `pool_size`."""
     from toolkit.progress import progress_bar
 
-    pool, what = image_pool(images, pool_size)
+    pool, what = pool or image_pool(images, pool_size)
     with _resolved(target, serve or ServeOptions(), protocol, cfg.allow_remote, log) as (address, served_from):
         cells = []
         n_cells = len(cfg.concurrency) * len(cfg.batch)

@@ -40,6 +40,7 @@ class RepositoryConfig:
     max_queue_delay_us: int = 2000
     instances: int = 1
     gpu: bool = False  # instance_group kind: KIND_GPU, else KIND_CPU (TensorRT plans are always KIND_GPU)
+    tuned: bool = False  # --config auto: max_batch, max_queue_delay_us and instances from `loadtest --tune`
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,10 @@ def write_model_repository(detector, out: str | Path, purifier=None, cfg: Reposi
     from toolkit.io import read_json
 
     cfg = cfg or RepositoryConfig()
+    if cfg.tuned:
+        from toolkit.serving.sizing import tuned
+
+        cfg = tuned(cfg, detector, ("max_batch", "max_queue_delay_us", "instances"), log)
     if cfg.max_batch < 1 or cfg.instances < 1 or cfg.max_queue_delay_us < 0:
         raise ValueError("need --max-batch >= 1, --instances >= 1 and --max-queue-delay-us >= 0")
     det = detector if isinstance(detector, Artifact) else Artifact.open(detector)

@@ -52,6 +52,7 @@ class ServeConfig:
     threads: int | None = None  # engine threads per instance; None: cpu_count // instances
     drain_s: int = 30  # on SIGTERM: how long in-flight requests may take to finish
     log_file: str | None = None  # tritonserver's own log; None: a file in the temp directory, named when ready
+    tuned: bool = False  # --config auto: engine, precision and the four knobs above from `loadtest --tune`
 
 
 def identity_digest(identity: dict) -> str:
@@ -215,6 +216,11 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
     from toolkit.predict import EngineChoice, PredictionPath
 
     cfg = cfg or ServeConfig()
+    if cfg.tuned:
+        from toolkit.serving.sizing import tuned
+
+        knobs = ("engine", "precision", "instances", "max_batch", "max_queue_delay_us", "threads")
+        cfg = tuned(cfg, detector, knobs, log)
     if cfg.instances < 1 or cfg.max_batch < 1 or cfg.max_queue_delay_us < 0:
         raise ValueError("need --instances >= 1, --max-batch >= 1 and --max-queue-delay-us >= 0")
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.instances)
