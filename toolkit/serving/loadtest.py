@@ -247,10 +247,10 @@ def _client(address: Address):
     return tc.InferenceServerClient(address.hostport)
 
 
-def server_counters(address: Address, model: str) -> dict | None:
+def server_counters(address: Address, model: str) -> dict:
     """The model's cumulative counters from Triton's statistics extension: {name: (count, ns)} for success,
-    queue, compute_input, compute_infer, compute_output, plus inference_count and execution_count; None where
-    the server does not give them."""
+    queue, compute_input, compute_infer, compute_output, plus inference_count and execution_count; or
+    {"unavailable": why} where the server does not give them (a restricted endpoint, another server)."""
     try:
         client = _client(address)
         stats = (
@@ -258,11 +258,11 @@ def server_counters(address: Address, model: str) -> dict | None:
             if address.protocol == "grpc"
             else client.get_inference_statistics(model)
         )
-    except Exception:
-        return None
+    except Exception as e:
+        return {"unavailable": f"{type(e).__name__}: {e}"[:300]}
     models = [m for m in stats.get("model_stats", []) if m.get("name") == model]
     if not models:
-        return None
+        return {"unavailable": f"the statistics name no model {model!r}"}
     m, out = models[0], {}
     for key in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
         d = m.get("inference_stats", {}).get(key, {})
@@ -272,13 +272,15 @@ def server_counters(address: Address, model: str) -> dict | None:
     return out
 
 
-def server_side(before: dict | None, after: dict | None) -> dict | None:
-    """Per request over a cell, from two `server_counters`: mean queue and compute ms, mean executed batch."""
-    if not before or not after:
-        return None
+def server_side(before: dict | None, after: dict) -> dict:
+    """Per request over a cell, from two `server_counters`: mean queue and compute ms, mean executed batch;
+    or {"unavailable": why}."""
+    for c in (before or {"unavailable": "not read"}, after):
+        if "unavailable" in c:
+            return {"unavailable": c["unavailable"]}
     n = after["success"][0] - before["success"][0]
     if n <= 0:
-        return None
+        return {"unavailable": "the server counted no successful request in the cell"}
 
     def ms(key: str) -> float:
         return (after[key][1] - before[key][1]) / n / 1e6
@@ -459,8 +461,8 @@ def _resolved(target, serve: ServeOptions, protocol: str, allow_remote: bool, lo
 
 
 def cell_line(c: dict) -> str:
-    s = c.get("server")
-    side = f", server queue {s['queue_ms']:.2f} ms + compute {s['compute_ms']:.2f} ms" if s else ""
+    s = c.get("server") or {}
+    side = f", server queue {s['queue_ms']:.2f} ms + compute {s['compute_ms']:.2f} ms" if "queue_ms" in s else ""
     p50 = f"{c['p50_ms']:.1f}" if c["p50_ms"] is not None else "-"
     p99 = f"{c['p99_ms']:.1f}" if c["p99_ms"] is not None else "-"
     return (f"concurrency {c['concurrency']:>3} x {c['images_per_request']} image(s): {c['images_per_s']:.1f} "
@@ -498,6 +500,9 @@ def markdown(r: dict, command: str | None = None, machine: str | None = None) ->
     errors = [cell["first_error"] for cell in r["cells"] if cell["first_error"]]
     if errors:
         lines += ["", f"First failed request: {errors[0]}"]
+    missing = [(cell.get("server") or {}).get("unavailable") for cell in r["cells"]]
+    if any(missing):
+        lines += ["", f"Server statistics unavailable: {next(m for m in missing if m)}"]
     return "\n".join(lines) + "\n"
 
 

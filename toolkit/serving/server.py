@@ -107,6 +107,15 @@ def _item_bytes(x) -> bytes:
     return v if isinstance(v, bytes) else bytes(v)
 
 
+def security_config():
+    """PyTriton's token-protected endpoints, less `statistics`: its per-model counters (read-only, the figures
+    the public /metrics endpoint carries too) are what `toolkit loadtest` reads the server's queue and compute
+    times from. Shared memory, the model repository, trace and logging stay behind PyTriton's random token."""
+    from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, TritonSecurityConfig
+
+    return TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+
+
 def check_ports_free(host: str, ports: dict[str, int]) -> None:
     """A taken port is one clear error before the server starts (tritonserver would only log and exit)."""
     if len(set(ports.values())) != len(ports):
@@ -273,7 +282,7 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
         stack.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])
         guard = TritonGuard()
         stack.callback(guard.close)  # registered before triton.stop, so it runs after it
-        triton = Triton(config=triton_cfg)  # not entered: models are bound before the server starts
+        triton = Triton(config=triton_cfg, security_config=security_config())  # bound before it starts
         stack.callback(triton.stop)  # drains in-flight requests (exit_timeout_secs); a no-op once stopped
         try:
             triton.bind(
