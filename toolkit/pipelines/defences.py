@@ -228,6 +228,7 @@ def over_seeds_table(results: list[dict], seeds: list[int]) -> dict:
             "clean_ci": clean["ci"],
             "clean_per_seed": clean["per_seed"],
             "ms_per_image": float(np.mean([p["ms_per_image"] for p in per])),
+            "ms_per_seed": [p["ms_per_image"] for p in per],
             "eps": {
                 e: {
                     **acc([p["eps"][e] for p in per]),
