@@ -123,11 +123,14 @@ def frontier(
     with_val: bool = False,
     progress: bool = True,
     log=print,
+    noised_steps: int | None = None,
+    noised_draws: int | None = None,
 ) -> dict:
     """The frontier: noised students of each number of UNet calls in `calls`, distilled from one run's teacher
-    on the same endpoints (its noised_steps and noised_draws), each written as a run (purifier/run_calls<k>) and
-    evaluated on the same held-out images and attacks as the run itself, whose every row but DiffPure's is the
-    frontier's reference (teacher, its one call, the one-step student, the run's own noised student)."""
+    on the same endpoints (the run's noised_steps and noised_draws unless given), each written as a run
+    (purifier/run_calls<k>) and evaluated on the same held-out images and attacks as the run itself, whose every
+    row but DiffPure's is the frontier's reference (teacher, its one call, the one-step student, the run's own
+    noised student)."""
     import shutil
     from dataclasses import replace
 
@@ -147,6 +150,7 @@ def frontier(
     config = read_json(run_dir / "config.json")
     nets, cfg = load_run(run_dir)
     tc = PurifierTrainConfig(**config["train"])
+    tc = replace(tc, noised_steps=noised_steps or tc.noised_steps, noised_draws=noised_draws or tc.noised_draws)
     adv, clean, _ = read_pairs(config["pairs"])
     a, c = adv * 2 - 1, clean * 2 - 1
     inputs = torch.cat([a, c])
@@ -173,7 +177,7 @@ def frontier(
         train_s[k] = time.perf_counter() - t
         k_dir = workdir / "purifier" / f"run_calls{k}"
         shutil.rmtree(k_dir, ignore_errors=True)
-        save_run(k_dir, {**nets, "noised": student}, {**config, "purifier": k_cfg.to_dict()})
+        save_run(k_dir, {**nets, "noised": student}, {**config, "purifier": k_cfg.to_dict(), "train": tc.__dict__})
         log(f"evaluating the {k}-call noised student ...")
         table["rows"].update(evaluate(k_dir, others)["rows"])
     table["frontier_train_s"] = train_s
@@ -269,7 +273,8 @@ def _frontier_main(args, command: str) -> None:
         d for d in (args.workdir / "purifier" / "run_seed0", args.workdir / "purifier" / "run") if d.exists()
     )
     r = frontier(args.workdir, run_dir, tuple(args.frontier_calls), args.n_eval, args.pgd_steps, _whole(args.eps),
-                 _whole(args.adaptive_eps), args.eot, args.with_val)  # fmt: skip
+                 _whole(args.adaptive_eps), args.eot, args.with_val, noised_steps=args.noised_steps,
+                 noised_draws=args.noised_draws)  # fmt: skip
     env = environment()
     train = read_json(run_dir / "config.json")["train"]
     images = r["images"] if isinstance(r["images"], str) else " + ".join(r["images"])
@@ -281,8 +286,9 @@ def _frontier_main(args, command: str) -> None:
             f"Command: `{command}`  ",
             f"Machine: {cpu_line(env)}, torch {env['versions']['torch']}, diffusers {env['versions']['diffusers']}.  ",
             f"Teacher and reference rows: {run_dir} (training seed {train['seed']}). Every noised student is "
-            f"distilled from that teacher on the same endpoints ({train['noised_steps']} steps, "
-            f"{train['noised_draws']} endpoints per training image; training time: {times or 'none'}). Held-out: "
+            f"distilled from that teacher on the same endpoints ({args.noised_steps} steps, "
+            f"{args.noised_draws} endpoints per training image; training time: {times or 'none'}; the run's own "
+            f"{train['noised_steps']} steps, {train['noised_draws']} endpoints). Held-out: "
             f"{r['n']} images of {images}; PGD on the detector's decision, {r['pgd_steps']} steps. One training "
             "seed: the intervals are Wilson's over images, not over seeds.",
             "",

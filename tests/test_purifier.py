@@ -270,3 +270,30 @@ def test_a_multi_call_noised_student_exports_as_one_graph_within_the_gates(purif
         ref = t.infer({"images": x})["purified"]
         assert np.abs(ref - o.infer({"images": x})["purified"]).max() <= 1e-4
         assert np.array_equal(ref, t.infer({"images": x})["purified"])  # seeded: the same pixels every call
+
+
+def test_the_frontier_distils_k_call_students_from_one_teacher_and_tables_them_beside_it(
+    purifier_run, trained_run, toy_data, tmp_path
+):
+    """benchmarks/purifier_eval --frontier-calls: a 2-call noised student distilled from the run's teacher is
+    written as its own run (noised_calls 2) and evaluated on the same images as the run's reference rows."""
+    from benchmarks.purifier_eval import frontier
+    from toolkit.io import write_json
+    from toolkit.kinds.purifier import load_run
+
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    (work / "runs" / "causal").symlink_to(trained_run)
+    bench = work / "data" / "embedded"
+    (bench / "test").mkdir(parents=True)
+    (bench / "test" / "gan_a").symlink_to(toy_data / "gan_a")
+    write_json(bench / "benchmark.json", {"protocol": {"train": "train/gan_a", "threshold": "val/gan_a"}})
+    r = frontier(work, purifier_run, (1, 2), 8, 1, eps=(8,), adaptive_eps=(8,), eot=1, progress=False,
+                 log=lambda *_: None, noised_steps=3, noised_draws=1)  # fmt: skip
+    rows = r["rows"]
+    assert "noised student (2 calls, fresh noise)" in rows and "noised student (2 calls, fixed noise: deployed)" in rows
+    assert "noised student (1 call, fixed noise: deployed)" in rows and "teacher (5 DDIM steps)" in rows
+    assert not any(name.startswith("DiffPure") for name in rows) and list(r["frontier_train_s"]) == [2]
+    assert set(rows["noised student (2 calls, fresh noise)"]["adaptive"]) == {"8"}
+    nets, cfg = load_run(work / "purifier" / "run_calls2")
+    assert cfg.noised_calls == 2 and "noised" in nets
