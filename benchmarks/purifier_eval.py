@@ -185,6 +185,10 @@ def frontier(
     return table
 
 
+def _calls(k: int) -> str:
+    return f"{k} call{'s' if k != 1 else ''}"
+
+
 def _whole(eps: list[float]) -> tuple[float, ...]:
     """8.0 -> 8, so that a table's columns read `8/255` as the default's do."""
     return tuple(int(e) if float(e).is_integer() else e for e in eps)
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
             f"(attack success on the training pairs: {r['attack_success_rate_train']}); training: "
             f"{r['train']['teacher_steps']} teacher / {r['train']['student_steps']} student / "
             f"{r['train']['diffpure_steps']} DiffPure / {r['train']['noised_steps']} noised-student steps "
-            f"({r['purifier_config']['noised_calls']} calls, {r['train']['noised_draws']} teacher endpoints per "
+            f"({_calls(r['purifier_config']['noised_calls'])}, {r['train']['noised_draws']} teacher endpoints per "
             f"image), clean fraction {r['train']['clean_fraction']}.",
             "",
             purifier_markdown(r),
