@@ -29,21 +29,10 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from conftest import kill_after_lines  # noqa: E402
 
+from toolkit.serving.loadtest import _free_ports  # noqa: E402  (free loopback ports, as loadtest picks them)
+
 CLI = [sys.executable, "-c", "from toolkit.cli import main; main()"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Server:
