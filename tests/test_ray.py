@@ -82,8 +82,22 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_same_rows_as_local_infer_and_bad_files_listed_alike(cluster, exported_artifact, tmp_path):
+def test_same_rows_as_local_infer_and_bad_files_listed_alike(cluster, exported_artifact, tmp_path, monkeypatch):
+    """... and the driver turns result blocks into rows a bounded slice at a time (whole blocks, which grow with
+    the number of inputs, made its memory grow with N), with good and bad files mixed inside a slice."""
     from test_infer import bad_file_matrix
+
+    from toolkit.pipelines import ray_infer
+
+    monkeypatch.setattr(ray_infer, "RESULT_SLICE", 3)
+    sizes, real_map = [], ray_infer.RayTransport.map
+
+    def recording_map(self, chunks):
+        for res in real_map(self, chunks):
+            sizes.append(len(res.keys) + len(res.skipped))
+            yield res
+
+    monkeypatch.setattr(ray_infer.RayTransport, "map", recording_map)
 
     bad_file_matrix(tmp_path / "imgs")
     _images(tmp_path / "imgs" / "more", 30)
@@ -105,6 +119,7 @@ def test_same_rows_as_local_infer_and_bad_files_listed_alike(cluster, exported_a
     assert ray_skipped == sorted(_rows(tmp_path / "local.csv.skipped.csv"), key=key) and len(ray_skipped) == 8
     assert s["rows_total"] == local["rows_total"] == 39 and s["skipped_total"] == 8
     assert "\udcff-latin1-\udce9.png" in {r["path"] for r in _rows(tmp_path / "ray.csv")}
+    assert sum(sizes) == 47 and max(sizes) == 3, sizes  # whole blocks came back before (up to 7 rows here)
 
 
 def test_resume_after_the_driver_is_killed(cluster, exported_artifact, tmp_path):

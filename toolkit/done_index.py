@@ -28,6 +28,15 @@ def _b(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
+def _insert(db: sqlite3.Connection, table: str, keys: list[bytes]) -> None:
+    """INSERT OR IGNORE `keys` into `table`, `_BATCH` rows per statement. Not executemany: it releases the GIL
+    around every row's step, and under a Ray driver, whose executor thread keeps the GIL busy, each release waited
+    for its turn (measured: commits ran at about 14,000 rows/s there, against 375,000 rows/s alone)."""
+    for i in range(0, len(keys), _BATCH):
+        sub = keys[i : i + _BATCH]
+        db.execute(f"INSERT OR IGNORE INTO {table} VALUES {','.join(['(?)'] * len(sub))}", sub)
+
+
 class Bloom:
     """A Bloom filter over str keys (Python's hash, stable within a process), numpy bit array, vectorised."""
 
@@ -65,7 +74,8 @@ class Bloom:
 
 class InFlight:
     """Keys taken by this run and not yet committed: a set in memory, spilled to a temporary table past `limit`
-    (a Ray run takes every key before the first result comes back), so memory stays bounded."""
+    (a Ray run takes every key before the first result comes back), so memory stays bounded. Once spilled, a key
+    stays in the table after its commit (see `difference_update`): `claim` asks for flight or done."""
 
     def __init__(self, db_of, limit: int = 200_000):
         self.db_of, self.limit = db_of, limit  # db_of(): the index's open connection
@@ -78,7 +88,7 @@ class InFlight:
             db = self.db_of()
             db.execute("CREATE TEMP TABLE IF NOT EXISTS flight (key BLOB PRIMARY KEY) WITHOUT ROWID")
             db.execute("BEGIN")
-            db.executemany("INSERT OR IGNORE INTO temp.flight VALUES (?)", [(_b(k),) for k in sorted(self.mem)])
+            _insert(db, "temp.flight", sorted(map(_b, self.mem)))
             db.execute("COMMIT")
             self.spilled += len(self.mem)
             self.mem.clear()
@@ -92,11 +102,12 @@ class InFlight:
         return self.db_of().execute(q, (_b(key),)).fetchone() is not None
 
     def difference_update(self, keys) -> None:
-        keys = list(keys)
+        """Forget committed `keys` held in memory. Spilled keys stay in their table until the run ends: a key this
+        run took is either in flight or committed, and `claim` rejects both alike, so deleting a committed key
+        from the spill changes no answer. It cost a random B-tree write per key: a 10^7-input Ray run (every key
+        spilled before the first result) committed about 5,000 rows/s with the deletes, in or out of a
+        transaction."""
         self.mem.difference_update(keys)
-        if self.spilled:
-            db = self.db_of()
-            db.executemany("DELETE FROM temp.flight WHERE key = ?", [(_b(k),) for k in keys])
 
     def __len__(self) -> int:
         return len(self.mem) + self.spilled
@@ -160,7 +171,7 @@ class DoneIndex:
         keys = list(keys)
         batch = sorted({_b(k) for k in keys})
         self.db.execute("BEGIN")
-        self.db.executemany("INSERT OR IGNORE INTO done VALUES (?)", [(k,) for k in batch])
+        _insert(self.db, "done", batch)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('upto', ?)", (json.dumps(upto),))
         self.db.execute("COMMIT")
         self.in_flight.difference_update(keys)

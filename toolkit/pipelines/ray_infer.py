@@ -110,6 +110,22 @@ def connect(cfg: RayConfig, log=print) -> bool:
     return True
 
 
+RESULT_SLICE = 8192  # rows of a result block turned into Python objects at a time (the source's chunk size)
+
+
+def _result(table) -> Result:
+    """One slice of a result block (a pyarrow Table with Predictor's columns) -> the runner loop's Result."""
+    keys = [os.fsdecode(k) for k in table.column("key").to_pylist()]
+    errors = table.column("error").to_pylist()
+    chunk = table.column("chunk").to_pylist()
+    ok = np.array([not e for e in errors], bool)
+    outputs = {k: table.column(k).to_numpy()[ok] for k in ("logit", "p_generated", "is_generated")}
+    good = [k for k, g in zip(keys, ok, strict=True) if g]
+    skipped = [Skipped(k, e) for k, e in zip(keys, errors, strict=True) if e]
+    chunks = [c for c, g in zip(chunk, ok, strict=True) if g] + [c for c, g in zip(chunk, ok, strict=True) if not g]
+    return Result(good, outputs, skipped, chunks)
+
+
 class RayTransport:
     """What is left, written as Parquet parts, read by Ray Data into an actor pool; results in completion order."""
 
@@ -126,30 +142,31 @@ class RayTransport:
         self.timing: dict[str, float] = {}
 
     def _write_todo(self, chunks: Iterator[list[Todo]]) -> int:
+        """What is left, as Parquet parts of `rows_per_part` rows, written a source chunk (one row group) at a time,
+        so the driver holds one chunk, not one part (a part of 262,144 rows held as Todo objects: about 40 MB)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         shutil.rmtree(self.work, ignore_errors=True)  # what a killed driver left
         self.work.mkdir(parents=True)
-        n, part, buf = 0, 0, []
-
-        def flush() -> None:
-            nonlocal part, buf
-            if buf:
-                table = pa.table({"file": pa.array([os.fsencode(t.path) for t in buf], pa.binary()),
-                                  "key": pa.array([os.fsencode(t.key) for t in buf], pa.binary()),
-                                  "chunk": pa.array([t.chunk for t in buf], pa.int64())})  # fmt: skip
-                pq.write_table(table, self.work / f"todo-{part:06d}.parquet")
-                part, buf = part + 1, []
-
-        for chunk in chunks:
-            buf += chunk
-            n += len(chunk)
-            while len(buf) >= self.rows_per_part:
-                rest, buf = buf[self.rows_per_part :], buf[: self.rows_per_part]
-                flush()
-                buf = rest
-        flush()
+        schema = pa.schema([("file", pa.binary()), ("key", pa.binary()), ("chunk", pa.int64())])
+        n, part, in_part, writer = 0, 0, 0, None
+        try:
+            for chunk in chunks:
+                while chunk:
+                    if writer is None:
+                        writer = pq.ParquetWriter(self.work / f"todo-{part:06d}.parquet", schema)
+                    take, chunk = chunk[: self.rows_per_part - in_part], chunk[self.rows_per_part - in_part :]
+                    writer.write_table(pa.table({"file": [os.fsencode(t.path) for t in take],
+                                                 "key": [os.fsencode(t.key) for t in take],
+                                                 "chunk": [t.chunk for t in take]}, schema=schema))  # fmt: skip
+                    n, in_part = n + len(take), in_part + len(take)
+                    if in_part == self.rows_per_part:
+                        writer.close()
+                        writer, part, in_part = None, part + 1, 0
+        finally:
+            if writer is not None:
+                writer.close()
         return n
 
     def map(self, chunks: Iterator[list[Todo]]) -> Iterator[Result]:
@@ -178,16 +195,13 @@ class RayTransport:
             **self.resources,
         )
         try:
-            for b in res.iter_batches(batch_size=None, batch_format="numpy"):
-                keys = [os.fsdecode(bytes(k)) for k in b["key"]]
-                ok = np.array([not e for e in b["error"]], bool)
-                outputs = {k: b[k][ok] for k in ("logit", "p_generated", "is_generated")}
-                chunk = b["chunk"].tolist()
-                good = [k for k, g in zip(keys, ok, strict=True) if g]
-                skipped = [Skipped(k, e) for k, e in zip(keys, b["error"], strict=True) if e]
-                chunks_ = [c for c, g in zip(chunk, ok, strict=True) if g] + [
-                    c for c, g in zip(chunk, ok, strict=True) if not g]  # fmt: skip
-                yield Result(good, outputs, skipped, chunks_)
+            # whole blocks, as Arrow tables read zero-copy from the object store, converted to Python a slice at a
+            # time: a block holds about N / (actors x blocks_per_actor) rows, and turning a whole one into Python
+            # objects at once made the driver's own memory grow with N (measured: 1.1 GB at 3.1 M of 10^7 rows).
+            # Ray Data's own re-batching (`batch_size=8192`) copied the block for every slice (about 1,000 rows/s).
+            for block in res.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for start in range(0, block.num_rows, RESULT_SLICE):
+                    yield _result(block.slice(start, RESULT_SLICE))
         except Exception as e:  # an actor that refused a changed artifact surfaces as a task error: one line
             if "ArtifactChanged" in f"{type(e).__name__}: {e}":
                 first = next((ln for ln in str(e).splitlines() if "changed since this run started" in ln), str(e))
