@@ -75,7 +75,7 @@ def child(mode: str, lst: Path, out: Path, ray_batch: int = 4096) -> dict:
 
         from toolkit.pipelines.ray_infer import RayConfig, RayTransport, connect
 
-        cfg = RayConfig(address="local", actors=2, cpus_per_actor=0.5, rows_per_part=262_144)
+        cfg = RayConfig(address="local", actors=2, cpus_per_actor=0.5)
         connect(cfg)
         t_ray = time.perf_counter()
         transport = RayTransport(plog.paths.work, (), ray_batch, cfg, {"num_cpus": 0.5}, predictor=NullPredictor)

@@ -4,7 +4,9 @@ The transport of the one runner loop (toolkit/runner.py) for a Ray cluster. The 
 the output's done index (toolkit/row_log.py) and writes what is left, chunk by chunk, as Parquet parts in the
 output's work directory; Ray Data reads them with its own reader (`read_parquet`), so the driver never holds the
 list. An actor pool (one `PredictionPath`, i.e. one engine, per actor, opened once) reads, decodes and predicts
-(toolkit/predict.py, as everywhere); results stream back to the driver, which commits them.
+(toolkit/predict.py, as everywhere) and writes each batch's results as a Parquet file beside them; their names
+stream back to the driver, which reads and commits the rows and removes the file (rows never pass through Ray's
+object store to the driver, so its memory does not grow with the number of inputs).
 - A killed actor is restarted by Ray and its in-flight batch retried (Ray Data's actor pool), so nothing is lost
   or doubled. Every actor is pinned to the artifacts the run started with (their manifest seals): an actor started
   after `toolkit threshold` or a re-export refuses to predict, so no row is written under another threshold.
@@ -88,6 +90,39 @@ def _preflight(detector: str | None, purifier: str | None, choice: dict, pins: d
     return None
 
 
+class ResultFiles:
+    """Runs inside a Ray actor around the predictor (Predictor, or a benchmark's stand-in): writes each batch's
+    results as a Parquet file in the run's results directory and hands back only its name. Result rows then never
+    pass through the object store to the driver, which maps every store page it reads into its own RSS: with the
+    rows themselves coming back, the driver's shared pages grew with N (5 / 49 / 366 MB at 10^5 / 10^6 / 10^7
+    inputs; measured, its own memory stayed flat). A retried batch writes a new file; only returned names are read."""
+
+    def __init__(self, predictor, args: tuple, results: str):
+        self.predict, self.results = predictor(*args), results
+
+    def __call__(self, batch: dict) -> dict:
+        import uuid
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        out = self.predict(batch)
+        table = pa.table(
+            {
+                "key": pa.array(list(out["key"]), pa.binary()),
+                "chunk": pa.array(out["chunk"], pa.int64()),
+                "logit": pa.array(out["logit"], pa.float32()),
+                "p_generated": pa.array(out["p_generated"], pa.float32()),
+                "is_generated": pa.array(out["is_generated"], pa.bool_()),
+                "error": pa.array(list(out["error"]), pa.string()),
+            }
+        )
+        name = os.path.join(self.results, f"{uuid.uuid4().hex}.parquet")
+        pq.write_table(table, name + ".partial")
+        os.replace(name + ".partial", name)  # a name handed back is a whole file
+        return {"results": np.array([name], dtype=object), "rows": np.array([table.num_rows], np.int64)}
+
+
 def connect(cfg: RayConfig, log=print) -> bool:
     """ray.init for `cfg.address`; -> True when this process started (and must stop) the cluster."""
     import logging
@@ -148,14 +183,15 @@ class RayTransport:
         import pyarrow.parquet as pq
 
         shutil.rmtree(self.work, ignore_errors=True)  # what a killed driver left
-        self.work.mkdir(parents=True)
+        (self.work / "todo").mkdir(parents=True)
+        (self.work / "results").mkdir()
         schema = pa.schema([("file", pa.binary()), ("key", pa.binary()), ("chunk", pa.int64())])
         n, part, in_part, writer = 0, 0, 0, None
         try:
             for chunk in chunks:
                 while chunk:
                     if writer is None:
-                        writer = pq.ParquetWriter(self.work / f"todo-{part:06d}.parquet", schema)
+                        writer = pq.ParquetWriter(self.work / "todo" / f"{part:06d}.parquet", schema)
                     take, chunk = chunk[: self.rows_per_part - in_part], chunk[self.rows_per_part - in_part :]
                     writer.write_table(pa.table({"file": [os.fsencode(t.path) for t in take],
                                                  "key": [os.fsencode(t.key) for t in take],
@@ -170,6 +206,7 @@ class RayTransport:
         return n
 
     def map(self, chunks: Iterator[list[Todo]]) -> Iterator[Result]:
+        import pyarrow.parquet as pq
         import ray
 
         from toolkit.predict import ArtifactChanged
@@ -180,28 +217,36 @@ class RayTransport:
         if not n:
             return
         ray.data.DataContext.get_current().enable_progress_bars = False
-        blocks = max(1, min(n, self.cfg.actors * self.cfg.blocks_per_actor, math.ceil(n / self.batch)))
+        # at least blocks_per_actor per actor, and no block past one part: a result block is about an input block,
+        # and the driver maps each into its memory (object-store pages, counted in its RSS): 16 blocks for 10^7
+        # inputs made them 625,000 rows each and the driver's shared pages grew to 366 MB (49 MB at 10^6)
+        blocks = max(1, min(n, self.cfg.actors * self.cfg.blocks_per_actor, math.ceil(n / self.batch)),
+                     math.ceil(n / self.rows_per_part))  # fmt: skip
         # read before the actor pool exists: its actors may take every CPU of a small cluster, and Ray Data's
         # file-listing and read tasks then wait for a slot forever (measured: 2 actors x 1 CPU on 2 cores never
         # started). The read blocks live in Ray's object store (spilled to disk past its size), not the driver.
         # repartitioned so that every actor gets blocks (a small read comes back as one block, i.e. one actor)
-        ds = ray.data.read_parquet(str(self.work), override_num_blocks=blocks).repartition(blocks).materialize()
+        ds = (
+            ray.data.read_parquet(str(self.work / "todo"), override_num_blocks=blocks).repartition(blocks).materialize()
+        )
         res = ds.map_batches(
-            self.predictor,
-            fn_constructor_args=self.args,
+            ResultFiles,
+            fn_constructor_args=(self.predictor, self.args, str(self.work / "results")),
             compute=ray.data.ActorPoolStrategy(size=self.cfg.actors),
             batch_size=self.batch,
             batch_format="numpy",
             **self.resources,
         )
         try:
-            # whole blocks, as Arrow tables read zero-copy from the object store, converted to Python a slice at a
-            # time: a block holds about N / (actors x blocks_per_actor) rows, and turning a whole one into Python
-            # objects at once made the driver's own memory grow with N (measured: 1.1 GB at 3.1 M of 10^7 rows).
-            # Ray Data's own re-batching (`batch_size=8192`) copied the block for every slice (about 1,000 rows/s).
+            # the names of result files (ResultFiles), in completion order; each file is turned into rows a slice at
+            # a time (turning a whole block of N / 16 rows into Python objects at once made the driver's own memory
+            # grow with N: 1.1 GB at 3.1 M of 10^7 rows) and removed once its rows are handed on
             for block in res.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for start in range(0, block.num_rows, RESULT_SLICE):
-                    yield _result(block.slice(start, RESULT_SLICE))
+                for name in block.column("results").to_pylist():
+                    table = pq.read_table(name)
+                    for start in range(0, table.num_rows, RESULT_SLICE):
+                        yield _result(table.slice(start, RESULT_SLICE))
+                    os.unlink(name)
         except Exception as e:  # an actor that refused a changed artifact surfaces as a task error: one line
             if "ArtifactChanged" in f"{type(e).__name__}: {e}":
                 first = next((ln for ln in str(e).splitlines() if "changed since this run started" in ln), str(e))
