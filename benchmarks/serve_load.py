@@ -9,7 +9,10 @@ requests + items with an error), p50 / p90 / p99 request latency, images/s, and 
 `infer`; the JSON also keeps loadtest's p95 and the server's queue and compute times.
 
   .venv/bin/python -m benchmarks.serve_load --artifact A[:ENGINE:PRECISION] [--artifact B ...] \
-      [--requests 2000] [--concurrency 1 4 16] [--images-per-request 1 8] [--instances 1]
+      [--requests 2000] [--concurrency 1 4 16] [--images-per-request 1 8] [--instances 1] [--ceiling A ...]
+`--ceiling A`: the same cells (at --ceiling-concurrency) with `detect` stopped before decoding, after decoding and
+after predicting (`toolkit serve --stage`), each with one decoding thread (as `serve` decoded before) and with the
+default: where a request's fixed cost goes and how high the server goes when the model costs nothing.
 Writes benchmarks/results/serve_load.{md,json} with the machine fingerprint and the command.
 Nothing listens beyond 127.0.0.1; every loop stops at its request count or its time limit.
 """
@@ -67,7 +70,146 @@ def run(spec: str, args, folder: Path, log=print) -> dict:
             "loadtest": {k: v for k, v in lt.items() if k != "cells"}}  # fmt: skip
 
 
-def markdown(res: list[dict], env: dict, command: str) -> str:
+CEILING_VARIANTS = (  # (stage, decode threads): "before" decodes a batch's images on one thread, as `serve` did
+    ("none", 1),
+    ("decode", 1),
+    ("decode", 0),  # 0: the server's default (one thread per core)
+    ("predict", 1),
+    ("predict", 0),
+)
+
+
+def ceiling(spec: str, args, log=print) -> dict:
+    """Where a request's fixed cost goes, and the server's ceiling: the artifact served with `detect` stopping
+    at nothing (the gRPC + Triton + PyTriton hand-over alone), after decoding, or predicting, each with one
+    decoding thread (as before) and with the default; the same cells for each, one after another in one run."""
+    from toolkit.artifact import Artifact
+    from toolkit.serving.loadtest import LoadConfig, ServeOptions, image_pool, loadtest
+
+    artifact, engine, precision = [*spec.split(":"), "onnxruntime", "fp32"][:3]
+    cfg = LoadConfig(tuple(args.ceiling_concurrency), tuple(args.images_per_request), args.requests,
+                     args.time_limit, warmup_requests=args.warmup)  # fmt: skip
+    pool = image_pool(None, args.images)
+    out = []
+    for stage, threads in CEILING_VARIANTS:
+        log(f"ceiling: stage {stage}, decode threads {threads or 'default'} ...")
+        serve = ServeOptions(engine, precision, args.instances, args.max_batch, decode_threads=threads or None,
+                             stage=stage)  # fmt: skip
+        lt = loadtest(artifact, cfg, serve=serve, progress=False, log=lambda *_: None, pool=pool)
+        out.append({"stage": stage, "decode_threads": threads or "default", "cells": lt["cells"]})
+    return {"model": Artifact.open(artifact).model_name, "artifact": artifact, "engine": engine,
+            "precision": precision, "variants": out}  # fmt: skip
+
+
+def reference_loop(address: str, pool: list[bytes], requests: int, concurrency: int, per_request: int) -> dict:
+    """The closed loop this benchmark ran before `toolkit loadtest` existed (its own code, kept as an independent
+    reference): `requests` requests of `per_request` images from `concurrency` threads, one client each."""
+    import threading
+    import time
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    lock, state, latencies = threading.Lock(), {"next": 0, "failed": 0}, []
+
+    def worker() -> None:
+        client = grpcclient.InferenceServerClient(address)
+        while True:
+            with lock:
+                i = state["next"]
+                if i >= requests:
+                    return
+                state["next"] += 1
+            arr = np.empty((per_request, 1), dtype=object)
+            arr[:, 0] = [pool[(i * per_request + j) % len(pool)] for j in range(per_request)]
+            inp = grpcclient.InferInput("image", list(arr.shape), "BYTES")
+            inp.set_data_from_numpy(arr)
+            t0 = time.perf_counter()
+            try:
+                client.infer("detect", [inp], client_timeout=120)
+                ok = True
+            except Exception:
+                ok = False
+            dt = time.perf_counter() - t0
+            with lock:
+                latencies.append(dt)
+                state["failed"] += 0 if ok else 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    return {"images_per_s": len(latencies) * per_request / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "failed_requests": state["failed"]}  # fmt: skip
+
+
+def agreement(spec: str, args, log=print) -> dict:
+    """`toolkit loadtest` and the reference loop against one served artifact, on the same cells, alternating
+    (two rounds each), the same JPEG pool; each measured run preceded by `--warmup` requests."""
+    from toolkit.serving.loadtest import LoadConfig, ServeOptions, image_pool, loadtest, served
+
+    artifact, engine, precision = [*spec.split(":"), "onnxruntime", "fp32"][:3]
+    pool = image_pool(None, args.images)
+    rows = []
+    with served(Path(artifact), ServeOptions(engine, precision, args.instances, args.max_batch), log) as srv:
+        for concurrency, per_request in ((1, 1), (16, 8)):
+            for rnd in range(2):
+                reference_loop(srv["grpc"].hostport, pool[0], args.warmup, concurrency, per_request)
+                ref = reference_loop(srv["grpc"].hostport, pool[0], args.requests, concurrency, per_request)
+                cfg = LoadConfig((concurrency,), (per_request,), args.requests, warmup_requests=args.warmup)
+                lt = loadtest(str(srv["grpc"]), cfg, progress=False, log=lambda *_: None, pool=pool)["cells"][0]
+                rows.append({"concurrency": concurrency, "images_per_request": per_request, "round": rnd,
+                             "reference": ref, "loadtest": {k: lt[k] for k in ("images_per_s", "p50_ms", "p99_ms",
+                                                                               "failed_requests")}})  # fmt: skip
+                log(f"agreement {concurrency} x {per_request} round {rnd}: reference "
+                    f"{ref['images_per_s']:.1f} images/s, loadtest {lt['images_per_s']:.1f}")  # fmt: skip
+    return {"artifact": artifact, "rows": rows}
+
+
+def agreement_markdown(a: dict) -> list[str]:
+    lines = [
+        f"## `toolkit loadtest` against the closed loop this benchmark ran before it (`{a['artifact']}`)",
+        "",
+        "One server, the same cells and JPEGs, the two alternating (two rounds each).",
+        "",
+        "| concurrency x images | round | reference images/s (p50 ms) | loadtest images/s (p50 ms) | loadtest / "
+        "reference |",
+        "|---|---|---|---|---|",
+    ]
+    for r in a["rows"]:
+        ref, lt = r["reference"], r["loadtest"]
+        lines.append(f"| {r['concurrency']} x {r['images_per_request']} | {r['round']} | {ref['images_per_s']:.1f} "
+                     f"({ref['p50_ms']:.1f}) | {lt['images_per_s']:.1f} ({lt['p50_ms']:.1f}) | "
+                     f"{lt['images_per_s'] / ref['images_per_s']:.3f} |")  # fmt: skip
+    return [*lines, ""]
+
+
+def ceiling_markdown(c: dict) -> list[str]:
+    cells = [(x["concurrency"], x["images_per_request"]) for x in c["variants"][0]["cells"]]
+    head = " | ".join(f"{k} x {b}: images/s (p50 ms)" for k, b in cells)
+    lines = [
+        f"## The server's ceiling: {c['model']} ({c['engine']} {c['precision']}), `detect` stopped at each stage",
+        "",
+        "`none`: the request is answered before decoding (gRPC, Triton's queue and PyTriton's hand-over alone); "
+        "`decode`: after decoding and preprocessing; `predict`: the model too. One decoding thread is how "
+        "`toolkit serve` decoded a batch before; `default` decodes a batch's images on one thread per core.",
+        "",
+        f"| stage | decode threads | {head} | server compute ms per request at the last cell |",
+        "|---|---|" + "---|" * len(cells) + "---|",
+    ]
+    for v in c["variants"]:
+        figures = " | ".join(f"{x['images_per_s']:.0f} ({x['p50_ms']:.1f})" for x in v["cells"])
+        srv = v["cells"][-1].get("server", {})
+        compute = f"{srv['compute_ms']:.2f}" if "compute_ms" in srv else "-"
+        lines.append(f"| {v['stage']} | {v['decode_threads']} | {figures} | {compute} |")
+    return [*lines, ""]
+
+
+def markdown(res: list[dict], env: dict, command: str, ceilings: list[dict] = (), agreements: list[dict] = ()) -> str:
     lines = [
         "# `toolkit serve` under load on loopback, next to in-process `toolkit infer` (one run)",
         "",
@@ -99,6 +241,10 @@ def markdown(res: list[dict], env: dict, command: str) -> str:
                 f"**{c['vs_in_process']:.2f}x** |"
             )
         lines += ["", *where_the_time_goes(r), ""]
+    for c in ceilings:
+        lines += ceiling_markdown(c)
+    for a in agreements:
+        lines += agreement_markdown(a)
     return "\n".join(lines)
 
 
@@ -125,7 +271,7 @@ def where_the_time_goes(r: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--artifact", action="append", required=True, help="ARTIFACT[:ENGINE:PRECISION]")
+    ap.add_argument("--artifact", action="append", default=[], help="ARTIFACT[:ENGINE:PRECISION]")
     ap.add_argument("--requests", type=int, default=2000, help="requests per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--images-per-request", type=int, nargs="+", default=[1, 8])
@@ -136,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--time-limit", type=float, default=900.0, help="seconds per cell at most")
     ap.add_argument("--warmup", type=int, default=32, help="requests per cell before it is measured")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_load")
+    ap.add_argument("--ceiling", action="append", default=[], help="ARTIFACT[:ENGINE:PRECISION]: measure the "
+                    "server's ceiling and fixed cost with `detect` stopped at each stage")  # fmt: skip
+    ap.add_argument("--ceiling-concurrency", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--agreement", action="append", default=[], help="ARTIFACT[:ENGINE:PRECISION]: loadtest against "
+                    "the closed loop this benchmark ran before it, one server, alternating")  # fmt: skip
     args = ap.parse_args(argv)
     from toolkit.serving.loadtest import synthetic_jpegs
 
@@ -148,11 +299,13 @@ def main(argv: list[str] | None = None) -> None:
             (folder / f"{i:05d}.jpg").write_bytes(pool[i % len(pool)])
         for spec in args.artifact:
             results.append(run(spec, args, folder))
+    ceilings = [ceiling(spec, args) for spec in args.ceiling]
+    agreements = [agreement(spec, args) for spec in args.agreement]
     env = environment()
     command = command_line("benchmarks.serve_load", argv)
-    write_result(
-        args.out, {"environment": env, "command": command, "results": results}, markdown(results, env, command)
-    )
+    record = {"environment": env, "command": command, "results": results, "ceilings": ceilings,
+              "agreements": agreements}  # fmt: skip
+    write_result(args.out, record, markdown(results, env, command, ceilings, agreements))
 
 
 if __name__ == "__main__":

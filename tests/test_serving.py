@@ -597,3 +597,31 @@ def test_an_unloading_model_is_retried_and_a_refusal_is_one_line(monkeypatch):
     with pytest.raises(ServerError, match=r"refused infer: .*unexpected shape") as e:
         client.detect([b"x"])
     assert "\n" not in str(e.value)
+
+
+def test_detect_decodes_on_several_threads_as_on_one_and_diagnostic_stages_answer_nan(exported_artifact):
+    """Bugs: the threaded decode reordering items or dropping a bad one, its batch not the one-thread batch bit for
+    bit; a diagnostic stage answering scores (a client could take them for predictions) or losing decode errors."""
+    from toolkit.data.loader import DecodePool, decode_batch
+    from toolkit.predict import PredictionPath
+    from toolkit.serving.server import detect_items
+
+    good = [_png(i) for i in range(7)]
+    items = [(str(i), b) for i, b in enumerate([good[0], b"", good[1], good[2], b"junk", good[3], *good[4:]])]
+    with PredictionPath(exported_artifact) as path, DecodePool(3) as pool, DecodePool(1) as one:
+        ref = decode_batch(items, path.preprocess)
+        got = pool.decode(items, path.preprocess)
+        assert got.paths == ref.paths and got.skipped == ref.skipped and np.array_equal(got.array, ref.array)
+        assert pool.decode(items[1:2], path.preprocess).skipped == ref.skipped[:1]  # all bad: an empty batch
+        assert pool.decode([], path.preprocess).array.shape[0] == 0
+        full = detect_items(path, pool, items)
+        for k, v in detect_items(path, one, items).items():
+            assert np.array_equal(v, full[k]) if v.dtype == object else np.array_equal(v, full[k], equal_nan=True)
+        errors = [e.decode() for e in full["error"][:, 0]]
+        assert [i for i, e in enumerate(errors) if e] == [1, 4] and not np.isnan(full["p_generated"][0, 0])
+        decoded = detect_items(path, pool, items, stage="decode")
+        assert [e.decode() for e in decoded["error"][:, 0]] == errors
+        nothing = detect_items(path, pool, items, stage="none")
+        for out in (decoded, nothing):
+            assert np.isnan(out["p_generated"]).all() and np.isnan(out["logit"]).all() and not out["is_generated"].any()
+        assert not any(e for e in nothing["error"][:, 0])

@@ -194,9 +194,10 @@ class PredictionPath:
         batch = load_batch([str(p) for p in paths], self.preprocess)
         return batch, self.predict(batch)
 
-    def predict_bytes(self, items: list[tuple[str, bytes]]) -> tuple[Batch, dict[str, np.ndarray]]:
-        """(name, encoded bytes) items -> the decoded batch (bad items in `skipped`) and outputs."""
-        batch = decode_batch(items, self.preprocess)
+    def predict_bytes(self, items: list[tuple[str, bytes]], pool=None) -> tuple[Batch, dict[str, np.ndarray]]:
+        """(name, encoded bytes) items -> the decoded batch (bad items in `skipped`) and outputs; `pool`: a
+        `DecodePool` that decodes them on several threads (the same batch)."""
+        batch = pool.decode(items, self.preprocess) if pool is not None else decode_batch(items, self.preprocess)
         return batch, self.predict(batch)
 
 

@@ -38,6 +38,10 @@ def loadtest_command(
     max_batch: int = typer.Option(64, min=1, help="artifact target: largest batch the dynamic batcher builds"),
     max_queue_delay_us: int = typer.Option(2000, min=0, help="artifact target: dynamic batching delay (µs)"),
     threads: int | None = typer.Option(None, min=1, help="artifact target: engine threads per instance"),
+    decode_threads: int | None = typer.Option(None, min=1, help="artifact target: threads decoding a batch"),
+    stage: str = typer.Option(
+        "predict", help="artifact target: predict | decode | none (serve a diagnostic stage: a request's fixed cost)"
+    ),
     out_dir: Path = typer.Option(Path("loadtest"), "--out", help="report directory (loadtest.json, .md, .png)"),
     tune: bool = typer.Option(False, help="search serving configs of an artifact under --p99-ms (one workload)"),
     p99_ms: float | None = typer.Option(None, min=0.001, help="--tune: the p99 latency budget (ms)"),
@@ -69,7 +73,8 @@ def loadtest_command(
     with user_errors():
         cfg = LoadConfig(_ints(concurrency, "--concurrency"), _ints(batch, "--batch"), requests, duration, warmup,
                          timeout, allow_remote=allow_remote)  # fmt: skip
-        serve = ServeOptions(engine, precision, instances, max_batch, max_queue_delay_us, threads)
+        serve = ServeOptions(engine, precision, instances, max_batch, max_queue_delay_us, threads,
+                             decode_threads=decode_threads, stage=stage)  # fmt: skip
         command = "toolkit " + " ".join(sys.argv[1:])
         if tune:
             if p99_ms is None:

@@ -31,6 +31,14 @@ def serve_command(
         help="default | auto: engine, precision, instances, max batch, queue "
         "delay and threads from 'toolkit loadtest --tune' on this machine",
     ),
+    decode_threads: int | None = typer.Option(
+        None, min=1, help="threads decoding one batch's images, per instance (default: cores)"
+    ),
+    stage: str = typer.Option(
+        "predict",
+        help="predict | decode | none: diagnostic servers that stop after decoding, or before it, and answer NaN "
+        "scores (to measure a request's fixed cost with 'toolkit loadtest')",
+    ),
 ) -> None:
     """Serve a detector (optionally behind a purifier) on Triton: models `detect` (encoded image bytes in)
     and `detect_tensor` (preprocessed float32 batches in), both running the same prediction path as
@@ -56,6 +64,8 @@ def serve_command(
         drain_s=drain_s,
         log_file=str(log_file) if log_file else None,
         tuned=config == "auto",
+        decode_threads=decode_threads,
+        stage=stage,
     )
     with user_errors():
         if config not in ("default", "auto"):

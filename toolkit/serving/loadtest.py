@@ -60,6 +60,8 @@ class ServeOptions:
     max_queue_delay_us: int = 2000
     threads: int | None = None
     extra: list[str] = field(default_factory=list)
+    decode_threads: int | None = None
+    stage: str = "predict"  # predict | decode | none (toolkit serve --stage: where a request's fixed cost goes)
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,10 @@ def served(artifact: Path, options: ServeOptions, log: Callable[[str], None] = p
                 "--log-file", str(out.with_suffix(".triton.log")), *options.extra]  # fmt: skip
         if options.threads:
             args += ["--threads", str(options.threads)]
+        if options.decode_threads:
+            args += ["--decode-threads", str(options.decode_threads)]
+        if options.stage != "predict":
+            args += ["--stage", options.stage]
         log(f"serving {artifact} on 127.0.0.1 (gRPC {grpc}, HTTP {http}) ...")
         with open(out, "wb") as sink:
             proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)

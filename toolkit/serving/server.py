@@ -53,6 +53,11 @@ class ServeConfig:
     drain_s: int = 30  # on SIGTERM: how long in-flight requests may take to finish
     log_file: str | None = None  # tritonserver's own log; None: a file in the temp directory, named when ready
     tuned: bool = False  # --config auto: engine, precision and the four knobs above from `loadtest --tune`
+    decode_threads: int | None = None  # threads decoding one batch's images per instance; None: cpu_count
+    # what `detect` runs: predict (the model) | decode (decode and preprocess, no engine) | none (nothing: the
+    # gRPC + Triton + PyTriton hand-over alone). The last two answer NaN scores, name themselves in the server id
+    # (no client resumes an output against them) and exist to measure where a request's fixed cost goes.
+    stage: str = "predict"
 
 
 def identity_digest(identity: dict) -> str:
@@ -76,15 +81,29 @@ def item_outputs(n: int, batch, outputs: dict) -> dict[str, np.ndarray]:
     return {"p_generated": p[:, None], "logit": z[:, None], "is_generated": g[:, None], "error": err[:, None]}
 
 
-def _infer_functions(path):
-    """The two batched callables of one instance, around one opened PredictionPath."""
+STAGES = ("predict", "decode", "none")
+
+
+def detect_items(path, pool, items: list[tuple[str, bytes]], stage: str = "predict") -> dict[str, np.ndarray]:
+    """What `detect` answers for one batch of (index, encoded bytes) items: the prediction, or under a diagnostic
+    stage NaN scores after decoding ("decode", undecodable items still named in `error`) or at once ("none")."""
+    from toolkit.data.loader import Batch
+
+    if stage == "predict":
+        b, out = path.predict_bytes(items, pool)
+    else:
+        b = pool.decode(items, path.preprocess) if stage == "decode" else Batch(np.zeros(0), [], [])
+        b, out = Batch(b.array, [], b.skipped), {}
+    return item_outputs(len(items), b, out)
+
+
+def _infer_functions(path, pool, stage: str = "predict"):
+    """The two batched callables of one instance, around one opened PredictionPath and its DecodePool."""
     from pytriton.decorators import batch
 
     @batch
     def detect(image: np.ndarray) -> dict[str, np.ndarray]:
-        items = [(str(i), _item_bytes(x)) for i, x in enumerate(image)]
-        b, out = path.predict_bytes(items)
-        return item_outputs(len(items), b, out)
+        return detect_items(path, pool, [(str(i), _item_bytes(x)) for i, x in enumerate(image)], stage)
 
     @batch
     def detect_tensor(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -222,6 +241,7 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
+    from toolkit.data.loader import DecodePool
     from toolkit.predict import EngineChoice, PredictionPath
 
     cfg = cfg or ServeConfig()
@@ -232,7 +252,10 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
         cfg = tuned(cfg, detector, knobs, log)
     if cfg.instances < 1 or cfg.max_batch < 1 or cfg.max_queue_delay_us < 0:
         raise ValueError("need --instances >= 1, --max-batch >= 1 and --max-queue-delay-us >= 0")
+    if cfg.stage not in STAGES or (cfg.decode_threads is not None and cfg.decode_threads < 1):
+        raise ValueError(f"--stage takes {' | '.join(STAGES)} (got {cfg.stage!r}) and --decode-threads >= 1")
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.instances)
+    decode_threads = cfg.decode_threads or os.cpu_count() or 1
     choice = EngineChoice(cfg.engine, cfg.precision, cfg.provider, threads)
     paths = [PredictionPath(detector, purifier, choice, cfg.max_batch) for _ in range(cfg.instances)]
     first = paths[0]
@@ -240,7 +263,7 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
         raise ValueError("serve needs a detector artifact (--purify adds a purifier in front of it)")
     if first.auto_reason:
         log(f"--engine auto: {first.auto_reason}")
-    identity = first.identity()
+    identity = first.identity() if cfg.stage == "predict" else {**first.identity(), "diagnostic_stage": cfg.stage}
     ports = {"http_port": cfg.http_port, "grpc_port": cfg.grpc_port, "metrics_port": cfg.metrics_port}
     check_ports_free(cfg.host, ports)
     python_libdir_first()
@@ -271,7 +294,7 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
     )
     with contextlib.ExitStack() as stack:
         opened = [stack.enter_context(p) for p in paths]  # engines open before the server answers
-        fns = [_infer_functions(p) for p in opened]
+        fns = [_infer_functions(p, stack.enter_context(DecodePool(decode_threads)), cfg.stage) for p in opened]
         stopping = {"signal": None}
 
         def on_signal(signum, _frame):
@@ -303,11 +326,13 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
             )
             triton.run()  # starts tritonserver and loads both models: ready means ready to predict
             guard.start()
+            if cfg.stage != "predict":
+                log(f"DIAGNOSTIC SERVER: detect runs stage {cfg.stage!r} and answers NaN scores, no predictions")
             log(
                 f"serving on grpc://{cfg.host}:{cfg.grpc_port} and http://{cfg.host}:{cfg.http_port} "
                 f"(metrics on :{cfg.metrics_port}): models detect, detect_tensor; {choice.engine} {choice.precision}, "
-                f"{cfg.instances} instance(s) x {threads} thread(s), batches up to {cfg.max_batch}; "
-                f"server id {triton_cfg.id}; server log {triton_cfg.log_file}"
+                f"{cfg.instances} instance(s) x {threads} thread(s), images decoded on {decode_threads} thread(s), "
+                f"batches up to {cfg.max_batch}; server id {triton_cfg.id}; server log {triton_cfg.log_file}"
             )
             triton.serve()  # returns after a signal (it stops the server itself) or when the server died
         except KeyboardInterrupt:
