@@ -280,7 +280,8 @@ def test_tune_measures_each_config_served_records_the_choice_and_config_auto_use
     out = tmp_path / "tune"
     done = subprocess.run([*CLI, "loadtest", str(art), "--tune", "--p99-ms", "5000", "--concurrency", "2",
                            "--batch", "2", "--requests", "8", "--warmup", "2", "--tune-instances", "1",
-                           "--tune-max-batch", "4", "--tune-queue-delay-us", "0", "--out", str(out)],
+                           "--tune-max-batch", "4", "--tune-queue-delay-us", "0", "--tune-repeats", "1", "--out",
+                           str(out)],
                           capture_output=True, text=True, timeout=400)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     record = json.loads((out / "tune.json").read_text())

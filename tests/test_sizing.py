@@ -76,3 +76,32 @@ def test_config_auto_reads_the_chosen_config_back_and_says_in_one_line_when_ther
     write_json(path, {"engine": "onnxruntime", "precision": "fp32", **{**r, "chosen": None}})
     with pytest.raises(ValueError, match=r"no config met the p99 budget of 50\.0 ms"):
         tuned(ServeConfig(tuned=True), art, ("instances",), log=lambda *_: None)
+
+
+def test_repeated_rounds_interleave_and_a_point_must_meet_the_budget_in_every_round():
+    """Bugs: rounds run point by point instead of over the whole grid in turn; a point's p99 averaged (a round
+    that missed the budget forgiven) or its throughput taken from one round; errors of one round dropped."""
+    space = SearchSpace(instances=(1, 2), max_batch=(8,), max_queue_delay_us=(0,))
+    seen, calls = [], {}
+
+    def noisy(config: dict) -> dict:
+        seen.append(config["instances"] if config != DEFAULT_POINT else "default")
+        n = calls[str(config)] = calls.get(str(config), 0) + 1
+        cell = _stand_in(config)
+        if config["instances"] == 2 and n == 2:  # the fastest point misses the budget in its second round
+            cell = _cell(cell["images_per_s"] * 0.5, 80.0)
+        if config["instances"] == 1:
+            cell = _cell(cell["images_per_s"] + (10 if n == 1 else -10), 20.0, errors=0)
+        return cell
+
+    r = search(noisy, space, p99_ms=50.0, log=lambda *_: None, repeats=2)
+    assert seen == [1, 2, "default", 1, 2, "default"]  # interleaved: the grid, then the grid again
+    by = {p["config"]["instances"]: p for p in r["points"] if p["config"] != DEFAULT_POINT}
+    assert by[2]["cell"]["p99_ms"] == 80.0 and len(by[2]["rounds"]) == 2  # its worst round
+    assert by[2]["cell"]["images_per_s"] == pytest.approx(0.75 * _stand_in(by[2]["config"])["images_per_s"])
+    assert by[1]["cell"]["images_per_s"] == pytest.approx(_stand_in(by[1]["config"])["images_per_s"])  # the mean
+    assert r["chosen"]["config"]["instances"] == 1 and r["repeats"] == 2
+    flaky = search(lambda c: _cell(100, 10, errors=int(c == DEFAULT_POINT)), space, 50.0, lambda *_: None, 2)
+    assert flaky["default"]["cell"]["errors"] == 2
+    with pytest.raises(ValueError, match="--tune-repeats"):
+        search(_stand_in, space, p99_ms=50.0, log=lambda *_: None, repeats=0)

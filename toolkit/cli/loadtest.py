@@ -51,6 +51,9 @@ def loadtest_command(
     tune_threads: str = typer.Option(
         "auto", help="--tune: engine threads per instance to try (auto: cores / instances)"
     ),
+    tune_repeats: int = typer.Option(
+        2, min=1, help="--tune: rounds over the grid (a point's p99: its worst round; images/s: the mean)"
+    ),
 ) -> None:
     """Sweep concurrency x images per request against a served `detect` model, as perf_analyzer does: per
     cell, images/s, requests/s, p50/p90/p95/p99 latency, errors, and the server's queue and compute time
@@ -86,7 +89,7 @@ def loadtest_command(
                 _threads(tune_threads),
             )
             args = (Path(target), p99_ms, cfg, space, serve, out_dir, images, pool, command)
-            record, files = tune_and_report(*args, log=log)
+            record, files = tune_and_report(*args, log=log, repeats=tune_repeats)
             chosen = record["chosen"]
             log(f"chosen: {describe(chosen['config'])}" if chosen else "no config met the budget: nothing chosen")
         else:
