@@ -52,7 +52,7 @@ def run(spec: str, args, folder: Path, log=print) -> dict:
     # over the half hour a ViT-B/16 run takes (two reps of one served cell differed by 8%)
     cfg = LoadConfig(tuple(args.concurrency), tuple(args.images_per_request), args.requests, args.time_limit,
                      warmup_requests=args.warmup)  # fmt: skip
-    serve = ServeOptions(engine, precision, args.instances, args.max_batch)
+    serve = ServeOptions(engine, precision, args.instances, args.max_batch, args.max_queue_delay_us)
     lt = loadtest(artifact, cfg, None, args.images, serve, progress=False, log=log)
     after = in_process(folder, artifact, engine, precision)
     log(f"  in-process again: {after['images_per_s_after_open']:.1f} images/s after open")
@@ -66,7 +66,8 @@ def run(spec: str, args, folder: Path, log=print) -> dict:
         "images_per_s_after_open": ref,
     }
     return {"model": model, "artifact": artifact, "engine": engine, "precision": precision,
-            "instances": args.instances, "max_batch": args.max_batch, "in_process": local, "cells": lt["cells"],
+            "instances": args.instances, "max_batch": args.max_batch, "max_queue_delay_us": args.max_queue_delay_us,
+            "in_process": local, "cells": lt["cells"],
             "loadtest": {k: v for k, v in lt.items() if k != "cells"}}  # fmt: skip
 
 
@@ -206,6 +207,15 @@ def ceiling_markdown(c: dict) -> list[str]:
         srv = v["cells"][-1].get("server", {})
         compute = f"{srv['compute_ms']:.2f}" if "compute_ms" in srv else "-"
         lines.append(f"| {v['stage']} | {v['decode_threads']} | {figures} | {compute} |")
+    last = {(v["stage"], v["decode_threads"]): v["cells"][-1] for v in c["variants"]}
+    k, b = cells[-1]
+    if ("decode", 1) in last and ("decode", "default") in last:
+        one, many = last[("decode", 1)]["images_per_s"], last[("decode", "default")]["images_per_s"]
+        lines += [
+            "",
+            f"The ceiling with a model that does nothing after decoding, at {k} x {b}: {one:.0f} images/s "
+            f"decoding on one thread (as before), {many:.0f} on the default threads ({many / one:.2f}x).",
+        ]
     return [*lines, ""]
 
 
@@ -222,7 +232,8 @@ def markdown(res: list[dict], env: dict, command: str, ceilings: list[dict] = ()
         loc = r["in_process"]
         lines += [
             f"## {r['model']} ({r['engine']} {r['precision']}, "
-            f"{r['instances']} instance(s), max batch {r['max_batch']})",
+            f"{r['instances']} instance(s), max batch {r['max_batch']}, queue delay "
+            f"{r.get('max_queue_delay_us', 2000)} us)",
             "",
             f"In-process `toolkit infer` on {loc['images_found']} files (the same JPEGs, cycled), measured before "
             f"and after the served cells: {loc['before_images_per_s_after_open']:.1f} and "
@@ -234,7 +245,7 @@ def markdown(res: list[dict], env: dict, command: str, ceilings: list[dict] = ()
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for c in r["cells"]:
-            note = " (time limit)" if c["stopped_by_time_limit"] else ""
+            note = " (time limit)" if c["stopped_by"] == "duration" else ""
             lines.append(
                 f"| {c['concurrency']} | {c['images_per_request']} | {c['requests']}{note} | {c['errors']} | "
                 f"{c['p50_ms']:.1f} | {c['p90_ms']:.1f} | {c['p99_ms']:.1f} | {c['images_per_s']:.1f} | "
@@ -260,8 +271,8 @@ def where_the_time_goes(r: dict) -> list[str]:
         f"Where the time goes (concurrency 1, p50): a 1-image request takes {fixed:.1f} ms and each further image "
         f"in a request {marginal:.2f} ms; in-process `infer` spends {local_ms:.2f} ms of wall time per image. "
         "A request pays gRPC, Triton's queue and PyTriton's hand-over to the Python model (the stub process, "
-        "shared memory, a socket to the callable) once; the callable then decodes its images one after another "
-        "in one process, while in-process `infer` decodes in two worker processes beside the engine. Where the "
+        "shared memory, a socket to the callable) once; the callable then decodes its images on a thread per "
+        "core beside the engine's threads, while in-process `infer` decodes in worker processes. Where the "
         "model costs far more than a decode (ViT-B/16) those costs hide behind it and the server matches "
         "in-process throughput once two or more requests overlap; where it costs almost nothing (the tiny "
         "preset) they are the whole bill, so batching images into requests and running requests concurrently "
@@ -279,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--in-process-images", type=int, default=2048, help="files for in-process infer (the pool, cycled)")
     ap.add_argument("--instances", type=int, default=1)
     ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-queue-delay-us", type=int, default=2000)
     ap.add_argument("--time-limit", type=float, default=900.0, help="seconds per cell at most")
     ap.add_argument("--warmup", type=int, default=32, help="requests per cell before it is measured")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_load")
