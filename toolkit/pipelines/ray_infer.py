@@ -149,7 +149,7 @@ RESULT_SLICE = 8192  # rows of a result block turned into Python objects at a ti
 
 
 def _result(table) -> Result:
-    """One slice of a result block (a pyarrow Table with Predictor's columns) -> the runner loop's Result."""
+    """One slice of a result file's table (Predictor's columns, written by ResultFiles) -> the runner loop's Result."""
     keys = [os.fsdecode(k) for k in table.column("key").to_pylist()]
     errors = table.column("error").to_pylist()
     chunk = table.column("chunk").to_pylist()
@@ -217,9 +217,8 @@ class RayTransport:
         if not n:
             return
         ray.data.DataContext.get_current().enable_progress_bars = False
-        # at least blocks_per_actor per actor, and no block past one part: a result block is about an input block,
-        # and the driver maps each into its memory (object-store pages, counted in its RSS): 16 blocks for 10^7
-        # inputs made them 625,000 rows each and the driver's shared pages grew to 366 MB (49 MB at 10^6)
+        # at least blocks_per_actor per actor, and no block past one part: a block is one actor task's work, so its
+        # size bounds what a task holds and how long its results wait (16 blocks for 10^7 inputs: 625,000 rows each)
         blocks = max(1, min(n, self.cfg.actors * self.cfg.blocks_per_actor, math.ceil(n / self.batch)),
                      math.ceil(n / self.rows_per_part))  # fmt: skip
         # read before the actor pool exists: its actors may take every CPU of a small cluster, and Ray Data's
