@@ -235,22 +235,32 @@ def _train_x0(
     with `clean_fraction`, that share of each batch takes the target itself as input."""
     from diffusers import DDPMScheduler
 
-    unet = make_unet(cfg)
+    unet = make_unet(cfg).train()
     sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type="sample")
     ac = sched.alphas_cumprod
-    opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr)
     gen = torch.Generator().manual_seed(seed)
-    unet.train()
-    for idx in _batches(len(inputs), steps, tc.batch_size, gen):
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
         t = torch.randint(0, t_max + 1, (len(idx),), generator=gen)
         x = torch.where(_clean_mask(len(idx), clean_fraction, gen), targets[idx], inputs[idx])
         x_t = sched.add_noise(x, torch.randn(x.shape, generator=gen), t)
-        loss = nn.functional.mse_loss(predict_x0(unet, x_t, t, ac), targets[idx])
+        return nn.functional.mse_loss(predict_x0(unet, x_t, t, ac), targets[idx])
+
+    return _fit(unet, tc.lr, len(inputs), steps, tc.batch_size, gen, loss_of, advance).eval()
+
+
+def _fit(model, lr: float, n: int, steps: int, batch_size: int, gen: torch.Generator, loss_of, advance):
+    """The optimiser loop every purifier model trains with: AdamW on `model`, `steps` batches of `batch_size` of
+    `n` indices drawn with `gen`, `loss_of(indices)` -> the batch's loss (it may draw from `gen` too, after the
+    batch's indices, as the loops this replaced did); `advance(loss=)` after each step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for idx in _batches(n, steps, batch_size, gen):
+        loss = loss_of(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         advance(loss=loss.item())
-    return unet.eval()
+    return model
 
 
 def train_teacher(
@@ -280,19 +290,16 @@ def train_student(
             )
     student = copy.deepcopy(teacher).train()
     ac = alphas_cumprod(cfg.num_train_timesteps)
-    opt = torch.optim.AdamW(student.parameters(), lr=tc.lr / 2)
     gen = torch.Generator().manual_seed(tc.seed + 1)
-    for idx in _batches(len(adv), tc.student_steps, tc.batch_size, gen):
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
         t = torch.zeros(len(idx), dtype=torch.long)
         keep = _clean_mask(len(idx), tc.clean_fraction, gen)  # clean input -> the clean image is the target
         out = predict_x0(student, torch.where(keep, clean[idx], adv[idx]), t, ac)
         target = torch.where(keep, clean[idx], targets[idx])
-        loss = nn.functional.mse_loss(out, target) + tc.clean_weight * nn.functional.mse_loss(out, clean[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        advance(loss=loss.item())
-    return student.eval()
+        return nn.functional.mse_loss(out, target) + tc.clean_weight * nn.functional.mse_loss(out, clean[idx])
+
+    return _fit(student, tc.lr / 2, len(adv), tc.student_steps, tc.batch_size, gen, loss_of, advance).eval()
 
 
 def train_diffpure(clean: torch.Tensor, cfg: PurifierConfig, tc: PurifierTrainConfig, advance=lambda **_: None):
@@ -340,13 +347,11 @@ def train_noised_student(
     refs = torch.cat([clean, clean]).repeat(len(inputs) // (2 * len(clean)), 1, 1, 1)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     ac = alphas_cumprod(cfg.num_train_timesteps)
-    opt = torch.optim.AdamW(student.parameters(), lr=tc.lr / 2)
     gen = torch.Generator().manual_seed(tc.seed + 4)
-    for idx in _batches(len(inputs), tc.noised_steps, tc.batch_size, gen):
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
         out = noised_student_purify(student, inputs[idx], noises[idx], cfg.t_star, cfg.noised_calls, ac)
-        loss = nn.functional.mse_loss(out, targets[idx]) + tc.clean_weight * nn.functional.mse_loss(out, refs[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        advance(loss=loss.item())
+        return nn.functional.mse_loss(out, targets[idx]) + tc.clean_weight * nn.functional.mse_loss(out, refs[idx])
+
+    _fit(student, tc.lr / 2, len(inputs), tc.noised_steps, tc.batch_size, gen, loss_of, advance)
     return student.eval().requires_grad_(False)
