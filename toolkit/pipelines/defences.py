@@ -297,9 +297,8 @@ def purifier_markdown(r: dict) -> str:
             "| deployed vs | column | right only with the deployed | right only with the other | p |",
             "|---|---|---|---|---|",
         ]
-        for t in (t for t in r["paired"] if t["b"] == "none" or t["b"].startswith("teacher (")):
-            col = t["column"] if not t["column"].replace(".", "").isdigit() else f"eps {t['column']}"
-            lines.append(f"| {t['b']} | {col} | {t['only_a']} | {t['only_b']} | {t['p_value']:.3g} |")
+        for t in filter(_reported, r["paired"]):
+            lines.append(f"| {t['b']} | {_column(t)} | {t['only_a']} | {t['only_b']} | {t['p_value']:.3g} |")
     if r.get("paired_per_seed"):
         who = r.get("deployed", "student (1 step)")
         lines += [
@@ -311,13 +310,20 @@ def purifier_markdown(r: dict) -> str:
             "|---|---|" + "---|" * len(r["seeds"]),
         ]
         for i, t in enumerate(r["paired_per_seed"][0]):
-            if not (t["b"] == "none" or t["b"].startswith("teacher (")):
-                continue
-            col = t["column"] if not t["column"].replace(".", "").isdigit() else f"eps {t['column']}"
-            per = [p[i] for p in r["paired_per_seed"]]
-            cells = [f"{p['only_a']} / {p['only_b']}, p {p['p_value']:.2g}" for p in per]
-            lines.append(f"| {t['b']} | {col} | " + " | ".join(cells) + " |")
+            if _reported(t):
+                per = [p[i] for p in r["paired_per_seed"]]
+                cells = [f"{p['only_a']} / {p['only_b']}, p {p['p_value']:.2g}" for p in per]
+                lines.append(f"| {t['b']} | {_column(t)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _reported(test: dict) -> bool:
+    """The paired tests the Markdown shows (all are in the JSON): the deployed purifier against none and the teacher."""
+    return test["b"] == "none" or test["b"].startswith("teacher (")
+
+
+def _column(test: dict) -> str:
+    return f"eps {test['column']}" if test["column"].replace(".", "").isdigit() else test["column"]
 
 
 def _widest(r: dict) -> float:
