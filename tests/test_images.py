@@ -253,3 +253,32 @@ def test_defaults_one_pixel_images_and_the_exif_guard(monkeypatch):
 
     monkeypatch.setattr(ImageOps, "exif_transpose", broken)
     assert decode_image(_png(Image.new("RGB", (4, 3)))).size == (4, 3)
+
+
+def test_decoding_on_threads_refuses_bombs_alike_and_leaves_the_warning_filters_as_they_were():
+    """Bug: decode_image swapped the process's global warning filters (catch_warnings) from several threads at
+    once (the server's DecodePool), so threads restored each other's lists and a filter leaked (9 before 2,000
+    threaded decodes, 10 after), and a bomb could be refused for one reason or another by timing."""
+    import struct
+    import warnings
+    import zlib
+
+    from toolkit.data.loader import DecodePool
+    from toolkit.preprocess import PreprocessConfig
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    # a PNG header claiming 10,000 x 10,000 pixels: past PIL's warning (89 MP), under its hard error
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0))
+    bomb = b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IEND", b"")
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="JPEG")
+    items = [(str(i), bomb if i % 2 else buf.getvalue()) for i in range(400)]
+    before = list(warnings.filters)
+    with DecodePool(8) as pool:
+        for _ in range(5):
+            b = pool.decode(items, PreprocessConfig(size=16).to_dict())
+            reasons = {s.reason.split(" (")[0] for s in b.skipped}
+            assert len(b.paths) == 200 and reasons == {"decompression bomb refused"}
+    assert warnings.filters == before

