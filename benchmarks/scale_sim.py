@@ -273,23 +273,23 @@ def markdown(r: dict, machine: str) -> str:
                          f"left {f.get('todo_write_s', 0):.1f} s, the rest is Ray Data moving rows through the actors "
                          f"and their results back ({f['wall_s']:.1f} s in all).")  # fmt: skip
     lines += ["", "Targets (issue 21), read from the rows above:"]
-    for mode in ("local", "ray"):
-        runs = sorted((x for x in r["runs"] if x["full"]["mode"] == mode), key=lambda x: x["n"])
+    by_mode = {m: sorted((x for x in r["runs"] if x["full"]["mode"] == m), key=lambda x: x["n"])
+               for m in ("local", "ray")}  # fmt: skip
+    for mode, runs in by_mode.items():
         if len(runs) > 1:
             lo, hi = runs[0], runs[-1]
             bound = 1.2 * lo["full"]["peak_rss_mb"] + 200
             lines.append(f"- {mode}: driver peak RSS at {hi['n']:,} is {hi['full']['peak_rss_mb']:.0f} MB, against "
                          f"1.2 x {lo['full']['peak_rss_mb']:.0f} (at {lo['n']:,}) + 200 = {bound:.0f} MB: "
                          f"{'met' if hi['full']['peak_rss_mb'] <= bound else 'NOT met'}.")  # fmt: skip
-    local = sorted((x for x in r["runs"] if x["full"]["mode"] == "local"), key=lambda x: x["n"])
-    if local:
-        hi = local[-1]
+    if by_mode["local"]:
+        hi = by_mode["local"][-1]
         first = hi["resume"].get("first_new_row_s")
         lines.append(f"- local at {hi['n']:,}: {hi['full']['rows_per_s']:,.0f} rows/s (target >= 50,000: "
                      f"{'met' if hi['full']['rows_per_s'] >= 50_000 else 'NOT met'}); resumed after a SIGKILL at half, "
                      f"its first new row came after {first:.1f} s (target <= 60 s: "
                      f"{'met' if first is not None and first <= 60 else 'NOT met'}).")  # fmt: skip
-    if any(x["full"]["mode"] == "ray" for x in r["runs"]):
+    if by_mode["ray"]:
         lines.append(
             "- ray: an actor writes each batch's results as a Parquet file and hands back its name; the "
             "driver reads, commits and removes it (the rows never pass through the object store to it)."

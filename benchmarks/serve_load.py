@@ -38,7 +38,7 @@ def in_process(folder: Path, artifact: str, engine: str, precision: str) -> dict
     return {k: s[k] for k in ("images_found", "wall_s", "images_per_s", "engine_open_s", "images_per_s_after_open")}
 
 
-def run(spec: str, args, folder: Path, log=print) -> dict:
+def run(spec: str, args, folder: Path, pool: tuple[list[bytes], str], log=print) -> dict:
     from toolkit.artifact import Artifact
     from toolkit.serving.loadtest import LoadConfig, ServeOptions, loadtest
 
@@ -53,7 +53,7 @@ def run(spec: str, args, folder: Path, log=print) -> dict:
     cfg = LoadConfig(tuple(args.concurrency), tuple(args.images_per_request), args.requests, args.time_limit,
                      warmup_requests=args.warmup)  # fmt: skip
     serve = ServeOptions(engine, precision, args.instances, args.max_batch, args.max_queue_delay_us)
-    lt = loadtest(artifact, cfg, None, args.images, serve, progress=False, log=log)
+    lt = loadtest(artifact, cfg, serve=serve, progress=False, log=log, pool=pool)
     after = in_process(folder, artifact, engine, precision)
     log(f"  in-process again: {after['images_per_s_after_open']:.1f} images/s after open")
     ref = (local["images_per_s_after_open"] + after["images_per_s_after_open"]) / 2
@@ -80,17 +80,16 @@ CEILING_VARIANTS = (  # (stage, decode threads): "before" decodes a batch's imag
 )
 
 
-def ceiling(spec: str, args, log=print) -> dict:
+def ceiling(spec: str, args, pool: tuple[list[bytes], str], log=print) -> dict:
     """Where a request's fixed cost goes, and the server's ceiling: the artifact served with `detect` stopping
     at nothing (the gRPC + Triton + PyTriton hand-over alone), after decoding, or predicting, each with one
     decoding thread (as before) and with the default; the same cells for each, one after another in one run."""
     from toolkit.artifact import Artifact
-    from toolkit.serving.loadtest import LoadConfig, ServeOptions, image_pool, loadtest
+    from toolkit.serving.loadtest import LoadConfig, ServeOptions, loadtest
 
     artifact, engine, precision = [*spec.split(":"), "onnxruntime", "fp32"][:3]
     cfg = LoadConfig(tuple(args.ceiling_concurrency), tuple(args.images_per_request), args.requests,
                      args.time_limit, warmup_requests=args.warmup)  # fmt: skip
-    pool = image_pool(None, args.images)
     out = []
     for stage, threads in CEILING_VARIANTS:
         log(f"ceiling: stage {stage}, decode threads {threads or 'default'} ...")
@@ -148,13 +147,12 @@ def reference_loop(address: str, pool: list[bytes], requests: int, concurrency: 
             "p99_ms": float(np.percentile(lat, 99)), "failed_requests": state["failed"]}  # fmt: skip
 
 
-def agreement(spec: str, args, log=print) -> dict:
+def agreement(spec: str, args, pool: tuple[list[bytes], str], log=print) -> dict:
     """`toolkit loadtest` and the reference loop against one served artifact, on the same cells, alternating
     (two rounds each), the same JPEG pool; each measured run preceded by `--warmup` requests."""
-    from toolkit.serving.loadtest import LoadConfig, ServeOptions, image_pool, loadtest, served
+    from toolkit.serving.loadtest import LoadConfig, ServeOptions, loadtest, served
 
     artifact, engine, precision = [*spec.split(":"), "onnxruntime", "fp32"][:3]
-    pool = image_pool(None, args.images)
     rows = []
     with served(Path(artifact), ServeOptions(engine, precision, args.instances, args.max_batch), log) as srv:
         for concurrency, per_request in ((1, 1), (16, 8)):
@@ -300,19 +298,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agreement", action="append", default=[], help="ARTIFACT[:ENGINE:PRECISION]: loadtest against "
                     "the closed loop this benchmark ran before it, one server, alternating")  # fmt: skip
     args = ap.parse_args(argv)
-    from toolkit.serving.loadtest import synthetic_jpegs
+    from toolkit.serving.loadtest import image_pool
 
-    pool = synthetic_jpegs(args.images)  # loadtest's own pool of that many images: the same JPEGs
+    pool = image_pool(None, args.images)  # loadtest's own pool of that many images, made once for every part
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
         for i in range(args.in_process_images):  # long enough that worker start-up does not flatter it
-            (folder / f"{i:05d}.jpg").write_bytes(pool[i % len(pool)])
+            (folder / f"{i:05d}.jpg").write_bytes(pool[0][i % len(pool[0])])
         for spec in args.artifact:
-            results.append(run(spec, args, folder))
-    ceilings = [ceiling(spec, args) for spec in args.ceiling]
-    agreements = [agreement(spec, args) for spec in args.agreement]
+            results.append(run(spec, args, folder, pool))
+    ceilings = [ceiling(spec, args, pool) for spec in args.ceiling]
+    agreements = [agreement(spec, args, pool) for spec in args.agreement]
     env = environment()
     command = command_line("benchmarks.serve_load", argv)
     record = {"environment": env, "command": command, "results": results, "ceilings": ceilings,

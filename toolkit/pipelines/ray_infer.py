@@ -120,7 +120,7 @@ class ResultFiles:
         name = os.path.join(self.results, f"{uuid.uuid4().hex}.parquet")
         pq.write_table(table, name + ".partial")
         os.replace(name + ".partial", name)  # a name handed back is a whole file
-        return {"results": np.array([name], dtype=object), "rows": np.array([table.num_rows], np.int64)}
+        return {"results": np.array([name], dtype=object)}
 
 
 def connect(cfg: RayConfig, log=print) -> bool:
@@ -145,7 +145,7 @@ def connect(cfg: RayConfig, log=print) -> bool:
     return True
 
 
-RESULT_SLICE = 8192  # rows of a result block turned into Python objects at a time (the source's chunk size)
+RESULT_SLICE = 8192  # rows of a result file (one batch) turned into Python objects at a time: bounded for any --batch
 
 
 def _result(table) -> Result:

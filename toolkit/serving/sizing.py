@@ -40,10 +40,14 @@ class SearchSpace:
 DEFAULT_POINT = {"instances": 1, "max_batch": 64, "max_queue_delay_us": 2000, "threads": None}  # toolkit serve's
 
 
+def qualifies(cell: dict, p99_ms: float) -> bool:
+    """A measured point qualifies: every request served without error, its p99 within the budget."""
+    return cell["errors"] == 0 and cell["p99_ms"] is not None and cell["p99_ms"] <= p99_ms
+
+
 def choose(points: list[dict], p99_ms: float) -> dict | None:
     """The qualifying point with the most images/s (ties: lower p99), or None; `points`: [{config, cell}]."""
-    ok = [p for p in points if p["cell"]["errors"] == 0 and p["cell"]["p99_ms"] is not None
-          and p["cell"]["p99_ms"] <= p99_ms]  # fmt: skip
+    ok = [p for p in points if qualifies(p["cell"], p99_ms)]
     return max(ok, key=lambda p: (p["cell"]["images_per_s"], -p["cell"]["p99_ms"])) if ok else None
 
 
@@ -86,8 +90,7 @@ def search(
         for k, config in enumerate(configs):
             cell = measure(config)
             runs[k].append(cell)
-            meets = cell["errors"] == 0 and cell["p99_ms"] is not None and cell["p99_ms"] <= p99_ms
-            verdict = "meets" if meets else "misses"
+            verdict = "meets" if qualifies(cell, p99_ms) else "misses"
             where = f"round {r + 1}/{repeats}, " if repeats > 1 else ""
             log(f"[{where}{k + 1}/{len(configs)}] {describe(config)}: {cell['images_per_s']:.1f} images/s, p99 "
                 f"{cell['p99_ms']:.1f} ms, errors {cell['errors']}: {verdict} the budget")  # fmt: skip
