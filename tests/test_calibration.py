@@ -198,13 +198,17 @@ def test_reduce_range_is_chosen_from_the_cpu_and_recorded(calibrated):
     assert q["reduce_range"] == report["quantization"]["reduce_range"] and q["reduce_range_reason"]
 
 
+VNNI_CPU = ["avx2", "fma", "avx512f", "avx512_vnni"]
+
+
 @pytest.mark.parametrize("reduce_range", [False, True])
-def test_every_int8_file_is_also_gated_for_cpus_without_vnni(art, toy_data, reduce_range):
+def test_every_int8_file_is_also_gated_for_cpus_without_vnni(art, toy_data, reduce_range, monkeypatch):
     """Calibration judges the file under the exact no-VNNI emulation too, and the manifest keeps the verdict;
     with 7-bit weights no pair can saturate and the native verdict is that CPU's verdict."""
     import contextlib
     import json
 
+    monkeypatch.setattr("toolkit.machine.cpu_flags", lambda: VNNI_CPU)  # a CPU with VNNI: the other one is emulated
     cfg = QuantConfig(reduce_range=reduce_range)
     # 8-bit weights on a CPU without VNNI saturate natively and may fail: the report still says both verdicts
     with contextlib.suppress(GateFailed):
@@ -223,12 +227,13 @@ def test_every_int8_file_is_also_gated_for_cpus_without_vnni(art, toy_data, redu
     assert "without VNNI" in (art / "int8_report.md").read_text()
 
 
-def test_the_no_vnni_emulation_stops_at_its_time_budget_and_judges_a_balanced_prefix(art, toy_data):
+def test_the_no_vnni_emulation_stops_at_its_time_budget_and_judges_a_balanced_prefix(art, toy_data, monkeypatch):
     """Issue 25: at ViT-L/14 the emulation costs about 280 s per image (92% of GEMM sums saturate), so the default
     64 images were five hours. It stops at --no-vnni-minutes and judges the images emulated by then."""
     import contextlib
     import json
 
+    monkeypatch.setattr("toolkit.machine.cpu_flags", lambda: VNNI_CPU)
     lines = []
     with contextlib.suppress(GateFailed):
         calibrate_artifact(art, toy_data / "gan_a", toy_data / "gan_b", QuantConfig(reduce_range=False), workers=0,
@@ -237,6 +242,42 @@ def test_the_no_vnni_emulation_stops_at_its_time_budget_and_judges_a_balanced_pr
     assert nv["judged"] == "emulated on 16 images of 24 (the --no-vnni-minutes budget ended it)", nv["judged"]
     assert nv["feeds_done"] == 1 and nv["n"] == 16
     assert any("s per image measured" in str(x) and "budget ends it" in str(x) for x in lines), lines
+
+
+def test_without_vnni_that_verdict_is_measured_here_and_the_vnni_one_runs_exact_sums(art, toy_data, monkeypatch):
+    """On x86 without VNNI this CPU's own int8 kernels are the no-VNNI case: that verdict is measured on every
+    evaluation image, not emulated on a sample (at ViT-B/16 the emulation was about 22 s per image); the main gate,
+    for CPUs with VNNI, runs the file with graph optimisations off (exact integer sums)."""
+    import contextlib
+    import json
+
+    from calibration.pipeline import NO_VNNI_HERE, WITH_VNNI
+    from calibration.saturation import NoVnniEmulator
+    from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    monkeypatch.setattr("toolkit.machine.cpu_flags", lambda: ["avx2", "fma"])
+    monkeypatch.setattr(NoVnniEmulator, "run", lambda *a, **k: pytest.fail("emulated on a CPU without VNNI"))
+    opened, init = [], OnnxRuntimeEngine.__init__
+
+    def spy(self, path, *a, optimize=True, **k):
+        opened.append((str(path).rsplit("/", 1)[-1], optimize))
+        init(self, path, *a, optimize=optimize, **k)
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "__init__", spy)
+    with contextlib.suppress(GateFailed):
+        calibrate_artifact(art, toy_data / "gan_a", toy_data / "gan_b", QuantConfig(reduce_range=False), workers=0,
+                           progress=False, no_vnni_n=4)  # fmt: skip
+    report = json.loads((art / "int8_report.json").read_text())
+    nv = report["no_vnni"]
+    assert nv["engine"] == NO_VNNI_HERE and nv["candidate_pairs"] > 0
+    assert nv["judged"] == f"measured on this CPU (x86 without VNNI) on all {report['eval_n']} evaluation images"
+    assert nv["n"] == report["eval_n"]  # every image, whatever --no-vnni-n says: measuring costs one run
+    assert [o for o in opened if o[0].endswith("int8.onnx")] == [
+        ("detector.int8.onnx", False),
+        ("detector.int8.onnx", True),
+    ]
+    if report["passed"]:
+        assert Artifact.open(art).gates["int8"]["engine"] == WITH_VNNI
 
 
 def test_int8_that_fails_without_vnni_is_refused_only_on_such_cpus(calibrated, tmp_path, monkeypatch):

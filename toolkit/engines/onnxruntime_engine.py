@@ -26,8 +26,12 @@ class OnnxRuntimeEngine(Engine):
         provider: str = "cpu",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        optimize: bool = True,
     ):
-        """`cache_dir`: where the TensorRT provider keeps its engines (required for provider tensorrt)."""
+        """`cache_dir`: where the TensorRT provider keeps its engines (required for provider tensorrt).
+        `optimize=False`: graph optimisations off, so no Q/DQ pair is fused into the CPU's int8 kernels and an int8
+        file computes the exact integer sums in float (as a CPU with VNNI does; calibration judges for those CPUs
+        with it on a CPU whose own int8 kernels saturate, calibration/saturation.py). Not for serving."""
         import onnxruntime as ort
 
         if provider not in PROVIDERS:
@@ -44,6 +48,8 @@ class OnnxRuntimeEngine(Engine):
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if not optimize:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         chain = provider_chain(provider, cache_dir)
         # default session options: our files must open in any consumer's default session (Triton's too), so a
         # graph that onnxruntime mishandles is fixed in export (export/graph_passes.py), not worked around here
