@@ -103,6 +103,21 @@ def test_int8_layers_matched_through_qdq_and_the_no_vnni_saturation_reported(int
     assert "## Every layer in graph order" in (tmp_path / "debug_int8-no-vnni.md").read_text()
 
 
+def test_native_int8_on_a_cpu_without_vnni_is_debugged_as_its_saturating_kernels(int8_artifact, tmp_path, monkeypatch):
+    """On x86 without VNNI `--cpu native` is what this CPU computes (saturating pair sums, emulated layer by layer),
+    not the exact sums a graph with optimisations off gives; --cpu vnni asks for those."""
+    monkeypatch.setattr("toolkit.machine.cpu_flags", lambda: ["avx2", "fma"])
+    res = runner.invoke(app, ["debug", str(int8_artifact), "--precision", "int8", "--n", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0 and "so --cpu native is no-vnni" in " ".join(res.output.split()), res.output
+    assert json.loads((tmp_path / "debug_int8-no-vnni.json").read_text())["engine"].endswith("without VNNI, emulated)")
+    res = runner.invoke(app, ["debug", str(int8_artifact), "--precision", "int8", "--n", "2", "--cpu", "vnni",
+                              "--out", str(tmp_path)])  # fmt: skip
+    assert res.exit_code == 0 and json.loads((tmp_path / "debug_int8.json").read_text())["engine"] == "onnxruntime"
+    monkeypatch.setattr("toolkit.machine.cpu_flags", lambda: ["avx2", "fma", "avx512_vnni"])
+    res = runner.invoke(app, ["debug", str(int8_artifact), "--precision", "int8", "--n", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0 and "no-vnni" not in res.output
+
+
 def test_fp16_report_files_and_refusals_are_one_line(exported_artifact, purifier_artifact, tmp_path):
     res = runner.invoke(app, ["debug", str(exported_artifact), "--precision", "fp16", "--n", "4", "--out",
                               str(tmp_path)])  # fmt: skip
@@ -113,7 +128,8 @@ def test_fp16_report_files_and_refusals_are_one_line(exported_artifact, purifier
         (["--precision", "fp32"], "compares a reduced precision"),
         (["--precision", "int8"], "has no int8 variant"),
         (["--precision", "fp16", "--cpu", "no-vnni"], "--precision int8"),
-        (["--precision", "fp16", "--cpu", "arm"], "--cpu takes native or no-vnni"),
+        (["--precision", "fp16", "--cpu", "arm"], "--cpu takes native, vnni or no-vnni"),
+        (["--precision", "fp16", "--cpu", "vnni"], "--precision int8"),
     ):
         r = runner.invoke(app, ["debug", str(exported_artifact), *args])
         assert r.exit_code == 2 and msg in " ".join(r.output.split()), (args, r.output)

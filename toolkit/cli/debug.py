@@ -15,7 +15,11 @@ def debug_command(
     engine: str = typer.Option("onnxruntime", help="onnxruntime | openvino (bf16 is OpenVINO's)"),
     images: Path | None = typer.Option(None, help="folder of images to run (default: seeded noise)"),
     n: int = typer.Option(16, min=1, help="images (or noise inputs) to run"),
-    cpu: str = typer.Option("native", help="native | no-vnni: int8 as x86 CPUs without VNNI compute it (emulated)"),
+    cpu: str = typer.Option(
+        "native",
+        help="int8 in onnxruntime as x86 CPUs compute it: vnni (exact sums) | no-vnni (saturating int16 pair sums, "
+        "emulated) | native (this CPU's own: no-vnni on x86 without VNNI)",
+    ),
     min_sqnr_db: float | None = typer.Option(None, help="a layer breaks below this SQNR (fp16 40, bf16 25, int8 15)"),
     min_cosine: float = typer.Option(0.99, help="... or below this cosine with fp32 on some image"),
     out_dir: Path | None = typer.Option(None, "--out", help="report directory (default: ARTIFACT/bench/debug)"),
@@ -30,10 +34,8 @@ def debug_command(
     from toolkit.cli.workflows import debug_precision
 
     with user_errors():
-        if cpu not in ("native", "no-vnni"):
-            raise ValueError(f"--cpu takes native or no-vnni, got {cpu!r}")
-        rep, files = debug_precision(artifact, precision, engine, images, n, cpu == "no-vnni", out_dir, min_sqnr_db,
-                                     min_cosine, log=out.print)  # fmt: skip
+        rep, files = debug_precision(artifact, precision, engine, images, n, cpu, out_dir, min_sqnr_db, min_cosine,
+                                     log=out.print)  # fmt: skip
     f = rep["first_failing"]
     if f:
         out.print(f"first layer below the thresholds: [bold]{f['node']}[/] ({f['op']}, depth {f['depth']}): "

@@ -97,14 +97,27 @@ def bench_artifact(
     return report, files
 
 
-def debug_precision(artifact: Path, precision: str, engine: str, images, n: int, no_vnni: bool, out_dir,
+def debug_precision(artifact: Path, precision: str, engine: str, images, n: int, cpu: str, out_dir,
                     min_sqnr_db, min_cosine, log=print) -> tuple[dict, list]:  # fmt: skip
-    """`toolkit debug`: toolkit/layerwise.py, with the no-VNNI emulation of calibration/saturation.py when asked."""
+    """`toolkit debug`: toolkit/layerwise.py. `cpu`: which x86 int8 arithmetic onnxruntime's int8 is judged in:
+    vnni (exact integer sums), no-vnni (int16 pair sums saturating, emulated by calibration/saturation.py) or
+    native, this CPU's own: no-vnni on x86 without VNNI, where native would otherwise show the exact sums."""
     from toolkit.artifact import Artifact
     from toolkit.layerwise import debug_artifact
+    from toolkit.machine import int8_pairs_saturate
 
+    if cpu not in ("native", "vnni", "no-vnni"):
+        raise ValueError(f"--cpu takes native, vnni or no-vnni, got {cpu!r}")
+    int8_ort = precision == "int8" and engine == "onnxruntime"
+    if cpu != "native" and not int8_ort:
+        raise ValueError(f"--cpu {cpu} judges int8 as onnxruntime runs it on x86 CPUs with / without VNNI: "
+                         "--precision int8 --engine onnxruntime")  # fmt: skip
+    if cpu == "native" and int8_ort and int8_pairs_saturate():
+        log("this CPU is x86 without VNNI: its int8 kernels saturate int16 pair sums, so --cpu native is no-vnni "
+            "(emulated layer by layer, as those kernels compute; --cpu vnni shows the exact sums)")  # fmt: skip
+        cpu = "no-vnni"
     emulator = None
-    if no_vnni:
+    if cpu == "no-vnni":
         from calibration.saturation import NoVnniEmulator as emulator
     art = Artifact.open(artifact)
     return debug_artifact(art, precision, engine, images, n, emulator, out_dir, min_sqnr_db, min_cosine, log=log)
