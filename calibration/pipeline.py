@@ -305,8 +305,9 @@ def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, 
 def _judge_where_pairs_saturate(int8, comparator, gate, counts: dict, native_only: bool, log) -> tuple:
     """The two verdicts on an x86 CPU without VNNI, for a file whose weight pairs can saturate (`counts`: the
     emulator's). This CPU's own int8 kernels are the no-VNNI case, so that verdict is measured on every evaluation
-    image instead of emulated on a sample (the emulation reproduces these kernels: correlation 0.9998 on the demo's
-    tiny-vit-64 logits, against 0.84 for the exact sums; benchmarks/results/no_vnni_check.md). The verdict for CPUs
+    image instead of emulated on a sample (the emulation reproduces these kernels: logits at correlation 0.9997 on
+    the demo's tiny-vit-64 and 0.9993 on ViT-B/16, against 0.82 and 0.989 for the exact sums, every decision the
+    same; benchmarks/results/no_vnni_check*.md). The verdict for CPUs
     with VNNI, the file's main gate, runs it with graph optimisations off: no Q/DQ pair is fused into this CPU's
     int8 kernels and every GEMM sums the dequantized integers in float, the exact int32 sums to float32 rounding.
     -> (that gate result, the no-VNNI verdict or None when `native_only`)."""
