@@ -1,6 +1,7 @@
 """The no-VNNI emulation against the real thing: on an x86 CPU without VNNI, onnxruntime's own int8 kernels (the
 saturating VPMADDUBSW pair sums the emulation reproduces) against `calibration.saturation.NoVnniEmulator` and against
-the exact sums (graph optimisations off) -> benchmarks/results/no_vnni_check.{json,md}.
+the exact sums (graph optimisations off) -> benchmarks/results/no_vnni_check.{json,md}. The emulator comes
+through toolkit.cli.workflows.emulate_no_vnni (benchmarks do not import calibration).
 
 Every 8-bit verdict for CPUs without VNNI made on a CPU with VNNI rests on the emulation; this is its check. Each
 artifact is calibrated with 8-bit weights (`--full-range`, gates open: the file is the object here), then the same
@@ -32,8 +33,8 @@ def check(name: str, src: Path, calib: Path, images: Path, n: int, work: Path, l
     import onnx
     import onnxruntime as ort
 
-    from calibration.saturation import NoVnniEmulator
     from toolkit.artifact import Artifact
+    from toolkit.cli.workflows import emulate_no_vnni
     from toolkit.data.loader import discover_images, load_batch
 
     dst = work / name.replace("/", "_")
@@ -41,8 +42,7 @@ def check(name: str, src: Path, calib: Path, images: Path, n: int, work: Path, l
     art = Artifact.open(dst)
     int8 = str(art.onnx_path("int8"))
     x = load_batch([str(p) for p in discover_images(images)[0][:n]], art.preprocess).array
-    model = onnx.load(int8)
-    inp = model.graph.input[0].name
+    inp = onnx.load(int8, load_external_data=False).graph.input[0].name
     native_s = ort.InferenceSession(int8, providers=["CPUExecutionProvider"])
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -52,11 +52,11 @@ def check(name: str, src: Path, calib: Path, images: Path, n: int, work: Path, l
     native = dict(zip(outs, native_s.run(None, {inp: x}), strict=True))
     native_t = time.perf_counter() - t
     exact = dict(zip(outs, exact_s.run(None, {inp: x}), strict=True))
-    emulator = NoVnniEmulator(model)
     t = time.perf_counter()
-    emulated, counts = emulator.run(inp, [x[i : i + 16] for i in range(0, len(x), 16)])
+    emulated, counts = emulate_no_vnni(Path(int8), [x[i : i + 16] for i in range(0, len(x), 16)])
     emulated_t = time.perf_counter() - t
-    res = {"artifact": str(src), "n": len(x), "counts": emulator.counts,
+    res = {"artifact": str(src), "n": len(x),
+           "counts": {k: counts[k] for k in ("weighted_gemms", "candidate_pairs", "pairs")},
            "saturated_fraction": counts.get("saturated_fraction"),
            "seconds": {"native": round(native_t, 2), "emulated": round(emulated_t, 2)}, "outputs": {}}  # fmt: skip
     for k in outs:

@@ -112,6 +112,8 @@ def debug_precision(artifact: Path, precision: str, engine: str, images, n: int,
     if cpu != "native" and not int8_ort:
         raise ValueError(f"--cpu {cpu} judges int8 as onnxruntime runs it on x86 CPUs with / without VNNI: "
                          "--precision int8 --engine onnxruntime")  # fmt: skip
+    art = Artifact.open(artifact)
+    art.require(precision)  # a missing precision is the one error, before anything about CPUs is said
     if cpu == "native" and int8_ort and int8_pairs_saturate():
         log("this CPU is x86 without VNNI: its int8 kernels saturate int16 pair sums, so --cpu native is no-vnni "
             "(emulated layer by layer, as those kernels compute; --cpu vnni shows the exact sums)")  # fmt: skip
@@ -119,8 +121,20 @@ def debug_precision(artifact: Path, precision: str, engine: str, images, n: int,
     emulator = None
     if cpu == "no-vnni":
         from calibration.saturation import NoVnniEmulator as emulator
-    art = Artifact.open(artifact)
     return debug_artifact(art, precision, engine, images, n, emulator, out_dir, min_sqnr_db, min_cosine, log=log)
+
+
+def emulate_no_vnni(int8_path: Path, feeds: list) -> tuple[dict, dict]:
+    """calibration/saturation.py's exact emulation of x86 CPUs without VNNI on the int8 file -> (outputs, counts),
+    wired here for benchmarks/no_vnni_check.py (benchmarks do not import calibration: docs/DESIGN.md)."""
+    import onnx
+
+    from calibration.saturation import NoVnniEmulator
+
+    model = onnx.load(str(int8_path))
+    emulator = NoVnniEmulator(model)
+    outputs, counts = emulator.run(model.graph.input[0].name, feeds)
+    return outputs, {**emulator.counts, **counts}
 
 
 def write_tuning_record(artifact: Path, report: dict, command: str | None) -> Path:
