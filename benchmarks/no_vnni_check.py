@@ -30,30 +30,26 @@ def _compare(native: np.ndarray, other: np.ndarray) -> dict:
 
 
 def check(name: str, src: Path, calib: Path, images: Path, n: int, work: Path, log=print) -> dict:
-    import onnx
-    import onnxruntime as ort
-
     from toolkit.artifact import Artifact
     from toolkit.cli.workflows import emulate_no_vnni
     from toolkit.data.loader import discover_images, load_batch
+    from toolkit.engines.onnxruntime_engine import OnnxRuntimeEngine
 
     dst = work / name.replace("/", "_")
     _calibrate(src, dst, calib, images, ["--full-range", "--eval-n", "20", *OPEN_GATE], log)
     art = Artifact.open(dst)
-    int8 = str(art.onnx_path("int8"))
+    int8 = art.onnx_path("int8")
     x = load_batch([str(p) for p in discover_images(images)[0][:n]], art.preprocess).array
-    inp = onnx.load(int8, load_external_data=False).graph.input[0].name
-    native_s = ort.InferenceSession(int8, providers=["CPUExecutionProvider"])
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    exact_s = ort.InferenceSession(int8, so, providers=["CPUExecutionProvider"])
-    outs = [o.name for o in native_s.get_outputs()]
+    # the two engines calibration judges with on such a CPU: as any user opens it, and the exact sums
+    with OnnxRuntimeEngine(int8) as native_e, OnnxRuntimeEngine(int8, optimize=False) as exact_e:
+        feed = {native_e.inputs[0].name: x}
+        t = time.perf_counter()
+        native = native_e.infer(feed)
+        native_t = time.perf_counter() - t
+        exact = exact_e.infer(feed)
+    outs = [o.name for o in native_e.outputs]
     t = time.perf_counter()
-    native = dict(zip(outs, native_s.run(None, {inp: x}), strict=True))
-    native_t = time.perf_counter() - t
-    exact = dict(zip(outs, exact_s.run(None, {inp: x}), strict=True))
-    t = time.perf_counter()
-    emulated, counts = emulate_no_vnni(Path(int8), [x[i : i + 16] for i in range(0, len(x), 16)])
+    emulated, counts = emulate_no_vnni(int8, [x[i : i + 16] for i in range(0, len(x), 16)])
     emulated_t = time.perf_counter() - t
     res = {"artifact": str(src), "n": len(x),
            "counts": {k: counts[k] for k in ("weighted_gemms", "candidate_pairs", "pairs")},

@@ -155,15 +155,16 @@ def _calibrate_in(art, ed, kind, images, eval_images, calib_paths, eval_paths, e
     saturating_here = int8_pairs_saturate()
 
     def judge(path: Path, native_only: bool = False) -> tuple[dict, dict | None]:
-        if saturating_here:  # this CPU is the no-VNNI case: measured here; the other CPUs' verdict, exact sums
-            counts = NoVnniEmulator(onnx.load(str(path))).counts
-            if counts["candidate_pairs"]:
-                return _judge_where_pairs_saturate(path, comparator, gate, counts, native_only or no_vnni_n == 0, log)
+        # the file instrumented once per judgement: its counts decide the path, its run is the emulated verdict
+        emulator = NoVnniEmulator(onnx.load(str(path))) if saturating_here or not native_only else None
+        if saturating_here and emulator.counts["candidate_pairs"]:  # this CPU is the no-VNNI case: measured here
+            return _judge_where_pairs_saturate(path, comparator, gate, emulator.counts, native_only or no_vnni_n == 0,
+                                               log)  # fmt: skip
         res = comparator.compare(comparator.run(lambda: OnnxRuntimeEngine(path)), gate, "onnxruntime-cpu", refit=True)
         if native_only:
             return res, None
-        return res, _no_vnni_verdict(path, kind, comparator, res, gate, no_vnni_n, log, progress, est.emulate_batch,
-                                     no_vnni_minutes)  # fmt: skip
+        return res, _no_vnni_verdict(emulator, kind, comparator, res, gate, no_vnni_n, log, progress,
+                                     est.emulate_batch, no_vnni_minutes)  # fmt: skip
 
     res, no_vnni = judge(int8)
     if repair_n and not (res["passed"] and (no_vnni is None or no_vnni["passed"])):
@@ -238,23 +239,20 @@ def _calibrate_in(art, ed, kind, images, eval_images, calib_paths, eval_paths, e
     return report, None
 
 
-def _no_vnni_verdict(int8, kind, comparator, native: dict, gate, n: int | None, log, progress,
+def _no_vnni_verdict(emulator: NoVnniEmulator, kind, comparator, native: dict, gate, n: int | None, log, progress,
                      batch: int = 32, minutes: float = 10.0) -> dict | None:  # fmt: skip
-    """The int8 gate for x86 CPUs without VNNI, where onnxruntime's int8 GEMM saturates int16 pair sums, judged
-    by an exact emulation on any CPU (calibration/saturation.py) on a seeded, class-balanced sample of `n` of the
-    evaluation images (all when None). It costs one forward per saturating layer per batch: about 14 s per
-    ViT-B/16 image with random 8-bit weights on 2 cores (25 s with other jobs running), where nearly every sum
-    saturates, and 280 s per ViT-L/14 image (92% of its GEMM sums saturate, 97 forwards per batch). So it stops
-    after `minutes` and judges the images emulated by then (real and generated alternate, so any prefix is
-    balanced). None when n == 0 or fewer than one image of each class was emulated (not judged).
-    With no weight pair that can saturate (7-bit weights) the native verdict is that CPU's verdict.
-    `open_engine` refuses a file that failed it on such a CPU."""
-    import onnx
-
+    """The int8 gate for x86 CPUs without VNNI, where onnxruntime's int8 GEMM saturates int16 pair sums, judged by
+    the exact emulation of the file (`emulator`, calibration/saturation.py) on any CPU, on a seeded, class-balanced
+    sample of `n` of the evaluation images (all when None). It costs one forward per saturating layer per batch:
+    about 14 s per ViT-B/16 image with random 8-bit weights on 2 cores (25 s with other jobs running), where nearly
+    every sum saturates, and 280 s per ViT-L/14 image (92% of its GEMM sums saturate, 97 forwards per batch). So it
+    stops after `minutes` and judges the images emulated by then (real and generated alternate, so any prefix is
+    balanced). None when n == 0 or fewer than one image of each class was emulated (not judged). With no weight pair
+    that can saturate (7-bit weights) the native verdict is that CPU's verdict. `open_engine` refuses a file that
+    failed it on such a CPU."""
     from toolkit.compare import Comparator
     from toolkit.progress import progress_bar
 
-    emulator = NoVnniEmulator(onnx.load(str(int8)))
     counts = emulator.counts
     if counts["candidate_pairs"] == 0:
         judged = "no weight pair can saturate: the verdict on this CPU"
