@@ -103,6 +103,24 @@ def test_int8_layers_matched_through_qdq_and_the_no_vnni_saturation_reported(int
     assert "## Every layer in graph order" in (tmp_path / "debug_int8-no-vnni.md").read_text()
 
 
+def test_no_vnni_debug_decides_at_the_operating_point_sealed_for_such_cpus(int8_artifact, tmp_path):
+    """Emulated as a CPU without VNNI computes it, int8 is decided where such a CPU decides (the sealed no-VNNI
+    map), and judged natively at the VNNI one (bug: both at the VNNI map's threshold)."""
+    from calibration.saturation import NoVnniEmulator
+    from toolkit.artifact import Artifact
+    from toolkit.layerwise import debug_artifact
+
+    art = Artifact.open(int8_artifact)
+    vnni, no_vnni = {"fp32": [0.0, 1.0], "reduced": [0.5, 1.5]}, {"fp32": [0.0, 1.0], "reduced": [-3.0, -2.0]}
+    int8 = {**art.precisions["int8"], "operating_point": vnni, "operating_point_no_vnni": no_vnni}
+    moved = Artifact(art.dir, {**art.manifest, "precisions": {**art.precisions, "int8": int8}})
+    assert moved.threshold_for("int8") != moved.threshold_for("int8", saturating=True)
+    for emulator, saturating in ((NoVnniEmulator, True), (None, False)):
+        rep, _ = debug_artifact(moved, "int8", n=2, no_vnni=emulator, out_dir=tmp_path, progress=False,
+                                log=lambda *_: None)  # fmt: skip
+        assert rep["output_stats"]["threshold"] == pytest.approx(moved.threshold_for("int8", saturating))
+
+
 def test_native_int8_on_a_cpu_without_vnni_is_debugged_as_its_saturating_kernels(int8_artifact, tmp_path, monkeypatch):
     """On x86 without VNNI `--cpu native` is what this CPU computes (saturating pair sums, emulated layer by layer),
     not the exact sums a graph with optimisations off gives; --cpu vnni asks for those."""
