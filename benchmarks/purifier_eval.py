@@ -47,6 +47,7 @@ def run(
     with_val: bool = False,
     eps: tuple[float, ...] = (2, 4, 8, 16),
     skip_rows: tuple[str, ...] = (),
+    noised_clean_target: str = "clean",
 ) -> dict:
     """One training seed: the table of `toolkit.pipelines.defences.evaluate_purifiers` (run dir purifier/run).
     Several: a run per seed (purifier/run_seed<s>, the seed moves the UNets' initialisation and the training
@@ -79,6 +80,7 @@ def run(
             clean_fraction=clean_fraction,
             noised_steps=noised_steps,
             noised_draws=noised_draws,
+            noised_clean_target=noised_clean_target,
             seed=seed,
         )
         run_dir = workdir / "purifier" / ("run" if len(seeds) == 1 else f"run_seed{seed}")
@@ -101,13 +103,15 @@ def run(
                 skip_rows=skip_rows,
             )
         )
-    r = results[0] if len(seeds) == 1 else over_seeds_table(results, list(seeds))
+        log(f"seed {seed}: " + _summary(results[-1]))
+    order = sorted(range(len(seeds)), key=seeds.__getitem__)  # the table's seed columns in ascending order
+    r = results[0] if len(seeds) == 1 else over_seeds_table([results[i] for i in order], sorted(seeds))
     return {
         **r,
         "attack_success_rate_train": s["attack_success_rate"],
-        "train_timings": [t["timings"] for t in trained] if len(seeds) > 1 else trained[0]["timings"],
-        "train": trained[0]["train"],
-        "purifier_config": trained[0]["purifier"],
+        "train_timings": [trained[i]["timings"] for i in order] if len(seeds) > 1 else trained[0]["timings"],
+        "train": trained[order[0]]["train"],
+        "purifier_config": trained[order[0]]["purifier"],
     }
 
 
@@ -189,6 +193,22 @@ def _calls(k: int) -> str:
     return f"{k} call{'s' if k != 1 else ''}"
 
 
+def _summary(result: dict) -> str:
+    """One seed's table in a line (clean / each eps, %), so that a long run shows each seed as it finishes."""
+    cells = [
+        f"{name}: {100 * row['clean_acc']:.1f} / "
+        + " / ".join(f"{100 * e['acc']:.1f}" for e in row["eps"].values())
+        for name, row in result["rows"].items()
+    ]
+    return "clean / " + " / ".join(f"eps {e}" for e in result["eps"]) + ": " + "; ".join(cells)
+
+
+def _clean_target(train: dict) -> str:
+    """How the noised student was taught on clean inputs (runs before the option learnt the teacher's endpoint)."""
+    target = train.get("noised_clean_target", "teacher")
+    return "the clean image itself" if target == "clean" else "the teacher's endpoint"
+
+
 def _whole(eps: list[float]) -> tuple[float, ...]:
     """8.0 -> 8, so that a table's columns read `8/255` as the default's do."""
     return tuple(int(e) if float(e).is_integer() else e for e in eps)
@@ -214,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--noised-calls", type=int, default=1, help="UNet calls of the deployed noised student")
     ap.add_argument("--noised-steps", type=int, default=400, help="noised student's optimiser steps")
     ap.add_argument("--noised-draws", type=int, default=2, help="noise draws per pair of its teacher targets")
+    ap.add_argument("--noised-clean-target", choices=["clean", "teacher"], default="clean",
+                    help="what the noised student learns for a clean input: the image itself or the teacher's "
+                    "endpoint")  # fmt: skip
     ap.add_argument("--with-val", action="store_true", help="held-out: the family's test and val splits pooled")
     ap.add_argument("--eps", type=float, nargs="+", default=[2, 4, 8, 16], help="eps of the non-adaptive attacks")
     ap.add_argument("--skip-rows", nargs="+", default=[], help="defences (name prefixes) left out of the table")
@@ -247,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         with_val=args.with_val,
         eps=_whole(args.eps),
         skip_rows=tuple(args.skip_rows),
+        noised_clean_target=args.noised_clean_target,
     )
     env = environment()
     images = r["images"] if isinstance(r["images"], str) else " + ".join(r["images"])
@@ -262,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['train']['teacher_steps']} teacher / {r['train']['student_steps']} student / "
             f"{r['train']['diffpure_steps']} DiffPure / {r['train']['noised_steps']} noised-student steps "
             f"({_calls(r['purifier_config']['noised_calls'])}, {r['train']['noised_draws']} teacher endpoints per "
-            f"image), clean fraction {r['train']['clean_fraction']}.",
+            f"image; a clean input's target: {_clean_target(r['train'])}), clean fraction "
+            f"{r['train']['clean_fraction']}.",
             "",
             purifier_markdown(r),
         ]

@@ -205,6 +205,43 @@ def test_teacher_endpoints_are_the_teachers_purification_from_that_noise():
     assert torch.equal(n2, noises) and torch.equal(t2, targets)
 
 
+@pytest.mark.parametrize("clean_target", ["clean", "teacher"])
+def test_noised_student_learns_the_clean_image_itself_for_a_clean_input(monkeypatch, clean_target):
+    """A clean input's target is the clean image (default), not the teacher's endpoint from it, which carried the
+    teacher's own clean-accuracy loss into the deployed graph (seed 2 of purifier_eval: -7 points); "teacher"
+    keeps the old target. Checked on the training loss itself: a student that returns its input exactly is
+    perfect on every clean row (with both draws) and wrong on every adversarial row."""
+    import toolkit.models.purifier as pm
+
+    cfg = pm.PurifierConfig(sample_size=16, block_out_channels=(8, 8), norm_num_groups=4, steps=2)
+    tc = pm.PurifierTrainConfig(noised_draws=2, noised_clean_target=clean_target)
+    adv, clean = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1
+    inputs = torch.cat([adv, clean]).repeat(2, 1, 1, 1)
+    endpoints = (inputs, torch.randn(inputs.shape), torch.zeros(inputs.shape))  # teacher endpoints: all zero
+    captured = {}
+    monkeypatch.setattr(pm, "_fit", lambda model, *args: captured.setdefault("loss_of", args[-2]))
+    monkeypatch.setattr(pm, "noised_student_purify", lambda unet, x, *rest: x)  # the identity student
+    pm.train_noised_student(pm.make_unet(cfg), adv, clean, cfg, tc, endpoints=endpoints)
+    loss_of = captured["loss_of"]
+    for row in (3, 4, 5, 9, 10, 11):  # clean inputs, first and second draw
+        loss = float(loss_of(torch.tensor([row])))
+        assert (loss == 0) if clean_target == "clean" else (loss > 0.1)
+    for row in (0, 1, 2, 6, 7, 8):  # adversarial inputs: the teacher's endpoint stays the target
+        assert float(loss_of(torch.tensor([row]))) > 0.1
+
+
+def test_noised_student_rejects_an_unknown_clean_target():
+    import toolkit.models.purifier as pm
+
+    cfg = pm.PurifierConfig(sample_size=16, block_out_channels=(8, 8), norm_num_groups=4, steps=2)
+    x = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="noised_clean_target"):
+        pm.train_noised_student(
+            pm.make_unet(cfg), x, x, cfg, pm.PurifierTrainConfig(noised_clean_target="mean"),
+            endpoints=(x.repeat(2, 1, 1, 1), x.repeat(2, 1, 1, 1), x.repeat(2, 1, 1, 1)),
+        )  # fmt: skip
+
+
 def test_noised_student_learns_the_teachers_endpoints(purifier_run, pairs):
     """Distillation did its job: from the same noise, the trained noised student is closer to the teacher's
     multi-step endpoint than the teacher's own first call (its initialisation) is (bug guarded: targets from
