@@ -196,8 +196,7 @@ def _calls(k: int) -> str:
 def _summary(result: dict) -> str:
     """One seed's table in a line (clean / each eps, %), so that a long run shows each seed as it finishes."""
     cells = [
-        f"{name}: {100 * row['clean_acc']:.1f} / "
-        + " / ".join(f"{100 * e['acc']:.1f}" for e in row["eps"].values())
+        f"{name}: {100 * row['clean_acc']:.1f} / " + " / ".join(f"{100 * e['acc']:.1f}" for e in row["eps"].values())
         for name, row in result["rows"].items()
     ]
     return "clean / " + " / ".join(f"eps {e}" for e in result["eps"]) + ": " + "; ".join(cells)
