@@ -47,7 +47,7 @@ def run(
     with_val: bool = False,
     eps: tuple[float, ...] = (2, 4, 8, 16),
     skip_rows: tuple[str, ...] = (),
-    noised_clean_target: str = "clean",
+    noised_clean_target: str = "teacher",
 ) -> dict:
     """One training seed: the table of `toolkit.pipelines.defences.evaluate_purifiers` (run dir purifier/run).
     Several: a run per seed (purifier/run_seed<s>, the seed moves the UNets' initialisation and the training
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--noised-calls", type=int, default=1, help="UNet calls of the deployed noised student")
     ap.add_argument("--noised-steps", type=int, default=400, help="noised student's optimiser steps")
     ap.add_argument("--noised-draws", type=int, default=2, help="noise draws per pair of its teacher targets")
-    ap.add_argument("--noised-clean-target", choices=["clean", "teacher"], default="clean",
+    ap.add_argument("--noised-clean-target", choices=["clean", "teacher"], default="teacher",
                     help="what the noised student learns for a clean input: the image itself or the teacher's "
                     "endpoint")  # fmt: skip
     ap.add_argument("--with-val", action="store_true", help="held-out: the family's test and val splits pooled")

@@ -207,10 +207,10 @@ def test_teacher_endpoints_are_the_teachers_purification_from_that_noise():
 
 @pytest.mark.parametrize("clean_target", ["clean", "teacher"])
 def test_noised_student_learns_the_clean_image_itself_for_a_clean_input(monkeypatch, clean_target):
-    """A clean input's target is the clean image (default), not the teacher's endpoint from it, which carried the
-    teacher's own clean-accuracy loss into the deployed graph (seed 2 of purifier_eval: -7 points); "teacher"
-    keeps the old target. Checked on the training loss itself: a student that returns its input exactly is
-    perfect on every clean row (with both draws) and wrong on every adversarial row."""
+    """With "clean" a clean input's target is the clean image itself, with "teacher" (the default) the teacher's
+    endpoint from it; an adversarial input's is the teacher's endpoint either way. Checked on the training loss
+    itself: a student that returns its input exactly is perfect on every clean row (both draws) with "clean" and
+    wrong on every adversarial row (bug guarded: the option moving the wrong rows, or none)."""
     import toolkit.models.purifier as pm
 
     cfg = pm.PurifierConfig(sample_size=16, block_out_channels=(8, 8), norm_num_groups=4, steps=2)
