@@ -206,7 +206,7 @@ def test_teacher_endpoints_are_the_teachers_purification_from_that_noise():
 
 
 @pytest.mark.parametrize("clean_target", ["clean", "teacher"])
-def test_noised_student_learns_the_clean_image_itself_for_a_clean_input(monkeypatch, clean_target):
+def test_noised_students_clean_input_target_follows_the_option(monkeypatch, clean_target):
     """With "clean" a clean input's target is the clean image itself, with "teacher" (the default) the teacher's
     endpoint from it; an adversarial input's is the teacher's endpoint either way. Checked on the training loss
     itself: a student that returns its input exactly is perfect on every clean row (both draws) with "clean" and

@@ -373,7 +373,7 @@ def debug_artifact(art, precision: str, engine: str = "onnxruntime", images: Pat
     x, desc = _feeds(art, images, n)
     rep = compare_graphs(kind, art.onnx_path("fp32"), art.onnx_path(precision), x, precision, engine, no_vnni,
                          min_sqnr_db, min_cosine, progress, log, desc)  # fmt: skip
-    # judged as a CPU without VNNI computes it: decided at the operating point sealed for such CPUs, as they run
+    # judged as a CPU without VNNI computes it, int8 is decided where such a CPU decides: at the map sealed for it
     got_threshold = art.threshold_for(precision, saturating=no_vnni is not None) if art.threshold is not None else None
     out_stats = kind.parity(rep.pop("ref_outputs"), rep.pop("got_outputs"), art.threshold,
                             got_threshold=got_threshold)  # fmt: skip
