@@ -9,12 +9,14 @@ Writes benchmarks/results/purifier_eval.{md,json} with the machine, versions and
 
 The frontier (after a run): noised students with 2 and 4 UNet calls from that run's teacher, beside it:
   .venv/bin/python -m benchmarks.purifier_eval --frontier-calls 1 2 4 [--n-eval 256] [--with-val]
+      [--frontier-progressive 4 2 1] [--frontier-feature-weight 0.5] [--skip-rows teacher TV]
 Writes benchmarks/results/purifier_frontier.{md,json}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -129,20 +131,30 @@ def frontier(
     log=print,
     noised_steps: int | None = None,
     noised_draws: int | None = None,
+    progressive: tuple[int, ...] = (),
+    feature_weight: float = 0.0,
+    skip_rows: tuple[str, ...] = (),
 ) -> dict:
     """The frontier: noised students of each number of UNet calls in `calls`, distilled from one run's teacher
     on the same endpoints (the run's noised_steps and noised_draws unless given), each written as a run
     (purifier/run_calls<k>) and evaluated on the same held-out images and attacks as the run itself, whose every
-    row but DiffPure's is the frontier's reference (teacher, its one call, the one-step student, the run's own
-    noised student)."""
+    row but DiffPure's (and `skip_rows`') is the frontier's reference (teacher, its one call, the one-step
+    student, the run's own noised student). Two other ways to distil, rows marked so: `progressive` (calls, e.g.
+    4 2 1: a chain, each stage learning the previous one's endpoints; its stages after the first) and
+    `feature_weight` (the run's number of calls, with a loss on the detector's features as well as pixels)."""
     import shutil
     from dataclasses import replace
 
     import torch
 
     from toolkit.kinds.purifier import load_run, save_run
-    from toolkit.models.purifier import PurifierTrainConfig, teacher_endpoints, train_noised_student
-    from toolkit.pipelines.attack import read_pairs
+    from toolkit.models.purifier import (
+        PurifierTrainConfig,
+        progressive_noised_students,
+        teacher_endpoints,
+        train_noised_student,
+    )
+    from toolkit.pipelines.attack import pixel_detector, read_pairs
     from toolkit.pipelines.defences import evaluate_purifiers
     from toolkit.progress import progress_bar
 
@@ -168,25 +180,73 @@ def frontier(
                                   progress=progress, skip_rows=skip)  # fmt: skip
 
     log(f"evaluating {run_dir} (the reference rows) ...")
-    table = evaluate(run_dir, ("DiffPure",))
+    table = evaluate(run_dir, ("DiffPure", *skip_rows))
     others = ("none", "JPEG", "TV", "DiffPure", "teacher", "student")
     train_s = {}
-    for k in (k for k in calls if k != cfg.noised_calls):
+
+    def add(student, k: int, variant: str, k_tc) -> None:
+        """Write the k-call student as a run beside the others and add its rows, marked with `variant`."""
         k_cfg = replace(cfg, noised_calls=k)
-        t = time.perf_counter()
-        with progress_bar(
-            f"distil noised student ({k} call{'s' if k > 1 else ''})", tc.noised_steps, progress
-        ) as advance:
-            student = train_noised_student(nets["teacher"], a, c, k_cfg, tc, lambda **kw: advance(1, **kw), endpoints)
-        train_s[k] = time.perf_counter() - t
-        k_dir = workdir / "purifier" / f"run_calls{k}"
+        k_dir = workdir / "purifier" / (f"run_calls{k}_{variant.split()[0]}" if variant else f"run_calls{k}")
         shutil.rmtree(k_dir, ignore_errors=True)
-        save_run(k_dir, {**nets, "noised": student}, {**config, "purifier": k_cfg.to_dict(), "train": tc.__dict__})
-        log(f"evaluating the {k}-call noised student ...")
-        table["rows"].update(evaluate(k_dir, others)["rows"])
+        save_run(k_dir, {**nets, "noised": student}, {**config, "purifier": k_cfg.to_dict(), "train": k_tc.__dict__})
+        log(f"evaluating the {k}-call noised student{' (' + variant + ')' if variant else ''} ...")
+        rows = evaluate(k_dir, others)["rows"]
+        table["rows"].update({f"{name} [{variant}]" if variant else name: row for name, row in rows.items()})
+
+    def distil(k: int, k_tc, features=None):
+        with progress_bar(f"distil noised student ({_calls(k)})", k_tc.noised_steps, progress) as advance:
+            return train_noised_student(nets["teacher"], a, c, replace(cfg, noised_calls=k), k_tc,
+                                        lambda **kw: advance(1, **kw), endpoints, features)  # fmt: skip
+
+    students = {}
+    for k in (k for k in calls if k != cfg.noised_calls):
+        t = time.perf_counter()
+        students[k] = distil(k, tc)
+        train_s[str(k)] = time.perf_counter() - t
+        add(students[k], k, "", tc)
+    if progressive:
+        bars = {}
+        t = time.perf_counter()
+        with contextlib.ExitStack() as stack:  # the first stage is the plain student of its calls: reused if trained
+            for k in progressive[1:] if progressive[0] in students else progressive:
+                bars[k] = stack.enter_context(progress_bar(f"progressive: {_calls(k)}", tc.noised_steps, progress))
+            chain = progressive_noised_students(nets["teacher"], a, c, cfg, tc, tuple(progressive), endpoints,
+                                                lambda k: lambda **kw: bars[k](1, **kw),
+                                                first=students.get(progressive[0]))  # fmt: skip
+        variant = "progressive " + ">".join(map(str, progressive))
+        train_s[variant] = time.perf_counter() - t
+        for k in progressive[1:]:
+            add(chain[k], k, variant, tc)
+    if feature_weight:
+        detector_model, _ = pixel_detector(detector)
+        detector_model.requires_grad_(False)
+        f_tc = replace(tc, feature_weight=feature_weight)
+        t = time.perf_counter()
+        student = distil(cfg.noised_calls, f_tc, lambda x: detector_model(x)[1])
+        variant = f"feature loss {feature_weight:g}"
+        train_s[variant] = time.perf_counter() - t
+        add(student, cfg.noised_calls, variant, f_tc)
     table["frontier_train_s"] = train_s
     table["frontier_calls"] = list(calls)
+    table["frontier_progressive"] = list(progressive)
+    table["frontier_feature_weight"] = feature_weight
     return table
+
+
+def _variants(r: dict) -> str:
+    """What the rows marked [progressive ...] and [feature loss ...] are, when the frontier has them."""
+    out = ""
+    if r.get("frontier_progressive"):
+        chain = " -> ".join(map(_calls, r["frontier_progressive"]))
+        out += (f" Rows marked [progressive]: progressive distillation ({chain}), each stage initialised from the "
+                "previous student and learning its endpoints from the same noise (Salimans & Ho 2022); its first "
+                "stage is the plain student of that many calls.")  # fmt: skip
+    if r.get("frontier_feature_weight"):
+        out += (f" Rows marked [feature loss]: the pixel losses plus {r['frontier_feature_weight']:g} x (1 - cosine "
+                "between the detector's embeddings of the student's output and of the clean image); that detector "
+                "is the victim the attacks target.")  # fmt: skip
+    return out
 
 
 def _calls(k: int) -> str:
@@ -242,6 +302,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frontier-calls", type=int, nargs="+", default=None,
                     help="instead: the frontier of noised students with these UNet calls, from --frontier-run's "
                     "teacher (writes --out, default results/purifier_frontier)")  # fmt: skip
+    ap.add_argument("--frontier-progressive", type=int, nargs="+", default=(),
+                    help="with --frontier-calls: also a progressive chain of these calls, e.g. 4 2 1")  # fmt: skip
+    ap.add_argument("--frontier-feature-weight", type=float, default=0.0,
+                    help="with --frontier-calls: also a student with this detector-feature loss weight")  # fmt: skip
     ap.add_argument("--frontier-run", type=Path, default=None, help="default: WORKDIR/purifier/run_seed0 or run")
     ap.add_argument("--out", type=Path, default=None, help="default: results/purifier_eval (or _frontier)")
     args = ap.parse_args(argv)
@@ -302,11 +366,12 @@ def _frontier_main(args, command: str) -> None:
     )
     r = frontier(args.workdir, run_dir, tuple(args.frontier_calls), args.n_eval, args.pgd_steps, _whole(args.eps),
                  _whole(args.adaptive_eps), args.eot, args.with_val, noised_steps=args.noised_steps,
-                 noised_draws=args.noised_draws)  # fmt: skip
+                 noised_draws=args.noised_draws, progressive=tuple(args.frontier_progressive),
+                 feature_weight=args.frontier_feature_weight, skip_rows=tuple(args.skip_rows))  # fmt: skip
     env = environment()
     train = read_json(run_dir / "config.json")["train"]
     images = r["images"] if isinstance(r["images"], str) else " + ".join(r["images"])
-    times = ", ".join(f"{k} calls {s:.0f} s" for k, s in r["frontier_train_s"].items())
+    times = ", ".join(f"{_calls(int(k)) if k.isdigit() else k} {s:.0f} s" for k, s in r["frontier_train_s"].items())
     md = "\n".join(
         [
             "# Purifier frontier: noised students by UNet calls, embedded benchmark (CPU)",
@@ -318,7 +383,7 @@ def _frontier_main(args, command: str) -> None:
             f"{args.noised_draws} endpoints per training image; training time: {times or 'none'}; the run's own "
             f"{train['noised_steps']} steps, {train['noised_draws']} endpoints). Held-out: "
             f"{r['n']} images of {images}; PGD on the detector's decision, {r['pgd_steps']} steps. One training "
-            "seed: the intervals are Wilson's over images, not over seeds.",
+            "seed: the intervals are Wilson's over images, not over seeds." + _variants(r),
             "",
             purifier_markdown(r),
         ]

@@ -313,9 +313,10 @@ def test_the_frontier_distils_k_call_students_from_one_teacher_and_tables_them_b
     purifier_run, trained_run, toy_data, tmp_path
 ):
     """benchmarks/purifier_eval --frontier-calls: a 2-call noised student distilled from the run's teacher is
-    written as its own run (noised_calls 2) and evaluated on the same images as the run's reference rows."""
+    written as its own run (noised_calls 2) and evaluated on the same images as the run's reference rows; so are
+    the progressive chain's later stages and the feature-loss student, in rows and runs marked as such."""
     from benchmarks.purifier_eval import frontier
-    from toolkit.io import write_json
+    from toolkit.io import read_json, write_json
     from toolkit.kinds.purifier import load_run
 
     work = tmp_path / "work"
@@ -326,11 +327,85 @@ def test_the_frontier_distils_k_call_students_from_one_teacher_and_tables_them_b
     (bench / "test" / "gan_a").symlink_to(toy_data / "gan_a")
     write_json(bench / "benchmark.json", {"protocol": {"train": "train/gan_a", "threshold": "val/gan_a"}})
     r = frontier(work, purifier_run, (1, 2), 8, 1, eps=(8,), adaptive_eps=(8,), eot=1, progress=False,
-                 log=lambda *_: None, noised_steps=3, noised_draws=1)  # fmt: skip
+                 log=lambda *_: None, noised_steps=3, noised_draws=1, progressive=(2, 1), feature_weight=0.5,
+                 skip_rows=("TV",))  # fmt: skip
     rows = r["rows"]
     assert "noised student (2 calls, fresh noise)" in rows and "noised student (2 calls, fixed noise: deployed)" in rows
     assert "noised student (1 call, fixed noise: deployed)" in rows and "teacher (5 DDIM steps)" in rows
-    assert not any(name.startswith("DiffPure") for name in rows) and list(r["frontier_train_s"]) == [2]
+    assert not any(name.startswith(("DiffPure", "TV")) for name in rows)
+    assert list(r["frontier_train_s"]) == ["2", "progressive 2>1", "feature loss 0.5"]  # the chain's 2 calls reused
     assert set(rows["noised student (2 calls, fresh noise)"]["adaptive"]) == {"8"}
+    for variant in ("progressive 2>1", "feature loss 0.5"):
+        assert f"noised student (1 call, fixed noise: deployed) [{variant}]" in rows
+    assert not any("2 calls" in name and "[" in name for name in rows)  # the chain's first stage: the plain row
     nets, cfg = load_run(work / "purifier" / "run_calls2")
     assert cfg.noised_calls == 2 and "noised" in nets
+    for d in ("run_calls1_progressive", "run_calls1_feature"):
+        nets, cfg = load_run(work / "purifier" / d)
+        assert cfg.noised_calls == 1 and "noised" in nets
+    assert read_json(work / "purifier" / "run_calls1_feature" / "config.json")["train"]["feature_weight"] == 0.5
+
+
+def test_the_feature_loss_compares_each_output_with_its_own_clean_image(monkeypatch):
+    """With `feature_weight` the loss gains w * (1 - cos(victim(output), victim(that row's clean image))), the same
+    for every draw; a stand-in victim (the flattened pixels) makes the term exact (bug guarded: the embeddings of
+    another row's clean image, or of the adversarial input, as the reference)."""
+    import toolkit.models.purifier as pm
+
+    cfg = pm.PurifierConfig(sample_size=16, block_out_channels=(8, 8), norm_num_groups=4, steps=2)
+    adv, clean = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1
+    inputs = torch.cat([adv, clean]).repeat(2, 1, 1, 1)
+    endpoints = (inputs, torch.randn(inputs.shape), torch.zeros(inputs.shape))
+    monkeypatch.setattr(pm, "noised_student_purify", lambda unet, x, *rest: x)  # the identity student
+    victim = lambda x: x.flatten(1)  # noqa: E731
+    losses = {}
+    for w in (0.0, 2.0):
+        captured = {}
+        monkeypatch.setattr(pm, "_fit", lambda model, *args, c=captured: c.setdefault("loss_of", args[-2]))
+        tc = pm.PurifierTrainConfig(noised_draws=2, noised_clean_target="clean", feature_weight=w)
+        pm.train_noised_student(pm.make_unet(cfg), adv, clean, cfg, tc, endpoints=endpoints, features=victim)
+        losses[w] = [float(captured["loss_of"](torch.tensor([r]))) for r in range(12)]
+    for r in range(12):
+        i = r % 3  # the row's image
+        x = adv[i] if r % 6 < 3 else clean[i]
+        cos = torch.nn.functional.cosine_similarity(victim((x[None] + 1) / 2), victim((clean[i][None] + 1) / 2))
+        assert losses[2.0][r] - losses[0.0][r] == pytest.approx(2.0 * float(1 - cos), abs=1e-5)
+    assert losses[2.0][3] == pytest.approx(0, abs=1e-6)  # a clean input through the identity: nothing to pay
+    with pytest.raises(ValueError, match="features"):
+        tc = pm.PurifierTrainConfig(noised_draws=2, feature_weight=1.0)
+        pm.train_noised_student(pm.make_unet(cfg), adv, clean, cfg, tc, endpoints=endpoints)
+
+
+def test_progressive_distillation_chains_each_stage_on_the_previous_students_endpoints(monkeypatch):
+    """4 -> 2 -> 1 calls: the first stage learns the teacher's endpoints from the teacher, each next stage the
+    previous student's own endpoints (same inputs, same noise) from that student (bug guarded: every stage on the
+    teacher's targets, which is one-shot distillation again, or a stage started from the teacher)."""
+    import toolkit.models.purifier as pm
+
+    cfg = pm.PurifierConfig(sample_size=16, block_out_channels=(8, 8), norm_num_groups=4, steps=2)
+    tc = pm.PurifierTrainConfig(noised_draws=1)
+    adv, clean = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    inputs = torch.cat([adv, clean])
+    teacher_targets = torch.zeros(inputs.shape)
+    endpoints = (inputs, torch.randn(inputs.shape), teacher_targets)
+    seen = []
+
+    def fake_train(init, a, c, k_cfg, tc, advance, endpoints, features):
+        seen.append((init, k_cfg.noised_calls, endpoints))
+        unet = pm.make_unet(k_cfg)
+        torch.nn.init.normal_(unet.conv_out.weight, std=0.1)  # not the identity: its endpoints are its own
+        return unet.eval().requires_grad_(False)
+
+    monkeypatch.setattr(pm, "train_noised_student", fake_train)
+    teacher = pm.make_unet(cfg)
+    students = pm.progressive_noised_students(teacher, adv, clean, cfg, tc, (4, 2, 1), endpoints)
+    assert list(students) == [4, 2, 1] and [k for _, k, _ in seen] == [4, 2, 1]
+    assert seen[0][0] is teacher and seen[0][2][2] is teacher_targets
+    for stage, prev in ((1, 4), (2, 2)):
+        init, _, (ins, noises, targets) = seen[stage]
+        assert init is students[prev] and ins is inputs and noises is endpoints[1]
+        prev_cfg = pm.PurifierConfig(**{**cfg.__dict__, "noised_calls": prev})
+        assert torch.equal(targets, pm.student_endpoints(students[prev], inputs, endpoints[1], prev_cfg))
+        assert not torch.allclose(targets, teacher_targets)
+    with pytest.raises(ValueError, match="decrease"):
+        pm.progressive_noised_students(teacher, adv, clean, cfg, tc, (1, 2), endpoints)

@@ -212,6 +212,10 @@ class PurifierTrainConfig:
     # 42.4 with "clean" against 61.1 / 53.1 / 45.7 with "teacher", so the default stays the teacher's endpoint.
     # The cost was that seed's undertrained teacher: at 1,200 teacher steps its student scored 65.8 / 60.2 / 53.7
     noised_clean_target: str = "teacher"
+    # weight of a loss on the victim's features next to the pixel losses (noised students only): 1 - cosine between
+    # the victim's embedding of the student's output and of the clean image (CoDefend's supervision in feature
+    # space); 0 = pixels only. Needs the victim: `train_noised_student(features=)`
+    feature_weight: float = 0.0
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -337,13 +341,14 @@ def train_noised_student(
     tc: PurifierTrainConfig,
     advance=lambda **_: None,
     endpoints=None,
+    features=None,
 ):
     """Distil the teacher into a `cfg.noised_calls`-call student that keeps its noise: the student noises its
     input to t* as the teacher does and learns, through its unrolled calls, the teacher's endpoint from that
     same noise (knowledge distillation of a deterministic sampler, Luhman & Luhman 2021), for adversarial and
     clean inputs (a clean input's target: `tc.noised_clean_target`), with the clean image as an extra target.
     `endpoints`: (inputs, noises, targets) from `teacher_endpoints`, to share them between students; initialised
-    from the teacher."""
+    from the teacher. `features`: the victim's embedding, images in [0, 1] -> (N, D), for `tc.feature_weight`."""
     import copy
 
     if endpoints is None:
@@ -358,13 +363,73 @@ def train_noised_student(
     if tc.noised_clean_target == "clean":
         is_clean = (torch.arange(len(inputs)) % (2 * n) >= n).view(-1, 1, 1, 1)
         targets = torch.where(is_clean, refs, targets)
+    if tc.feature_weight and features is None:
+        raise ValueError("feature_weight > 0 needs the victim's features (train_noised_student(features=))")
+    ref_features = None
+    if tc.feature_weight:  # the clean images' embeddings, once: the victim is frozen
+        with torch.no_grad():
+            ref_features = torch.cat([features((clean[i : i + 64] + 1) / 2) for i in range(0, n, 64)])
+        ref_features = ref_features.repeat(2, 1).repeat(len(inputs) // (2 * n), 1)  # as refs: [clean; clean]/draw
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     ac = alphas_cumprod(cfg.num_train_timesteps)
     gen = torch.Generator().manual_seed(tc.seed + 4)
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
         out = noised_student_purify(student, inputs[idx], noises[idx], cfg.t_star, cfg.noised_calls, ac)
-        return nn.functional.mse_loss(out, targets[idx]) + tc.clean_weight * nn.functional.mse_loss(out, refs[idx])
+        loss = nn.functional.mse_loss(out, targets[idx]) + tc.clean_weight * nn.functional.mse_loss(out, refs[idx])
+        if ref_features is not None:
+            cos = nn.functional.cosine_similarity(features((out + 1) / 2), ref_features[idx], dim=-1)
+            loss = loss + tc.feature_weight * (1 - cos).mean()
+        return loss
 
     _fit(student, tc.lr / 2, len(inputs), tc.noised_steps, tc.batch_size, gen, loss_of, advance)
     return student.eval().requires_grad_(False)
+
+
+def student_endpoints(student, inputs: torch.Tensor, noises: torch.Tensor, cfg: PurifierConfig) -> torch.Tensor:
+    """A `cfg.noised_calls`-call noised student's purification of each input from its own noise: the targets the
+    next, shorter student of a progressive chain learns (as `teacher_endpoints`' are the first one's)."""
+    ac = alphas_cumprod(cfg.num_train_timesteps)
+    with torch.no_grad():
+        return torch.cat(
+            [
+                noised_student_purify(student, inputs[i : i + 64], noises[i : i + 64], cfg.t_star, cfg.noised_calls, ac)
+                for i in range(0, len(inputs), 64)
+            ]
+        )
+
+
+def progressive_noised_students(
+    teacher,
+    adv: torch.Tensor,
+    clean: torch.Tensor,
+    cfg: PurifierConfig,
+    tc: PurifierTrainConfig,
+    calls: tuple[int, ...],
+    endpoints,
+    advance_of=lambda k: lambda **_: None,
+    features=None,
+    first=None,
+) -> dict:
+    """Progressive distillation (Salimans & Ho 2022) of the noised student: the first of `calls` (e.g. 4, 2, 1)
+    learns the teacher's endpoints, each next one the previous student's endpoints from the same inputs and
+    noise, initialised from it, so that every stage halves a trajectory it can follow instead of jumping from
+    the teacher's 25 steps to one call. `endpoints`: the teacher's, as `train_noised_student` takes them;
+    `advance_of(k)`: the progress callback of the k-call stage; `first`: the first stage's student when a caller
+    has trained it already (the same `train_noised_student` on the same endpoints). -> {calls: student}."""
+    from dataclasses import replace
+
+    if list(calls) != sorted(set(calls), reverse=True) or calls[-1] < 1:
+        raise ValueError(f"progressive calls must decrease strictly and end at >= 1, got {list(calls)}")
+    inputs, noises, _ = endpoints
+    students, prev, prev_cfg = {}, teacher, None
+    for k in calls:
+        k_cfg = replace(cfg, noised_calls=k)
+        if prev_cfg is None and first is not None:
+            prev = students[k] = first
+        else:
+            if prev_cfg is not None:
+                endpoints = (inputs, noises, student_endpoints(prev, inputs, noises, prev_cfg))
+            prev = students[k] = train_noised_student(prev, adv, clean, k_cfg, tc, advance_of(k), endpoints, features)
+        prev_cfg = k_cfg
+    return students
