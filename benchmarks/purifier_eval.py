@@ -134,6 +134,7 @@ def frontier(
     progressive: tuple[int, ...] = (),
     feature_weight: float = 0.0,
     skip_rows: tuple[str, ...] = (),
+    adaptive_rows: tuple[str, ...] = ("none", "student", "noised"),
 ) -> dict:
     """The frontier: noised students of each number of UNet calls in `calls`, distilled from one run's teacher
     on the same endpoints (the run's noised_steps and noised_draws unless given), each written as a run
@@ -176,7 +177,7 @@ def frontier(
 
     def evaluate(d, skip):
         return evaluate_purifiers(d, detector, held_out if with_val else held_out[0], eps, (4, 8), steps, n_eval,
-                                  adaptive_eps=adaptive_eps, adaptive_rows=("none", "student", "noised"), eot=eot,
+                                  adaptive_eps=adaptive_eps, adaptive_rows=adaptive_rows, eot=eot,
                                   progress=progress, skip_rows=skip)  # fmt: skip
 
     log(f"evaluating {run_dir} (the reference rows) ...")
@@ -287,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ddim-steps", type=int, default=25)
     ap.add_argument("--clean-fraction", type=float, default=0.25)
     ap.add_argument("--adaptive-eps", type=float, nargs="+", default=[4, 8], help="eps of the adaptive attacks")
-    ap.add_argument("--adaptive-rows", nargs="+", default=None, help="defences attacked adaptively (default: all)")
+    ap.add_argument("--adaptive-rows", nargs="+", default=None,
+                    help="defences attacked adaptively (default: all; frontier: none student noised)")  # fmt: skip
     ap.add_argument("--eot", type=int, default=4, help="noise draws per PGD step against the stochastic purifiers")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run each)")
     ap.add_argument("--noised-calls", type=int, default=1, help="UNet calls of the deployed noised student")
@@ -367,7 +369,8 @@ def _frontier_main(args, command: str) -> None:
     r = frontier(args.workdir, run_dir, tuple(args.frontier_calls), args.n_eval, args.pgd_steps, _whole(args.eps),
                  _whole(args.adaptive_eps), args.eot, args.with_val, noised_steps=args.noised_steps,
                  noised_draws=args.noised_draws, progressive=tuple(args.frontier_progressive),
-                 feature_weight=args.frontier_feature_weight, skip_rows=tuple(args.skip_rows))  # fmt: skip
+                 feature_weight=args.frontier_feature_weight, skip_rows=tuple(args.skip_rows),
+                 adaptive_rows=tuple(args.adaptive_rows or ("none", "student", "noised")))  # fmt: skip
     env = environment()
     train = read_json(run_dir / "config.json")["train"]
     images = r["images"] if isinstance(r["images"], str) else " + ".join(r["images"])
