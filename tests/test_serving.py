@@ -268,6 +268,22 @@ def test_loadtest_of_an_artifact_serves_it_on_loopback_and_leaves_no_process(exp
     _assert_no_loadtest_process_left()
 
 
+def test_config_auto_applies_the_chosen_decode_threads_and_a_record_without_them_keeps_the_default(tmp_path):
+    """`serve --config auto` takes every searched knob from the record, decode threads too; a record written before
+    decode threads were searched gives serve's default for them (bug guarded: a KeyError on old records, or the
+    knob silently dropped)."""
+    from toolkit.io import write_json
+    from toolkit.serving.server import TUNED_KNOBS, ServeConfig
+    from toolkit.serving.sizing import record_path, tuned
+
+    config = {"instances": 2, "max_batch": 8, "max_queue_delay_us": 0, "threads": 1}
+    for recorded, expected in (({"decode_threads": 1}, 1), ({}, None)):
+        write_json(record_path(tmp_path), {"p99_ms": 50, "engine": "onnxruntime", "precision": "fp32",
+                                           "chosen": {"config": {**config, **recorded}}})  # fmt: skip
+        cfg = tuned(ServeConfig(tuned=True, decode_threads=3), tmp_path, TUNED_KNOBS, lambda _: 0)
+        assert (cfg.instances, cfg.threads, cfg.decode_threads, cfg.tuned) == (2, 1, expected, False)
+
+
 def test_tune_measures_each_config_served_records_the_choice_and_config_auto_uses_it(exported_artifact, tmp_path):
     """`toolkit loadtest --tune` on a copy of the artifact: every config (and the default) served and measured,
     the choice within the budget recorded in tuning/; `triton-repo --config auto` writes it into config.pbtxt,
@@ -280,14 +296,16 @@ def test_tune_measures_each_config_served_records_the_choice_and_config_auto_use
     out = tmp_path / "tune"
     done = subprocess.run([*CLI, "loadtest", str(art), "--tune", "--p99-ms", "5000", "--concurrency", "2",
                            "--batch", "2", "--requests", "8", "--warmup", "2", "--tune-instances", "1",
-                           "--tune-max-batch", "4", "--tune-queue-delay-us", "0", "--tune-repeats", "1", "--out",
-                           str(out)],
+                           "--tune-max-batch", "4", "--tune-queue-delay-us", "0", "--tune-decode-threads", "1",
+                           "--tune-repeats", "1", "--out", str(out)],
                           capture_output=True, text=True, timeout=400)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     record = json.loads((out / "tune.json").read_text())
     configs = [p["config"] for p in record["points"]]
-    assert configs == [{"instances": 1, "max_batch": 4, "max_queue_delay_us": 0, "threads": None},
-                       {"instances": 1, "max_batch": 64, "max_queue_delay_us": 2000, "threads": None}]  # fmt: skip
+    assert configs == [
+        {"instances": 1, "max_batch": 4, "max_queue_delay_us": 0, "threads": None, "decode_threads": 1},
+        {"instances": 1, "max_batch": 64, "max_queue_delay_us": 2000, "threads": None, "decode_threads": None},
+    ]
     assert all(p["cell"]["requests"] == 8 and p["cell"]["errors"] == 0 for p in record["points"])
     assert record["chosen"] is not None and record["chosen"]["cell"]["p99_ms"] <= 5000
     assert list((art / "tuning").glob("serve-*.json")) and "| chosen" in (out / "tune.md").read_text()

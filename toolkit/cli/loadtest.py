@@ -51,6 +51,9 @@ def loadtest_command(
     tune_threads: str = typer.Option(
         "auto", help="--tune: engine threads per instance to try (auto: cores / instances)"
     ),
+    tune_decode_threads: str = typer.Option(
+        "auto", help="--tune: threads decoding a batch per instance to try (auto: cores)"
+    ),
     tune_repeats: int = typer.Option(
         2, min=1, help="--tune: rounds over the grid (a point's p99: its worst round; images/s: the mean)"
     ),
@@ -61,9 +64,9 @@ def loadtest_command(
     need --allow-remote.
 
     With --tune (an artifact target, one --concurrency and one --batch: the workload you expect), every
-    config of the grid instances x max batch x queue delay x threads, and the default, is served and measured;
-    the one with the most images/s whose p99 is within --p99-ms is recorded in the artifact's tuning/ for
-    this machine, and 'toolkit serve --config auto' / 'toolkit triton-repo --config auto' use it.
+    config of the grid instances x max batch x queue delay x threads x decode threads, and the default, is
+    served and measured; the one with the most images/s whose p99 is within --p99-ms is recorded in the
+    artifact's tuning/ for this machine, and 'toolkit serve --config auto' / 'toolkit triton-repo --config auto' use it.
 
     Example: toolkit loadtest artifacts/causal --concurrency 1,4,16 --batch 1,8 --requests 500 --out loadtest
     Or:      toolkit loadtest grpc://127.0.0.1:8001 --images photos/ --duration 30
@@ -86,7 +89,8 @@ def loadtest_command(
                 _ints(tune_instances, "--tune-instances"),
                 _ints(tune_max_batch, "--tune-max-batch"),
                 _ints(tune_queue_delay_us, "--tune-queue-delay-us", 0),
-                _threads(tune_threads),
+                _threads(tune_threads, "--tune-threads"),
+                _threads(tune_decode_threads, "--tune-decode-threads"),
             )
             args = (Path(target), p99_ms, cfg, space, serve, out_dir, images, pool, command)
             record, files = tune_and_report(*args, log=log, repeats=tune_repeats)
@@ -97,8 +101,8 @@ def loadtest_command(
     out.print("report: " + ", ".join(str(p) for p in files.values()), markup=False)
 
 
-def _threads(text: str) -> tuple[int | None, ...]:
+def _threads(text: str, option: str) -> tuple[int | None, ...]:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
-        raise ValueError(f"--tune-threads takes auto or comma-separated whole numbers, got {text!r}")
-    return tuple(None if p == "auto" else _ints(p, "--tune-threads")[0] for p in parts)
+        raise ValueError(f"{option} takes auto or comma-separated whole numbers, got {text!r}")
+    return tuple(None if p == "auto" else _ints(p, option)[0] for p in parts)

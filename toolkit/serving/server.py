@@ -37,6 +37,10 @@ IDENTITY_PREFIX = "causal-deploy-toolkit/"
 OUTPUTS = ("p_generated", "logit", "is_generated", "error")
 
 
+# what `--config auto` takes from the `loadtest --tune` record
+TUNED_KNOBS = ("engine", "precision", "instances", "max_batch", "max_queue_delay_us", "threads", "decode_threads")
+
+
 @dataclass
 class ServeConfig:
     engine: str = "onnxruntime"  # torch | onnxruntime | openvino | trt | auto
@@ -52,7 +56,7 @@ class ServeConfig:
     threads: int | None = None  # engine threads per instance; None: cpu_count // instances
     drain_s: int = 30  # on SIGTERM: how long in-flight requests may take to finish
     log_file: str | None = None  # tritonserver's own log; None: a file in the temp directory, named when ready
-    tuned: bool = False  # --config auto: engine, precision and the four knobs above from `loadtest --tune`
+    tuned: bool = False  # --config auto: engine, precision, the four knobs above and decode_threads from --tune
     decode_threads: int | None = None  # threads decoding one batch's images per instance; None: cpu_count
     # what `detect` runs: predict (the model) | decode (decode and preprocess, no engine) | none (nothing: the
     # gRPC + Triton + PyTriton hand-over alone). The last two answer NaN scores, name themselves in the server id
@@ -248,8 +252,7 @@ def serve(detector, purifier=None, cfg: ServeConfig | None = None, log=print) ->
     if cfg.tuned:
         from toolkit.serving.sizing import tuned
 
-        knobs = ("engine", "precision", "instances", "max_batch", "max_queue_delay_us", "threads")
-        cfg = tuned(cfg, detector, knobs, log)
+        cfg = tuned(cfg, detector, TUNED_KNOBS, log)
     if cfg.instances < 1 or cfg.max_batch < 1 or cfg.max_queue_delay_us < 0:
         raise ValueError("need --instances >= 1, --max-batch >= 1 and --max-queue-delay-us >= 0")
     if cfg.stage not in STAGES or (cfg.decode_threads is not None and cfg.decode_threads < 1):

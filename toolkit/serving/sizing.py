@@ -1,6 +1,7 @@
 """`toolkit loadtest ARTIFACT --tune --p99-ms X`: Model Analyzer's question for `toolkit serve` on this machine:
-which instances x max batch x queue delay (x engine threads per instance) serves the most images/s while its
-p99 latency stays within a budget, under the workload the user expects (one concurrency x images per request).
+which instances x max batch x queue delay (x engine threads and decode threads per instance) serves the most
+images/s while its p99 latency stays within a budget, under the workload the user expects (one concurrency x images
+per request).
 
 Every point of the grid is served on loopback and measured with loadtest's closed loop (the same workload,
 the same images), and the default config (`toolkit serve`'s defaults) is measured too, so the record says what
@@ -31,13 +32,22 @@ class SearchSpace:
     max_batch: tuple[int, ...] = (8, 64)
     max_queue_delay_us: tuple[int, ...] = (0, 2000)
     threads: tuple[int | None, ...] = (None,)  # None: cores / instances, as `toolkit serve` does
+    # threads decoding a batch's images per instance; None: cores, as `toolkit serve` does. On 2 cores decode is
+    # what bounds the server's ceiling (benchmarks/results/serve_load.md), so it is a knob worth searching
+    decode_threads: tuple[int | None, ...] = (None,)
 
     def points(self) -> list[dict]:
-        grid = itertools.product(self.instances, self.max_batch, self.max_queue_delay_us, self.threads)
-        return [dict(instances=i, max_batch=b, max_queue_delay_us=d, threads=t) for i, b, d, t in grid]
+        grid = itertools.product(
+            self.instances, self.max_batch, self.max_queue_delay_us, self.threads, self.decode_threads
+        )
+        return [
+            dict(instances=i, max_batch=b, max_queue_delay_us=d, threads=t, decode_threads=dt)
+            for i, b, d, t, dt in grid
+        ]
 
 
-DEFAULT_POINT = {"instances": 1, "max_batch": 64, "max_queue_delay_us": 2000, "threads": None}  # toolkit serve's
+# toolkit serve's defaults
+DEFAULT_POINT = {"instances": 1, "max_batch": 64, "max_queue_delay_us": 2000, "threads": None, "decode_threads": None}
 
 
 def qualifies(cell: dict, p99_ms: float) -> bool:
@@ -101,10 +111,14 @@ def search(
             "chosen": choose(points, p99_ms)}  # fmt: skip
 
 
+def _auto(value) -> str:
+    return "auto" if value is None else str(value)
+
+
 def describe(config: dict) -> str:
-    threads = config["threads"] if config["threads"] is not None else "auto"
     return (f"instances {config['instances']}, max batch {config['max_batch']}, queue delay "
-            f"{config['max_queue_delay_us']} us, threads {threads}")  # fmt: skip
+            f"{config['max_queue_delay_us']} us, threads {_auto(config['threads'])}, decode threads "
+            f"{_auto(config.get('decode_threads'))}")  # fmt: skip
 
 
 def record_path(artifact_dir: str | Path) -> Path:
@@ -166,8 +180,8 @@ def tuned(cfg, artifact, fields: tuple[str, ...], log: Callable[[str], None] = p
     """`cfg` (a ServeConfig or RepositoryConfig) with `fields` taken from the config `--tune` chose for
     `artifact` (a directory or an Artifact) on this machine."""
     chosen = chosen_config(getattr(artifact, "dir", artifact))
-    values = {f: chosen[f] for f in fields}
-    log("--config auto: " + ", ".join(f"{k} {v if v is not None else 'auto'}" for k, v in values.items()))
+    values = {f: chosen.get(f, DEFAULT_POINT.get(f)) for f in fields}  # a record before decode threads: the default
+    log("--config auto: " + ", ".join(f"{k} {_auto(v)}" for k, v in values.items()))
     return replace(cfg, **values, tuned=False)
 
 
@@ -197,8 +211,8 @@ def markdown(record: dict) -> str:
         f"{w['requests']} requests per point and round, {w['images']}; {record.get('repeats', 1)} round(s) over the "
         "grid, interleaved (a point's images/s: the mean over rounds; its p50 and p99: the worst round's).",
         "",
-        "| instances | max batch | queue delay us | threads | images/s | p50 ms | p99 ms | errors | |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| instances | max batch | queue delay us | threads | decode threads | images/s | p50 ms | p99 ms | errors | |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in record["points"]:
         c, cell = p["config"], p["cell"]
@@ -207,7 +221,7 @@ def markdown(record: dict) -> str:
         mark = ", ".join(marks)
         lines.append(
             f"| {c['instances']} | {c['max_batch']} | {c['max_queue_delay_us']} | "
-            f"{c['threads'] if c['threads'] is not None else 'auto'} | {cell['images_per_s']:.1f} | "
+            f"{_auto(c['threads'])} | {_auto(c.get('decode_threads'))} | {cell['images_per_s']:.1f} | "
             f"{cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | {cell['errors']} | {mark} |"
         )
     lines.append("")
