@@ -50,12 +50,15 @@ def run(
     eps: tuple[float, ...] = (2, 4, 8, 16),
     skip_rows: tuple[str, ...] = (),
     noised_clean_target: str = "teacher",
+    runs: tuple[Path, ...] = (),
 ) -> dict:
     """One training seed: the table of `toolkit.pipelines.defences.evaluate_purifiers` (run dir purifier/run).
     Several: a run per seed (purifier/run_seed<s>, the seed moves the UNets' initialisation and the training
     draws, never the detector or the pairs), each evaluated on the same held-out images and attacks, and one
     table of means over the seeds with t intervals. `with_val`: the held-out images are the training family's
-    test and val splits pooled (val only set the detector's threshold; none of it trains a purifier)."""
+    test and val splits pooled (val only set the detector's threshold; none of it trains a purifier). `runs`: run
+    directories trained before (one per seed, on one set of pairs, with one training config but the seed; the
+    training arguments are then theirs), evaluated as they are instead of attacking and training."""
     from dataclasses import replace
 
     from toolkit.models.purifier import PurifierConfig, PurifierTrainConfig
@@ -68,12 +71,30 @@ def run(
     detector = workdir / "runs" / "causal"
     family = Path(proto["train"]).name
     pairs = workdir / "purifier" / "pairs"
-    log(f"attacking {n_pairs} images of {proto['train']} at eps 4 and 8 ...")
-    s = make_pairs(detector, bench / proto["train"], pairs, (4, 8), steps, "decision", n_pairs, progress=progress)
+    trained = []
+    if runs:
+        trained = _trained_runs(runs)
+        seeds = tuple(t["purifier"]["seed"] for t in trained)
+        s = read_json(Path(trained[0]["pairs"]) / "summary.json")
+    else:
+        log(f"attacking {n_pairs} images of {proto['train']} at eps 4 and 8 ...")
+        s = make_pairs(detector, bench / proto["train"], pairs, (4, 8), steps, "decision", n_pairs, progress=progress)
     size = read_json(detector / "config.json")["preprocess"]["size"]
     held_out = [bench / "test" / family] + ([bench / proto["threshold"]] if with_val else [])
-    results, trained = [], []
-    for seed in seeds:
+    results = []
+
+    def evaluate(run_dir: Path) -> dict:
+        return evaluate_purifiers(run_dir, detector, held_out if with_val else held_out[0], eps, (4, 8), steps,
+                                  n_eval, adaptive_eps=adaptive_eps, adaptive_rows=adaptive_rows, eot=eot,
+                                  progress=progress, skip_rows=skip_rows)  # fmt: skip
+
+    for i, seed in enumerate(seeds):
+        if runs:
+            run_dir = runs[i]
+            log(f"seed {seed}: evaluating {run_dir} (trained before) on held-out images ...")
+            results.append(evaluate(run_dir))
+            log(f"seed {seed}: " + _summary(results[-1]))
+            continue
         cfg = replace(PurifierConfig.tiny(size), steps=ddim_steps, noised_calls=noised_calls, seed=seed)
         tc = PurifierTrainConfig(
             teacher_steps,
@@ -89,22 +110,7 @@ def run(
         log(f"seed {seed}: training teacher, distilling the students, training the DiffPure baseline ...")
         trained.append(train_purifiers(pairs, run_dir, cfg, tc, progress=progress))
         log(f"seed {seed}: evaluating on held-out images ...")
-        results.append(
-            evaluate_purifiers(
-                run_dir,
-                detector,
-                held_out if with_val else held_out[0],
-                eps,
-                (4, 8),
-                steps,
-                n_eval,
-                adaptive_eps=adaptive_eps,
-                adaptive_rows=adaptive_rows,
-                eot=eot,
-                progress=progress,
-                skip_rows=skip_rows,
-            )
-        )
+        results.append(evaluate(run_dir))
         log(f"seed {seed}: " + _summary(results[-1]))
     order = sorted(range(len(seeds)), key=seeds.__getitem__)  # the table's seed columns in ascending order
     r = results[0] if len(seeds) == 1 else over_seeds_table([results[i] for i in order], sorted(seeds))
@@ -250,6 +256,28 @@ def _variants(r: dict) -> str:
     return out
 
 
+def _trained_runs(runs: tuple[Path, ...]) -> list[dict]:
+    """The config.json of each run trained before, checked to be one experiment over seeds: the same pairs, the
+    same purifier and training config but the seed, each seed once (a one-line error naming what differs)."""
+
+    def without_seed(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k != "seed"}
+
+    configs = [read_json(Path(r) / "config.json") for r in runs]
+    for r, c in zip(runs[1:], configs[1:], strict=True):
+        for part in ("purifier", "train"):
+            a, b = without_seed(configs[0][part]), without_seed(c[part])
+            diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            if diff:
+                raise ValueError(f"{r}: its {part} config differs from {runs[0]}'s in {', '.join(diff)}")
+        if c["pairs"] != configs[0]["pairs"]:
+            raise ValueError(f"{r}: trained on {c['pairs']}, {runs[0]} on {configs[0]['pairs']}")
+    seeds = [c["purifier"]["seed"] for c in configs]
+    if len(set(seeds)) != len(seeds) or any(c["train"]["seed"] != c["purifier"]["seed"] for c in configs):
+        raise ValueError(f"--runs: one run per training seed, got seeds {seeds}")
+    return configs
+
+
 def _calls(k: int) -> str:
     return f"{k} call{'s' if k != 1 else ''}"
 
@@ -301,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--with-val", action="store_true", help="held-out: the family's test and val splits pooled")
     ap.add_argument("--eps", type=float, nargs="+", default=[2, 4, 8, 16], help="eps of the non-adaptive attacks")
     ap.add_argument("--skip-rows", nargs="+", default=[], help="defences (name prefixes) left out of the table")
+    ap.add_argument("--runs", type=Path, nargs="+", default=(),
+                    help="evaluate these runs (one per seed, trained before) instead of training")  # fmt: skip
     ap.add_argument("--frontier-calls", type=int, nargs="+", default=None,
                     help="instead: the frontier of noised students with these UNet calls, from --frontier-run's "
                     "teacher (writes --out, default results/purifier_frontier)")  # fmt: skip
@@ -336,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         eps=_whole(args.eps),
         skip_rows=tuple(args.skip_rows),
         noised_clean_target=args.noised_clean_target,
+        runs=tuple(args.runs),
     )
     env = environment()
     images = r["images"] if isinstance(r["images"], str) else " + ".join(r["images"])
@@ -352,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['train']['diffpure_steps']} DiffPure / {r['train']['noised_steps']} noised-student steps "
             f"({_calls(r['purifier_config']['noised_calls'])}, {r['train']['noised_draws']} teacher endpoints per "
             f"image; a clean input's target: {_clean_target(r['train'])}), clean fraction "
-            f"{r['train']['clean_fraction']}.",
+            f"{r['train']['clean_fraction']}."
+            + (f" Runs trained before and evaluated here: {', '.join(map(str, args.runs))}." if args.runs else ""),
             "",
             purifier_markdown(r),
         ]

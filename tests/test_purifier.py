@@ -346,6 +346,43 @@ def test_the_frontier_distils_k_call_students_from_one_teacher_and_tables_them_b
     assert read_json(work / "purifier" / "run_calls1_feature" / "config.json")["train"]["feature_weight"] == 0.5
 
 
+def test_purifier_eval_evaluates_runs_trained_before_and_refuses_runs_that_are_not_one_experiment(
+    purifier_run, trained_run, toy_data, tmp_path
+):
+    """benchmarks/purifier_eval --runs: runs trained before are evaluated as they are (no attack, no training; the
+    table's training line is theirs), and runs that differ in more than the seed, or repeat a seed, are refused
+    in one line naming the difference."""
+    import shutil
+
+    from benchmarks.purifier_eval import _trained_runs, run
+    from toolkit.io import read_json, write_json
+
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    (work / "runs" / "causal").symlink_to(trained_run)
+    bench = work / "data" / "embedded"
+    (bench / "test").mkdir(parents=True)
+    (bench / "test" / "gan_a").symlink_to(toy_data / "gan_a")
+    write_json(bench / "benchmark.json", {"protocol": {"train": "train/gan_a", "threshold": "val/gan_a"}})
+    r = run(work, 0, 8, 1, 0, 0, 0, 0, eps=(8,), adaptive_eps=(8,), eot=1, progress=False, log=lambda *_: None,
+            skip_rows=("JPEG", "TV", "DiffPure", "teacher"), runs=(purifier_run,))  # fmt: skip
+    config = read_json(purifier_run / "config.json")
+    assert r["train"] == config["train"] and r["n"] == 8 and not (work / "purifier").exists()  # nothing trained
+    assert any(name.startswith("noised student") for name in r["rows"])
+    other = tmp_path / "other"
+    shutil.copytree(purifier_run, other)
+    with pytest.raises(ValueError, match="one run per training seed"):
+        _trained_runs((purifier_run, other))
+    c = read_json(other / "config.json")
+    write_json(other / "config.json", {**c, "train": {**c["train"], "teacher_steps": 7, "seed": 5},
+                                       "purifier": {**c["purifier"], "seed": 5}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"other: its train config differs .* in teacher_steps$"):
+        _trained_runs((purifier_run, other))
+    write_json(other / "config.json",
+               {**c, "train": {**c["train"], "seed": 5}, "purifier": {**c["purifier"], "seed": 5}})  # fmt: skip
+    assert [t["purifier"]["seed"] for t in _trained_runs((purifier_run, other))] == [c["purifier"]["seed"], 5]
+
+
 def test_the_feature_loss_compares_each_output_with_its_own_clean_image(monkeypatch):
     """With `feature_weight` the loss gains w * (1 - cos(victim(output), victim(that row's clean image))), the same
     for every draw; a stand-in victim (the flattened pixels) makes the term exact (bug guarded: the embeddings of
