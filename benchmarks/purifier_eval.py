@@ -260,13 +260,18 @@ def _trained_runs(runs: tuple[Path, ...]) -> list[dict]:
     """The config.json of each run trained before, checked to be one experiment over seeds: the same pairs, the
     same purifier and training config but the seed, each seed once (a one-line error naming what differs)."""
 
-    def without_seed(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k != "seed"}
+    from dataclasses import asdict
+
+    from toolkit.models.purifier import PurifierConfig, PurifierTrainConfig
+
+    def without_seed(part: str, d: dict) -> dict:  # a field newer than the run: its default, as loading the run does
+        full = PurifierConfig.from_dict(d).to_dict() if part == "purifier" else {**asdict(PurifierTrainConfig()), **d}
+        return {k: v for k, v in full.items() if k != "seed"}
 
     configs = [read_json(Path(r) / "config.json") for r in runs]
     for r, c in zip(runs[1:], configs[1:], strict=True):
         for part in ("purifier", "train"):
-            a, b = without_seed(configs[0][part]), without_seed(c[part])
+            a, b = without_seed(part, configs[0][part]), without_seed(part, c[part])
             diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             if diff:
                 raise ValueError(f"{r}: its {part} config differs from {runs[0]}'s in {', '.join(diff)}")
