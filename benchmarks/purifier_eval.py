@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-pairs", type=int, default=256)
     ap.add_argument("--n-eval", type=int, default=128)
     ap.add_argument("--pgd-steps", type=int, default=10)
-    ap.add_argument("--teacher-steps", type=int, default=400)
+    ap.add_argument("--teacher-steps", type=int, default=1200)
     ap.add_argument("--student-steps", type=int, default=300)
     ap.add_argument("--diffpure-steps", type=int, default=400)
     ap.add_argument("--ddim-steps", type=int, default=25)

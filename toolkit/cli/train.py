@@ -88,7 +88,7 @@ def purifier(
     preset: str = typer.Option("tiny", help="tiny (CPU, tests and demo) or base (wider UNet)"),
     t_star: int = typer.Option(100, help="purification starts from this DDPM timestep (of 1000)"),
     ddim_steps: int = typer.Option(5, min=1, help="DDIM steps of the teacher and the DiffPure baseline"),
-    teacher_steps: int = typer.Option(400, min=1, help="teacher optimiser steps"),
+    teacher_steps: int = typer.Option(1200, min=1, help="teacher optimiser steps (400 undertrained a seed's teacher)"),
     student_steps: int = typer.Option(300, min=1, help="distillation optimiser steps"),
     diffpure_steps: int = typer.Option(400, min=1, help="unsupervised DiffPure baseline optimiser steps"),
     clean_fraction: float = typer.Option(
@@ -99,7 +99,7 @@ def purifier(
     """Train the supervised diffusion purifier (teacher), distil it into a one-step student, and train the
     unsupervised DiffPure-style baseline from the same UNet; writes safetensors + config.json.
 
-    Example: toolkit train purifier pairs/ --out runs/purifier --teacher-steps 400
+    Example: toolkit train purifier pairs/ --out runs/purifier --teacher-steps 1200
     """
     from toolkit.models.purifier import PurifierTrainConfig
     from toolkit.pipelines.purifier_training import train_purifiers
