@@ -25,7 +25,13 @@ def test_the_search_picks_the_fastest_config_within_the_budget_and_measures_the_
     r = search(lambda c: seen.append(dict(c)) or _stand_in(c), space, p99_ms=50.0, log=lambda *_: None)
     assert len(seen) == 8 and DEFAULT_POINT in seen  # the default (1, 64, 2000) is a grid point here
     # the fastest points (2 instances, batch 64: 400 images/s) miss 50 ms (p99 52 and 72); 2 x 8 x 0 delay meets it
-    assert r["chosen"]["config"] == {"instances": 2, "max_batch": 8, "max_queue_delay_us": 0, "threads": None, "decode_threads": None}
+    assert r["chosen"]["config"] == {
+        "instances": 2,
+        "max_batch": 8,
+        "max_queue_delay_us": 0,
+        "threads": None,
+        "decode_threads": None,
+    }
     assert r["chosen"]["cell"]["p99_ms"] <= 50.0
     for p in r["points"]:  # nothing that meets the budget serves more
         if p["cell"]["p99_ms"] <= 50.0:

@@ -84,6 +84,12 @@ def test_paired_tests_and_the_table_show_intervals():
     md = purifier_markdown(r)
     assert wilson(correct["none"]["8"]).percent() in md
     assert "| none | eps 8 |" in md and "McNemar" in md
+    # a table whose deployed row was skipped (--skip-rows) has no paired tests and still renders; this raised
+    # KeyError after a 16-minute evaluation before
+    without = {k: v for k, v in correct.items() if k != "student (1 step)"}
+    assert paired_tests(without, "student (1 step)") == []
+    md = purifier_markdown({**r, "rows": {"none": rows["none"]}, "paired": []})
+    assert "| none |" in md and "McNemar" not in md
 
 
 def test_training_seed_does_not_move_the_encoder(monkeypatch, tmp_path):

@@ -98,10 +98,13 @@ def _accuracy(model, imgs: torch.Tensor, y: torch.Tensor, threshold: float) -> f
 
 def paired_tests(correct: dict[str, dict[str, np.ndarray]], against: str) -> list[dict]:
     """McNemar's exact test of `against` with every other defence in every column (clean and each eps), on
-    the per-image results `correct[defence][column]` of one evaluation."""
+    the per-image results `correct[defence][column]` of one evaluation; none when `against` is not in the table
+    (`skip_rows` left it out)."""
     from toolkit.statistics import mcnemar
 
     out = []
+    if against not in correct:
+        return out
     for name, cols in correct.items():
         if name == against:
             continue
