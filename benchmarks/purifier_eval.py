@@ -141,6 +141,7 @@ def frontier(
     feature_weight: float = 0.0,
     skip_rows: tuple[str, ...] = (),
     adaptive_rows: tuple[str, ...] = ("none", "student", "noised"),
+    on_rows=None,
 ) -> dict:
     """The frontier: noised students of each number of UNet calls in `calls`, distilled from one run's teacher
     on the same endpoints (the run's noised_steps and noised_draws unless given), each written as a run
@@ -148,7 +149,8 @@ def frontier(
     row but DiffPure's (and `skip_rows`') is the frontier's reference (teacher, its one call, the one-step
     student, the run's own noised student). Two other ways to distil, rows marked so: `progressive` (calls, e.g.
     4 2 1: a chain, each stage learning the previous one's endpoints; its stages after the first) and
-    `feature_weight` (the run's number of calls, with a loss on the detector's features as well as pixels)."""
+    `feature_weight` (the run's number of calls, with a loss on the detector's features as well as pixels).
+    `on_rows(table)`: called after each evaluation with the table so far (a long run keeps what it measured)."""
     import shutil
     from dataclasses import replace
 
@@ -190,6 +192,10 @@ def frontier(
     table = evaluate(run_dir, ("DiffPure", *skip_rows))
     others = ("none", "JPEG", "TV", "DiffPure", "teacher", "student")
     train_s = {}
+    table.update(frontier_train_s=train_s, frontier_calls=list(calls), frontier_progressive=list(progressive),
+                 frontier_feature_weight=feature_weight)  # fmt: skip
+    partial = on_rows or (lambda t: None)
+    partial(table)
 
     def add(student, k: int, variant: str, k_tc) -> None:
         """Write the k-call student as a run beside the others and add its rows, marked with `variant`."""
@@ -200,6 +206,7 @@ def frontier(
         log(f"evaluating the {k}-call noised student{' (' + variant + ')' if variant else ''} ...")
         rows = evaluate(k_dir, others)["rows"]
         table["rows"].update({f"{name} [{variant}]" if variant else name: row for name, row in rows.items()})
+        partial(table)
 
     def distil(k: int, k_tc, features=None):
         with progress_bar(f"distil noised student ({_calls(k)})", k_tc.noised_steps, progress) as advance:
@@ -234,10 +241,6 @@ def frontier(
         variant = f"feature loss {feature_weight:g}"
         train_s[variant] = time.perf_counter() - t
         add(student, cfg.noised_calls, variant, f_tc)
-    table["frontier_train_s"] = train_s
-    table["frontier_calls"] = list(calls)
-    table["frontier_progressive"] = list(progressive)
-    table["frontier_feature_weight"] = feature_weight
     return table
 
 
@@ -307,9 +310,8 @@ def _whole(eps: list[float]) -> tuple[float, ...]:
     return tuple(int(e) if float(e).is_integer() else e for e in eps)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from toolkit.pipelines.defences import purifier_markdown
-
+def _parser() -> argparse.ArgumentParser:
+    """The options; the training defaults repeat PurifierTrainConfig's (torch-free here; a test keeps them equal)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("demo_out"))
     ap.add_argument("--n-pairs", type=int, default=256)
@@ -345,6 +347,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --frontier-calls: also a student with this detector-feature loss weight")  # fmt: skip
     ap.add_argument("--frontier-run", type=Path, default=None, help="default: WORKDIR/purifier/run_seed0 or run")
     ap.add_argument("--out", type=Path, default=None, help="default: results/purifier_eval (or _frontier)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    from toolkit.pipelines.defences import purifier_markdown
+
+    ap = _parser()
     args = ap.parse_args(argv)
     command = command_line("benchmarks.purifier_eval", argv)
     if args.frontier_calls:
@@ -398,23 +407,35 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _frontier_main(args, command: str) -> None:
-    from toolkit.pipelines.defences import purifier_markdown
-
     run_dir = args.frontier_run or next(
         d for d in (args.workdir / "purifier" / "run_seed0", args.workdir / "purifier" / "run") if d.exists()
     )
+    out = args.out or RESULTS / "purifier_frontier"
+    env = environment()
+
+    def write(r: dict, partial: bool) -> None:
+        write_result(out, {"command": command, "environment": env, "partial": partial, **r},
+                     _frontier_markdown(args, command, env, run_dir, r, partial))  # fmt: skip
+
     r = frontier(args.workdir, run_dir, tuple(args.frontier_calls), args.n_eval, args.pgd_steps, _whole(args.eps),
                  _whole(args.adaptive_eps), args.eot, args.with_val, noised_steps=args.noised_steps,
                  noised_draws=args.noised_draws, progressive=tuple(args.frontier_progressive),
                  feature_weight=args.frontier_feature_weight, skip_rows=tuple(args.skip_rows),
-                 adaptive_rows=tuple(args.adaptive_rows or ("none", "student", "noised")))  # fmt: skip
-    env = environment()
+                 adaptive_rows=tuple(args.adaptive_rows or ("none", "student", "noised")),
+                 on_rows=lambda t: write(t, partial=True))  # fmt: skip
+    write(r, partial=False)
+
+
+def _frontier_markdown(args, command: str, env: dict, run_dir: Path, r: dict, partial: bool) -> str:
+    from toolkit.pipelines.defences import purifier_markdown
+
     train = read_json(run_dir / "config.json")["train"]
     images = r["images"] if isinstance(r["images"], str) else " + ".join(r["images"])
     times = ", ".join(f"{_calls(int(k)) if k.isdigit() else k} {s:.0f} s" for k, s in r["frontier_train_s"].items())
-    md = "\n".join(
+    return "\n".join(
         [
-            "# Purifier frontier: noised students by UNet calls, embedded benchmark (CPU)",
+            "# Purifier frontier: noised students by UNet calls, embedded benchmark (CPU)"
+            + (" (partial: the run is still going or was stopped)" if partial else ""),
             "",
             f"Command: `{command}`  ",
             f"Machine: {cpu_line(env)}, torch {env['versions']['torch']}, diffusers {env['versions']['diffusers']}.  ",
@@ -428,7 +449,6 @@ def _frontier_main(args, command: str) -> None:
             purifier_markdown(r),
         ]
     )
-    write_result(args.out or RESULTS / "purifier_frontier", {"command": command, "environment": env, **r}, md)
 
 
 if __name__ == "__main__":

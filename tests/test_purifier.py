@@ -326,9 +326,13 @@ def test_the_frontier_distils_k_call_students_from_one_teacher_and_tables_them_b
     (bench / "test").mkdir(parents=True)
     (bench / "test" / "gan_a").symlink_to(toy_data / "gan_a")
     write_json(bench / "benchmark.json", {"protocol": {"train": "train/gan_a", "threshold": "val/gan_a"}})
+    seen = []  # what a long run has written when it stops: the table after each evaluation
+    keep = lambda t: seen.append((len(t["rows"]), dict(t["frontier_train_s"])))  # noqa: E731
     r = frontier(work, purifier_run, (1, 2), 8, 1, eps=(8,), adaptive_eps=(8,), eot=1, progress=False,
                  log=lambda *_: None, noised_steps=3, noised_draws=1, progressive=(2, 1), feature_weight=0.5,
-                 skip_rows=("TV",))  # fmt: skip
+                 skip_rows=("TV",), on_rows=keep)  # fmt: skip
+    assert [n for n, _ in seen] == sorted({n for n, _ in seen}) and len(seen) == 4  # reference, 2, 2>1, feature
+    assert seen[0][1] == {} and seen[-1][1].keys() == r["frontier_train_s"].keys()
     rows = r["rows"]
     assert "noised student (2 calls, fresh noise)" in rows and "noised student (2 calls, fixed noise: deployed)" in rows
     assert "noised student (1 call, fixed noise: deployed)" in rows and "teacher (5 DDIM steps)" in rows
@@ -446,3 +450,21 @@ def test_progressive_distillation_chains_each_stage_on_the_previous_students_end
         assert not torch.allclose(targets, teacher_targets)
     with pytest.raises(ValueError, match="decrease"):
         pm.progressive_noised_students(teacher, adv, clean, cfg, tc, (1, 2), endpoints)
+
+
+def test_training_defaults_are_the_configs_in_the_cli_and_the_benchmark():
+    """`toolkit train purifier` and benchmarks/purifier_eval repeat PurifierTrainConfig's defaults as literals (their
+    modules stay torch-free): a default changed in one place only (teacher_steps 400 -> 1200 was) fails here."""
+    import dataclasses
+    import inspect
+
+    from benchmarks.purifier_eval import _parser
+    from toolkit.cli.train import purifier
+    from toolkit.models.purifier import PurifierTrainConfig
+
+    config = {f.name: f.default for f in dataclasses.fields(PurifierTrainConfig)}
+    cli = {n: p.default.default for n, p in inspect.signature(purifier).parameters.items() if n in config}
+    bench = {n: v for n, v in vars(_parser().parse_args([])).items() if n in config}
+    assert {"teacher_steps", "student_steps", "diffpure_steps", "clean_fraction"} <= cli.keys()
+    assert {"teacher_steps", "noised_steps", "noised_draws", "noised_clean_target"} <= bench.keys()
+    assert cli == {n: config[n] for n in cli} and bench == {n: config[n] for n in bench}
