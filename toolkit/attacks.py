@@ -111,10 +111,19 @@ def attack_loss(
 
 
 def pgd(
-    model: nn.Module, x_clean: torch.Tensor, labels: torch.Tensor, cfg: PGDConfig, defence: Defence | None = None
+    model: nn.Module,
+    x_clean: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: PGDConfig,
+    defence: Defence | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """x_clean (N,3,H,W) in [0,1] (8-bit values) -> adversarial images on the same 8-bit grid, |delta| <= eps;
-    with `defence`, adaptive: the loss is the detector's on the defended image (see `Defence`)."""
+    with `defence`, adaptive: the loss is the detector's on the defended image (see `Defence`).
+    `chunk`: images per forward/backward pass (None: all N at once). The autograd graph through a k-call purifier
+    holds k UNets' activations per image: a 4-call student on 512 images at once took more than 24 GiB (killed),
+    so adaptive attacks chunk. Each image's gradient is its own, so a deterministic defence gives the same images
+    chunked or not; a stochastic one draws its noise per chunk (the same distribution, other draws)."""
     model.eval()
     through = defence or _NO_DEFENCE
     eps = cfg.eps / 255.0
@@ -123,15 +132,20 @@ def pgd(
         ref = model(x_clean)[1].detach() if cfg.target == "embedding" else None
     delta = (torch.rand(x_clean.shape, generator=gen) * 2 - 1) * eps if cfg.random_start else torch.zeros_like(x_clean)
     delta = (x_clean + delta).clamp(0, 1) - x_clean
+    size = chunk or max(1, len(x_clean))
+    parts = [slice(i, i + size) for i in range(0, len(x_clean), size)] or [slice(None)]
     for step in range(cfg.steps):
-        delta.requires_grad_(True)
         # EOT: the mean loss over fresh draws; attacker seeds start past the evaluation's seed 0
         seeds = [1 + (cfg.seed * cfg.steps + step) * through.eot + k for k in range(through.eot)]
-        x_in = [through.attacked_input(x_clean + delta, s) for s in seeds]
-        loss = sum(attack_loss(model, v, x_clean, labels, cfg.target, ref).sum() for v in x_in) / through.eot
-        (grad,) = torch.autograd.grad(loss, delta)
+        grads = []
+        for part in parts:
+            d = delta[part].detach().requires_grad_(True)
+            x_in = [through.attacked_input(x_clean[part] + d, s) for s in seeds]
+            r = ref[part] if ref is not None else None
+            loss = sum(attack_loss(model, v, x_clean[part], labels[part], cfg.target, r).sum() for v in x_in)
+            grads.append(torch.autograd.grad(loss / through.eot, d)[0])
         with torch.no_grad():
-            delta = (delta + cfg.alpha * grad.sign()).clamp(-eps, eps)
+            delta = (delta + cfg.alpha * torch.cat(grads).sign()).clamp(-eps, eps)
             delta = (x_clean + delta).clamp(0, 1) - x_clean
     return quantise_in_ball(x_clean, x_clean + delta.detach(), cfg.eps)
 

@@ -127,6 +127,7 @@ def evaluate_purifiers(
     seed: int = 1,
     progress: bool = True,
     skip_rows: tuple[str, ...] = (),
+    attack_chunk: int = 128,
 ) -> dict:
     """The purifier table on held-out labelled images: per defence, clean accuracy, accuracy under PGD on the
     detector alone (non-adaptive: the attacker does not know the defence) at each eps, accuracy under adaptive
@@ -134,7 +135,8 @@ def evaluate_purifiers(
     for the stochastic ones) at each `adaptive_eps`, PSNR/SSIM to the clean image, time per image; every
     accuracy with its 95% Wilson interval, and McNemar's test of the deployed student against each other defence.
     `adaptive_rows`: the defences (name prefixes) attacked adaptively; None = all (the multi-step ones cost
-    `eot` purifications per PGD step); `skip_rows`: defences (name prefixes) left out of the table."""
+    `eot` purifications per PGD step); `skip_rows`: defences (name prefixes) left out of the table;
+    `attack_chunk`: images per forward/backward pass of the adaptive attacks (memory grows with it x UNet calls)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from toolkit.kinds.purifier import deployed_name, load_run
@@ -189,7 +191,8 @@ def evaluate_purifiers(
             row["adaptive"] = {}
             if name in adaptive_of:
                 for eps in adaptive_eps:
-                    adv = pgd(model, x, y, PGDConfig(eps=eps, steps=steps, target="decision", seed=seed), defence=d)
+                    cfg_eps = PGDConfig(eps=eps, steps=steps, target="decision", seed=seed)
+                    adv = pgd(model, x, y, cfg_eps, defence=d, chunk=attack_chunk)
                     with torch.no_grad():
                         c = correct[name][f"adaptive {eps}"] = correct_of(d.fn(adv, 0))
                     row["adaptive"][str(eps)] = {"acc": float(c.mean()), "ci": wilson(c).to_dict()}
