@@ -142,6 +142,7 @@ def frontier(
     skip_rows: tuple[str, ...] = (),
     adaptive_rows: tuple[str, ...] = ("none", "student", "noised"),
     on_rows=None,
+    reuse: tuple[Path, ...] = (),
 ) -> dict:
     """The frontier: noised students of each number of UNet calls in `calls`, distilled from one run's teacher
     on the same endpoints (the run's noised_steps and noised_draws unless given), each written as a run
@@ -150,7 +151,9 @@ def frontier(
     student, the run's own noised student). Two other ways to distil, rows marked so: `progressive` (calls, e.g.
     4 2 1: a chain, each stage learning the previous one's endpoints; its stages after the first) and
     `feature_weight` (the run's number of calls, with a loss on the detector's features as well as pixels).
-    `on_rows(table)`: called after each evaluation with the table so far (a long run keeps what it measured)."""
+    `on_rows(table)`: called after each evaluation with the table so far (a long run keeps what it measured).
+    `reuse`: students this function wrote before (purifier/run_calls<k>) from the same teacher (checked weight for
+    weight), taken as the plain student of their calls instead of distilling it again, and not tabled again."""
     import shutil
     from dataclasses import replace
 
@@ -174,6 +177,13 @@ def frontier(
     detector = workdir / "runs" / "causal"
     config = read_json(run_dir / "config.json")
     nets, cfg = load_run(run_dir)
+    students = {}
+    for other in reuse:  # before the minutes of endpoints: a wrong run is refused at once
+        o_nets, o_cfg = load_run(other)
+        theirs, ours = o_nets["teacher"].state_dict(), nets["teacher"].state_dict()
+        if "noised" not in o_nets or any(not torch.equal(theirs[k], ours[k]) for k in ours):
+            raise ValueError(f"{other}: not a noised student of {run_dir}'s teacher")
+        students[o_cfg.noised_calls] = o_nets["noised"]
     tc = PurifierTrainConfig(**config["train"])
     tc = replace(tc, noised_steps=noised_steps or tc.noised_steps, noised_draws=noised_draws or tc.noised_draws)
     adv, clean, _ = read_pairs(config["pairs"])
@@ -213,8 +223,7 @@ def frontier(
             return train_noised_student(nets["teacher"], a, c, replace(cfg, noised_calls=k), k_tc,
                                         lambda **kw: advance(1, **kw), endpoints, features)  # fmt: skip
 
-    students = {}
-    for k in (k for k in calls if k != cfg.noised_calls):
+    for k in (k for k in calls if k != cfg.noised_calls and k not in students):
         t = time.perf_counter()
         students[k] = distil(k, tc)
         train_s[str(k)] = time.perf_counter() - t
@@ -346,6 +355,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--frontier-feature-weight", type=float, default=0.0,
                     help="with --frontier-calls: also a student with this detector-feature loss weight")  # fmt: skip
     ap.add_argument("--frontier-run", type=Path, default=None, help="default: WORKDIR/purifier/run_seed0 or run")
+    ap.add_argument("--frontier-reuse", type=Path, nargs="+", default=(),
+                    help="students an earlier frontier wrote (purifier/run_calls<k>): reused, not tabled")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="default: results/purifier_eval (or _frontier)")
     return ap
 
@@ -422,7 +433,7 @@ def _frontier_main(args, command: str) -> None:
                  noised_draws=args.noised_draws, progressive=tuple(args.frontier_progressive),
                  feature_weight=args.frontier_feature_weight, skip_rows=tuple(args.skip_rows),
                  adaptive_rows=tuple(args.adaptive_rows or ("none", "student", "noised")),
-                 on_rows=lambda t: write(t, partial=True))  # fmt: skip
+                 on_rows=lambda t: write(t, partial=True), reuse=tuple(args.frontier_reuse))  # fmt: skip
     write(r, partial=False)
 
 

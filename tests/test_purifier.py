@@ -372,6 +372,22 @@ def test_the_frontier_distils_k_call_students_from_one_teacher_and_tables_them_b
         assert cfg.noised_calls == 1 and "noised" in nets
     assert read_json(work / "purifier" / "run_calls1_feature" / "config.json")["train"]["feature_weight"] == 0.5
 
+    # --frontier-reuse: a later chain starts from the 2-call student written above, not distilled (nor tabled) again
+    r2 = frontier(work, purifier_run, (1, 2), 8, 1, eps=(8,), adaptive_eps=(8,), eot=1, progress=False,
+                  log=lambda *_: None, noised_steps=3, noised_draws=1, progressive=(2, 1),
+                  skip_rows=("TV", "teacher", "student"), reuse=(work / "purifier" / "run_calls2",))  # fmt: skip
+    assert list(r2["frontier_train_s"]) == ["progressive 2>1"]
+    assert not any(name.startswith("noised student (2 calls") for name in r2["rows"])
+    assert "noised student (1 call, fixed noise: deployed) [progressive 2>1]" in r2["rows"]
+    nets, _ = load_run(work / "purifier" / "run_calls2")
+    with torch.no_grad():
+        next(nets["teacher"].parameters()).add_(1e-3)
+    from toolkit.kinds.purifier import save_run
+
+    save_run(tmp_path / "other", nets, read_json(work / "purifier" / "run_calls2" / "config.json"))
+    with pytest.raises(ValueError, match=r"other: not a noised student of .*'s teacher"):
+        frontier(work, purifier_run, (1,), 8, 1, progress=False, log=lambda *_: None, reuse=(tmp_path / "other",))
+
 
 def test_purifier_eval_evaluates_runs_trained_before_and_refuses_runs_that_are_not_one_experiment(
     purifier_run, trained_run, toy_data, tmp_path
