@@ -138,3 +138,18 @@ def test_the_cli_refuses_a_remote_target_in_one_line_before_any_request(tmp_path
     assert not (tmp_path / "r").exists()
     res = CliRunner().invoke(app, ["loadtest", str(tmp_path / "nothing"), "--concurrency", "1,x"])
     assert res.exit_code == 2 and "--concurrency takes comma-separated" in res.output
+
+
+def test_the_server_counters_are_read_once_they_count_every_answered_request():
+    """Triton counts a request after sending its response: the counters read right after the last response can
+    miss it (a CI run saw 11 of 12), so the cell's closing read waits, bounded, until the answered requests are
+    counted; a server that never counts them costs `timeout_s`, not a hang."""
+    from toolkit.serving.loadtest import settled_counters
+
+    before = {"success": (5, 0)}
+    reads = iter([{"success": (16, 0)}, {"success": (16, 0)}, {"success": (17, 0)}, {"success": (99, 0)}])
+    assert settled_counters(lambda: next(reads), before, answered=12, poll_s=0)["success"] == (17, 0)
+    stuck = settled_counters(lambda: {"success": (16, 0)}, before, answered=12, timeout_s=0.05, poll_s=0.01)
+    assert stuck["success"] == (16, 0)
+    gone = {"unavailable": "no statistics"}
+    assert settled_counters(lambda: gone, before, answered=12) is gone  # nothing to wait for

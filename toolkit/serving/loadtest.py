@@ -274,6 +274,21 @@ def server_counters(address: Address, model: str) -> dict:
     return out
 
 
+def settled_counters(read, before: dict | None, answered: int, timeout_s: float = 2.0, poll_s: float = 0.02) -> dict:
+    """`read()` (a `server_counters`) once the server has counted the `answered` requests of the cell: Triton
+    records a request's statistics after it sends the response, so a read right after the last response missed
+    it (a CI run saw 11 of 12). Polls for at most `timeout_s`; then returns what it read."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = read()
+        done = "unavailable" in after or not before or "unavailable" in before
+        if done or after["success"][0] - before["success"][0] >= answered or time.monotonic() > deadline:
+            return after
+        time.sleep(poll_s)
+
+
 def server_side(before: dict | None, after: dict) -> dict:
     """Per request over a cell, from two `server_counters`: mean queue and compute ms, mean executed batch;
     or {"unavailable": why}."""
@@ -434,7 +449,9 @@ def loadtest(
                     cell = run_cell(triton_sender(address, cfg.model, cfg.timeout_s), pool, concurrency, per_request,
                                     cfg.requests, cfg.duration_s, cfg.warmup_requests, advance,
                                     lambda b=before: b.update(c=server_counters(address, cfg.model)))  # fmt: skip
-                    cell["server"] = server_side(before.get("c"), server_counters(address, cfg.model))
+                    answered = cell["requests"] - cell["errors"]
+                    after = settled_counters(lambda: server_counters(address, cfg.model), before.get("c"), answered)
+                    cell["server"] = server_side(before.get("c"), after)
                     if cell["stopped_by"] == "duration":
                         advance(cfg.requests - cell["requests"])
                     cells.append(cell)
