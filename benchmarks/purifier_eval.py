@@ -181,7 +181,8 @@ def frontier(
     for other in reuse:  # before the minutes of endpoints: a wrong run is refused at once
         o_nets, o_cfg = load_run(other)
         theirs, ours = o_nets["teacher"].state_dict(), nets["teacher"].state_dict()
-        if "noised" not in o_nets or any(not torch.equal(theirs[k], ours[k]) for k in ours):
+        same = theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
+        if "noised" not in o_nets or not same:
             raise ValueError(f"{other}: not a noised student of {run_dir}'s teacher")
         students[o_cfg.noised_calls] = o_nets["noised"]
     tc = PurifierTrainConfig(**config["train"])

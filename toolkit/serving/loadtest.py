@@ -278,8 +278,6 @@ def settled_counters(read, before: dict | None, answered: int, timeout_s: float 
     """`read()` (a `server_counters`) once the server has counted the `answered` requests of the cell: Triton
     records a request's statistics after it sends the response, so a read right after the last response missed
     it (a CI run saw 11 of 12). Polls for at most `timeout_s`; then returns what it read."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         after = read()
