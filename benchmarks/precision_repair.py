@@ -102,6 +102,8 @@ def run(artifacts: dict[str, Path], calib: Path, evals: Path, eval_n: int, minut
                 "quantized_nodes": record["quantized_nodes"] if record else None,
                 "kept_in_float": record["kept_in_float"] if record else None,
                 "weights_7bit": record["weights_7bit"] if record else None,
+                "weights_pairsafe": record.get("weights_pairsafe") if record else None,
+                "pairsafe_pairs_changed": record.get("pairsafe_pairs_changed") if record else None,
                 "share_kept": record["share_kept"] if record else None,
                 "repair_seconds": record["seconds"] if record else None,
                 "trials": [{"action": s["action"], **t} for s in record["steps"] for t in s["trials"]]
@@ -154,9 +156,11 @@ def markdown(res: dict, command: str) -> str:
     for name, m in res["models"].items():
         floats = ", ".join(m["kept_in_float"] or []) or "none"
         bit7 = ", ".join(m["weights_7bit"] or []) or "none"
+        safe = ", ".join(m.get("weights_pairsafe") or []) or "none"
         lines += [
             f"**{name}**: {m['quantized_nodes']} quantized nodes; kept in float: {floats}; 7-bit weights: {bit7} "
-            f"({100 * (m['share_kept'] or 0):.0f}% of the quantized nodes); repair took {m['repair_seconds']} s. "
+            f"({100 * (m['share_kept'] or 0):.0f}% of the quantized nodes); pair-safe 8-bit weights: {safe} "
+            f"({m.get('pairsafe_pairs_changed') or 0} weight pairs changed); repair took {m['repair_seconds']} s. "
             "Trials (action, layers kept: verdict):",
             "",
             *[f"- {t['action']}, {t['k']}: {'pass' if t['passed'] else 'fail'} ({t.get('summary', '')}; "

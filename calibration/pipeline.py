@@ -294,8 +294,8 @@ def _no_vnni_verdict(emulator: NoVnniEmulator, kind, comparator, native: dict, g
     if not verdict["passed"]:
         log(
             f"[yellow]int8 would fail its gate on x86 CPUs without VNNI ({', '.join(nv['failures'])}; emulated): "
-            "it is refused there; --repair gives its saturating layers 7-bit weights (the fewest that pass), "
-            "--reduce-range gives all of them 7-bit weights"
+            "it is refused there; --repair gives weights that cannot saturate (pair-safe or 7-bit) "
+            "to the fewest saturating layers that pass, --reduce-range gives all of them 7-bit weights"
         )
     return verdict
 
@@ -322,8 +322,8 @@ def _judge_where_pairs_saturate(int8, comparator, gate, counts: dict, native_onl
     if not verdict["passed"]:
         log(
             f"[yellow]int8 fails its gate on this CPU (x86 without VNNI: {', '.join(here['failures'])}; measured): "
-            "it is refused on such CPUs; --repair gives its saturating layers 7-bit weights (the fewest that pass), "
-            "--reduce-range gives all of them 7-bit weights"
+            "it is refused on such CPUs; --repair gives weights that cannot saturate (pair-safe or 7-bit) "
+            "to the fewest saturating layers that pass, --reduce-range gives all of them 7-bit weights"
         )
     return res, verdict
 

@@ -34,6 +34,8 @@ class QuantConfig:
     keep_head: bool = True
     exclude_nodes: list[str] = field(default_factory=list)  # more node names to keep in float
     weights_7bit: list[str] = field(default_factory=list)  # nodes whose weights alone are 7-bit (--repair)
+    # nodes whose 8-bit weights give up what could saturate without VNNI (saturation.pair_safe; --repair)
+    weights_pairsafe: list[str] = field(default_factory=list)
     # 7-bit weights: None chooses from this machine's CPU (choose_reduce_range); the int8 gate judges either way
     reduce_range: bool | None = None
     op_types: tuple[str, ...] = OP_TYPES
@@ -236,6 +238,9 @@ def quantize(
             calibration_cache_path=cache,
         )
         q = onnx.load(str(tmp))
+        pairs_changed = _pair_safe_weights(q, cfg.weights_pairsafe)
+        if cfg.weights_pairsafe:
+            onnx.save(q, str(tmp))
         onnx.checker.check_model(q, full_check=True)
     zero_points = _zero_points(q)
     if any(z != 0 for z in zero_points):
@@ -246,12 +251,62 @@ def quantize(
         "config": asdict(cfg),
         "kept_in_float": keep,
         "weights_7bit": list(cfg.weights_7bit),
+        "weights_pairsafe": list(cfg.weights_pairsafe),
+        "pairsafe_pairs_changed": pairs_changed,
         "quantize_nodes": ops.count("QuantizeLinear"),
         "dequantize_nodes": ops.count("DequantizeLinear"),
         "zero_points_all_zero": True,
         "reduce_range": reduce_range,
         "reduce_range_reason": why,
     }
+
+
+def _weights_of(model, nodes: list[str]):
+    """-> [(name, the int8 weight's TensorProto, transposed: stored (N, K) as a Gemm with transB)] of `nodes`."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    by_name = {n.name: n for n in g.node}
+    out = []
+    for name in nodes:
+        node = by_name.get(name)
+        dq = producer.get(node.input[1]) if node is not None and len(node.input) > 1 else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            raise ValueError(f"{name}: not a MatMul / Gemm with a quantized weight; cannot make its weights pair-safe")
+        trans = node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        out.append((name, inits[dq.input[0]], trans))
+    return out
+
+
+def _pair_safe_weights(model, nodes: list[str]) -> int:
+    """Make the int8 weights of `nodes` (MatMul / Gemm of `model`, in place) pair-safe: nothing of theirs can
+    saturate in the U8S8 kernel of x86 CPUs without VNNI (calibration/saturation.py). -> how many weight pairs
+    changed."""
+    from onnx import numpy_helper
+
+    from calibration.saturation import pair_safe
+
+    changed = 0
+    for _, t, trans in _weights_of(model, nodes):
+        q = numpy_helper.to_array(t)
+        w, n = pair_safe(q.T if trans else q)  # the kernel pairs along K: (K, N)
+        t.CopyFrom(numpy_helper.from_array((w.T if trans else w).astype(q.dtype), t.name))
+        changed += n
+    return changed
+
+
+def pair_safe_errors(model, nodes: list[str]) -> dict[str, float]:
+    """-> {node: the mean squared change per weight that pair-safe weights would make} (--repair's choice between
+    pair-safe and 7-bit weights, calibration/saturation.py SEVEN_BIT_ADDED_ERROR)."""
+    from onnx import numpy_helper
+
+    from calibration.saturation import pair_safe_added_error
+
+    out = {}
+    for name, t, trans in _weights_of(model, nodes):
+        q = numpy_helper.to_array(t)
+        out[name] = pair_safe_added_error(q.T if trans else q)
+    return out
 
 
 def _zero_points(model) -> list[int]:

@@ -187,3 +187,27 @@ def test_int8_repair_passes_the_gate_and_seals_what_it_kept(exported_artifact, t
     assert any(t["k"] == len(kept) and t["passed"] for t in trials)
     assert all(not t["passed"] for t in trials if t["k"] < len(kept))  # the shortest prefix that passed
     assert json.loads((tmp_path / "art" / "int8_report.json").read_text())["quantization"]["repair"] == rec
+
+
+def test_int8_that_saturates_without_vnni_is_repaired_with_weights_that_cannot(exported_artifact, toy_data, tmp_path):
+    """8-bit weights pass here (exact sums) and fail for x86 CPUs without VNNI (the saturated int16 pair sums cost
+    feature cosine): repair gives the fewest saturating layers weights that cannot saturate, each whichever of
+    pair-safe and 7-bit weights changes it less (these uniform random-init weights: 7-bit, pair-safe would add
+    150x more error), records that choice, and the file then passes there too. No test covered this path before."""
+    from calibration.pipeline import calibrate_artifact
+    from calibration.quantize import QuantConfig
+    from calibration.saturation import SEVEN_BIT_ADDED_ERROR
+
+    shutil.copytree(exported_artifact, tmp_path / "art")
+    gate = PrecisionGate(max_auc_drop_points=0.5, max_acc_drop_points=1.0, min_decision_agreement=0.9,
+                         min_cosine_feature=0.999)  # 8-bit here: 0.99999; without VNNI: 0.997  # fmt: skip
+    r = calibrate_artifact(tmp_path / "art", toy_data / "gan_a", toy_data / "gan_b", QuantConfig(reduce_range=False),
+                           gate, workers=0, progress=False, log=lambda *_: None, repair=True)  # fmt: skip
+    assert r["passed"] and r["no_vnni"]["passed"]
+    rec = Artifact.open(tmp_path / "art").precisions["int8"]["repair"]
+    (step,) = rec["steps"]
+    assert step["failure"] == "the gate on x86 CPUs without VNNI" and step["action"] == "no saturation"
+    assert all((row["saturated_share"] or 0) > 0 for row in step["ranked"])  # only layers that saturate
+    assert rec["weights_7bit"] == step["kept"] and rec["weights_pairsafe"] == [] and rec["kept_in_float"] == []
+    assert set(rec["pair_safe_added_error"]) == {row["node"] for row in step["ranked"]}
+    assert min(rec["pair_safe_added_error"].values()) > SEVEN_BIT_ADDED_ERROR
