@@ -79,7 +79,8 @@ def pair_safe(w: np.ndarray) -> tuple[np.ndarray, int]:
     can saturate, how many pairs changed). A pair (w[2j], w[2j+1]) of one sign with |w_e| + |w_o| > 128 gives up the
     excess, split between its two weights (the larger gives the odd unit), so |w_e| + |w_o| = 128 and
     255 * 128 = 32640 fits int16: `_static_candidates` finds none. Every other weight keeps its 8 bits; 7-bit
-    weights (reduce_range) halve the resolution of all of them to the same end (--repair tries this first)."""
+    weights (reduce_range) halve the resolution of all of them to the same end (--repair gives a layer whichever of
+    the two changes it less: SEVEN_BIT_ADDED_ERROR)."""
     w = np.asarray(w).astype(np.int64).copy()
     k = w.shape[0] - w.shape[0] % 2  # an odd last row pairs with MLAS's zero padding: it cannot saturate
     we, wo = w[0:k:2], w[1:k:2]  # views: written in place
