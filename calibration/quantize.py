@@ -238,8 +238,9 @@ def quantize(
             calibration_cache_path=cache,
         )
         q = onnx.load(str(tmp))
-        pairs_changed = _pair_safe_weights(q, cfg.weights_pairsafe)
+        pairs_changed = 0
         if cfg.weights_pairsafe:
+            pairs_changed = _pair_safe_weights(q, cfg.weights_pairsafe)
             onnx.save(q, str(tmp))
         onnx.checker.check_model(q, full_check=True)
     zero_points = _zero_points(q)
@@ -263,6 +264,8 @@ def quantize(
 
 def _weights_of(model, nodes: list[str]):
     """-> [(name, the int8 weight's TensorProto, transposed: stored (N, K) as a Gemm with transB)] of `nodes`."""
+    from calibration.saturation import stored_transposed
+
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
@@ -273,8 +276,7 @@ def _weights_of(model, nodes: list[str]):
         dq = producer.get(node.input[1]) if node is not None and len(node.input) > 1 else None
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
             raise ValueError(f"{name}: not a MatMul / Gemm with a quantized weight; cannot make its weights pair-safe")
-        trans = node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute)
-        out.append((name, inits[dq.input[0]], trans))
+        out.append((name, inits[dq.input[0]], stored_transposed(node)))
     return out
 
 

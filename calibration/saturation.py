@@ -74,6 +74,11 @@ def _static_candidates(w: np.ndarray) -> dict[str, np.ndarray]:
             "cand_start": np.searchsorted(j, np.arange(we.shape[0] + 1)).astype(np.int64)}  # fmt: skip
 
 
+def stored_transposed(node) -> bool:
+    """Whether a MatMul / Gemm stores its weight (N, K) (a Gemm with transB), not in the kernel's (K, N)."""
+    return node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute)
+
+
 def pair_safe(w: np.ndarray) -> tuple[np.ndarray, int]:
     """Integer weights (K, N) (K the reduction axis, as the kernel pairs it) -> (the same weights with no pair that
     can saturate, how many pairs changed). A pair (w[2j], w[2j+1]) of one sign with |w_e| + |w_o| > 128 gives up the
@@ -138,7 +143,7 @@ def instrument(model) -> tuple[object, list[WeightedGemm]]:
         attrs = {a.name: a for a in node.attribute}
         if ("alpha" in attrs and attrs["alpha"].f != 1.0) or ("transA" in attrs and attrs["transA"].i == 1):
             continue  # not the layout quantize_static writes
-        w = (qw.T if node.op_type == "Gemm" and "transB" in attrs and attrs["transB"].i == 1 else qw).astype(np.int64)
+        w = (qw.T if stored_transposed(node) else qw).astype(np.int64)
         if w.shape[0] % 2:
             w = np.concatenate([w, np.zeros((1, w.shape[1]), np.int64)])
         sw = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64).reshape(-1)

@@ -367,7 +367,7 @@ def test_a_gemm_of_another_layout_does_not_end_the_scan():
 
 
 def test_pair_safe_weights_cannot_saturate_and_keep_every_other_weight():
-    """`pair_safe` (--repair's first remedy without VNNI): no pair of it can saturate for any uint8 input, the
+    """`pair_safe` (one of --repair's two remedies without VNNI): no pair of it can saturate for any uint8 input, the
     kernel's sums equal the exact ones, and only the pairs that could saturate changed, each by its excess split
     between its two weights, keeping its signs. Bugs: an odd row paired, a sign flipped, a pair cut below 128, a
     weight changed that could not saturate."""
