@@ -11,6 +11,11 @@ The frontier (after a run): noised students with 2 and 4 UNet calls from that ru
   .venv/bin/python -m benchmarks.purifier_eval --frontier-calls 1 2 4 [--n-eval 256] [--with-val]
       [--frontier-progressive 4 2 1] [--frontier-feature-weight 0.5] [--skip-rows teacher TV]
 Writes benchmarks/results/purifier_frontier.{md,json}.
+
+Speed, fairly (the tables time each row once, minutes apart): the deployed students of the runs a frontier wrote and
+the first run's teacher, purifying one batch in turn, in interleaved rounds:
+  .venv/bin/python -m benchmarks.purifier_eval --speed-runs demo_out/purifier/run demo_out/purifier/run_calls8 ...
+Writes benchmarks/results/purifier_speed.{md,json}.
 """
 
 from __future__ import annotations
@@ -269,6 +274,65 @@ def _variants(r: dict) -> str:
     return out
 
 
+def speed(runs: tuple[Path, ...], n: int = 64, rounds: int = 5, log=print) -> dict:
+    """ms per image of each run's deployed student and of the first run's teacher, purifying the same `n` images
+    (one batch, seeded uniform noise: a UNet's time does not depend on the pixels) in `rounds` interleaved rounds, so
+    a slow phase of the machine hits every defence alike (the frontier tables time each row once, minutes apart).
+    -> {"rows": {name: {"calls", "ms_per_image" (median), "ms_rounds"}}, ...}."""
+    import statistics
+
+    import torch
+
+    from toolkit.kinds.purifier import deployed, load_run
+    from toolkit.models.purifier import multistep_purify
+
+    fns, calls = {}, {}
+    for i, run_dir in enumerate(runs):
+        nets, cfg = load_run(run_dir)
+        if i == 0:
+            name = f"teacher ({cfg.steps} DDIM steps) of {run_dir.name}"
+            fns[name] = lambda x, nets=nets, cfg=cfg: multistep_purify(nets["teacher"], x * 2 - 1, cfg, seed=0)
+            calls[name] = cfg.steps
+        name = f"deployed student of {run_dir.name}"
+        fns[name], calls[name] = deployed(nets, cfg), max(cfg.noised_calls, 1)
+        size = cfg.sample_size
+    x = torch.rand((n, 3, size, size), generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.no_grad():
+        for f in fns.values():
+            f(x[:2])  # warm-up
+        for r in range(rounds):
+            for name, f in fns.items():
+                t = time.perf_counter()
+                f(x)
+                times[name].append(1e3 * (time.perf_counter() - t) / n)
+            log(f"round {r + 1}/{rounds}: " + ", ".join(f"{v[-1]:.1f}" for v in times.values()) + " ms per image")
+    rows = {name: {"calls": calls[name], "ms_per_image": statistics.median(v), "ms_rounds": v}
+            for name, v in times.items()}  # fmt: skip
+    return {"rows": rows, "batch": n, "rounds": rounds, "torch_threads": torch.get_num_threads()}
+
+
+def _speed_markdown(r: dict, command: str, env: dict) -> str:
+    ref = next(iter(r["rows"].values()))["ms_per_image"]
+    lines = [
+        "# Purifier speed: the teacher and deployed students, interleaved rounds (CPU, PyTorch)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {cpu_line(env)}, torch {env['versions']['torch']}, diffusers {env['versions']['diffusers']}, "
+        f"{r['torch_threads']} threads.  ",
+        f"Each defence purifies the same batch of {r['batch']} images once per round, {r['rounds']} rounds, the "
+        "defences in turn; the figure is the median round.",
+        "",
+        "| defence | UNet calls | ms / image (median) | rounds (min-max) | x faster than the teacher |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in r["rows"].items():
+        ms = row["ms_per_image"]
+        lines.append(f"| {name} | {row['calls']} | {ms:.1f} | {min(row['ms_rounds']):.1f}-{max(row['ms_rounds']):.1f}"
+                     f" | {ref / ms:.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _trained_runs(runs: tuple[Path, ...]) -> list[dict]:
     """The config.json of each run trained before, checked to be one experiment over seeds: the same pairs, the
     same purifier and training config but the seed, each seed once (a one-line error naming what differs)."""
@@ -358,7 +422,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--frontier-run", type=Path, default=None, help="default: WORKDIR/purifier/run_seed0 or run")
     ap.add_argument("--frontier-reuse", type=Path, nargs="+", default=(),
                     help="students an earlier frontier wrote (purifier/run_calls<k>): reused, not tabled")  # fmt: skip
-    ap.add_argument("--out", type=Path, default=None, help="default: results/purifier_eval (or _frontier)")
+    ap.add_argument("--speed-runs", type=Path, nargs="+", default=None,
+                    help="instead: time these runs' deployed students and the first one's teacher in interleaved "
+                    "rounds (writes --out, default results/purifier_speed)")  # fmt: skip
+    ap.add_argument("--speed-n", type=int, default=64, help="with --speed-runs: images per batch")
+    ap.add_argument("--speed-rounds", type=int, default=5, help="with --speed-runs: interleaved rounds")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/purifier_eval (or _frontier, _speed)")
     return ap
 
 
@@ -370,6 +439,11 @@ def main(argv: list[str] | None = None) -> None:
     command = command_line("benchmarks.purifier_eval", argv)
     if args.frontier_calls:
         return _frontier_main(args, command)
+    if args.speed_runs:
+        env = environment()
+        r = speed(tuple(args.speed_runs), args.speed_n, args.speed_rounds)
+        return write_result(args.out or RESULTS / "purifier_speed", {"command": command, "environment": env, **r},
+                            _speed_markdown(r, command, env))  # fmt: skip
     args.out = args.out or RESULTS / "purifier_eval"
     r = run(
         args.workdir,

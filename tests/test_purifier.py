@@ -389,6 +389,34 @@ def test_the_frontier_distils_k_call_students_from_one_teacher_and_tables_them_b
         frontier(work, purifier_run, (1,), 8, 1, progress=False, log=lambda *_: None, reuse=(tmp_path / "other",))
 
 
+def test_purifier_speed_times_the_teacher_and_each_deployed_student_in_interleaved_rounds(purifier_run, tmp_path):
+    """benchmarks/purifier_eval --speed-runs: the first run's teacher, then each run's deployed student, each timed
+    once per round on the same batch; the median round is the figure and the table's speed-up is against the
+    teacher. Bugs: a round missing a defence, the teacher of every run timed, the ratio inverted."""
+    import shutil
+
+    from benchmarks.environment import environment
+    from benchmarks.purifier_eval import _speed_markdown, speed
+    from toolkit.kinds.purifier import load_run
+
+    other = tmp_path / "run_calls9"
+    shutil.copytree(purifier_run, other)
+    _, cfg = load_run(purifier_run)
+    lines = []
+    r = speed((purifier_run, other), n=2, rounds=3, log=lines.append)
+    names = list(r["rows"])
+    assert names == [f"teacher ({cfg.steps} DDIM steps) of {purifier_run.name}",
+                     f"deployed student of {purifier_run.name}", "deployed student of run_calls9"]  # fmt: skip
+    assert len(lines) == 3 and all(len(row["ms_rounds"]) == 3 for row in r["rows"].values())
+    assert [row["calls"] for row in r["rows"].values()] == [cfg.steps] + [max(cfg.noised_calls, 1)] * 2
+    for row in r["rows"].values():
+        assert row["ms_per_image"] == sorted(row["ms_rounds"])[1] > 0
+    md = _speed_markdown(r, "cmd", environment())
+    teacher_ms = r["rows"][names[0]]["ms_per_image"]
+    student_ms = r["rows"][names[1]]["ms_per_image"]
+    assert "| 1.0 |" in md.splitlines()[8] and f"| {teacher_ms / student_ms:.1f} |" in md.splitlines()[9]
+
+
 def test_purifier_eval_evaluates_runs_trained_before_and_refuses_runs_that_are_not_one_experiment(
     purifier_run, trained_run, toy_data, tmp_path
 ):
