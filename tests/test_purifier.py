@@ -136,6 +136,27 @@ def test_purify_then_detect_on_any_engine(purifier_run, exported_artifact, toy_d
     assert res.exit_code == 0 and "24 purified" in res.output
 
 
+def test_train_purifier_cli_deploys_the_noised_student_with_the_calls_asked_for(pairs, tmp_path):
+    """`toolkit train purifier --noised-calls 2 --noised-steps N`: the run's deployed student takes 2 UNet calls
+    (the README's frontier: 2 calls kept the teacher's robustness at 14x its speed) and was distilled for N steps;
+    0 calls deploys the one-step student. Bug: the options parsed but not reaching the run's config."""
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+    from toolkit.kinds.purifier import deployed_name, load_run
+
+    quick = ["--teacher-steps", "2", "--student-steps", "1", "--diffpure-steps", "1", "--noised-steps", "2"]
+    for calls in (2, 0):
+        out = tmp_path / f"run{calls}"
+        res = CliRunner().invoke(app, ["train", "purifier", str(pairs), "--out", str(out), "--noised-calls",
+                                       str(calls), *quick])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        nets, cfg = load_run(out)
+        assert cfg.noised_calls == calls and ("noised" in nets) == (calls > 0)
+        assert json.loads((out / "config.json").read_text())["train"]["noised_steps"] == 2
+    assert deployed_name(load_run(tmp_path / "run2")[1]) == "noised student (2 calls, fixed noise: deployed)"
+
+
 def test_one_call_purify_is_the_x0_prediction_at_t_star_and_seeded():
     """The teacher's first step alone: with the untrained (identity) UNet it returns x_t* / sqrt(alpha_bar_t*)
     = x + sqrt((1 - a) / a) * noise, clamped; the same seed gives the same noise, another seed other noise
