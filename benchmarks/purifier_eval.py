@@ -283,18 +283,18 @@ def speed(runs: tuple[Path, ...], n: int = 64, rounds: int = 5, log=print) -> di
 
     import torch
 
-    from toolkit.kinds.purifier import deployed, load_run
-    from toolkit.models.purifier import multistep_purify
+    from toolkit.kinds.purifier import deployed_name, load_run
+    from toolkit.pipelines.defences import defences
 
     fns, calls = {}, {}
     for i, run_dir in enumerate(runs):
         nets, cfg = load_run(run_dir)
+        rows = defences(nets, cfg)  # the very functions the tables time once
         if i == 0:
             name = f"teacher ({cfg.steps} DDIM steps) of {run_dir.name}"
-            fns[name] = lambda x, nets=nets, cfg=cfg: multistep_purify(nets["teacher"], x * 2 - 1, cfg, seed=0)
-            calls[name] = cfg.steps
+            fns[name], calls[name] = rows[f"teacher ({cfg.steps} DDIM steps)"].fn, cfg.steps
         name = f"deployed student of {run_dir.name}"
-        fns[name], calls[name] = deployed(nets, cfg), max(cfg.noised_calls, 1)
+        fns[name], calls[name] = rows[deployed_name(cfg)].fn, max(cfg.noised_calls, 1)
         size = cfg.sample_size
     x = torch.rand((n, 3, size, size), generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {name: [] for name in fns}
