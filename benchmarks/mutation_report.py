@@ -35,58 +35,6 @@ REASONS: dict[str, str] = {
     "calibration.saturation.x__static_candidates__mutmut_39": _EQ_INT,
     "calibration.saturation.x__static_candidates__mutmut_42": _EQ_INT,
     "calibration.saturation.x__static_candidates__mutmut_45": _EQ_INT,
-    "calibration.saturation.x_lost_to_saturation__mutmut_1": "equivalent: the chunk size changes the work's "
-    "grouping, not its sums",
-    "calibration.saturation.x_lost_to_saturation__mutmut_7": _EQ_INT,
-    "calibration.saturation.x_lost_to_saturation__mutmut_9": _EQ_INT,
-    "calibration.saturation.x_lost_to_saturation__mutmut_20": _EQ_INT,
-    "calibration.saturation.x_lost_to_saturation__mutmut_22": _EQ_INT,
-    "calibration.saturation.x_lost_to_saturation__mutmut_26": "equivalent: np.arange of a whole float gives the "
-    "same pairs",
-    "calibration.saturation.x_lost_to_saturation__mutmut_31": _EQ_INT,
-    "calibration.saturation.x_lost_to_saturation__mutmut_33": _EQ_INT,
-    "calibration.saturation.x_lost_to_saturation__mutmut_60": "equivalent: rows with m = 0 (or 1) need a pair "
-    "size above 32,767 (16,383) either way, which int8 weights cannot reach",
-    "calibration.saturation.x_lost_to_saturation__mutmut_61": "equivalent (see x_lost_to_saturation__mutmut_60)",
-    "calibration.saturation.x_lost_to_saturation__mutmut_62": "equivalent: sizes are whole, so s > 32767 / m "
-    "exactly when s > 32767 // m",
-    "calibration.saturation.x_lost_to_saturation__mutmut_67": "equivalent (see x_lost_to_saturation__mutmut_60)",
-    "calibration.saturation.x_lost_to_saturation__mutmut_68": "equivalent in results: rows with m = 0 then take "
-    "every candidate, whose products are 0 and lose nothing; only slower",
-    "calibration.saturation.x_lost_to_saturation__mutmut_69": "equivalent (see x_lost_to_saturation__mutmut_60)",
-    "calibration.saturation.x_lost_to_saturation__mutmut_70": "equivalent (see x_lost_to_saturation__mutmut_60)",
-    "calibration.saturation.x_lost_to_saturation__mutmut_77": "equivalent: side='left' is searchsorted's default",
-    "calibration.saturation.x_lost_to_saturation__mutmut_82": "equivalent: numpy reads side by its first letter",
-    "calibration.saturation.x_lost_to_saturation__mutmut_89": "equivalent: a (row, pair) with no candidate adds "
-    "no work",
-    "calibration.saturation.x_lost_to_saturation__mutmut_123": _EQ_INT,
-    "calibration.saturation.x_lost_to_saturation__mutmut_144": "equivalent: each chunk writes its own rows once, "
-    "so `=` and `+=` on zeros agree",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_18": "not testable on a CPU with VNNI (this one): with "
-    "graph optimisations on, onnxruntime may fuse Q/DQ into int8 kernels, which give the same sums here; on a CPU "
-    "without VNNI those kernels would saturate on their own and the emulation would count it twice",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_21": "not testable here (see run__mutmut_18)",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_19": "equivalent: onnxruntime's default provider list on "
-    "a CPU-only build is the CPU provider",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_22": "equivalent (see run__mutmut_19)",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_33": "equivalent: a 0-d zero broadcasts as the (1,) one",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_39": "equivalent: every feed runs at least one pass, and "
-    "run() with no feeds fails on the concatenation either way",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_44": _EQ_INT,
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_46": _EQ_INT,
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_60": "equivalent: the names and the outputs asked for "
-    "have the same length (strict only guards a bug elsewhere)",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_63": "equivalent (see run__mutmut_60)",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_68": "equivalent (see run__mutmut_60)",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_64": "equivalent: the instrumented graph's outputs are the "
-    "outputs asked for followed by the activations, the order of `names`",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_78": _EQ_INT,
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_82": "equivalent: numpy reads any negative size as 'the rest'",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_126": "equivalent in practice: the clock equal to the "
-    "deadline to the nanosecond",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_138": "equivalent (see run__mutmut_60)",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_141": "equivalent (see run__mutmut_60)",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_142": "equivalent (see run__mutmut_60)",
     "calibration.saturation.x_instrument__mutmut_69": _EQ_INT,
     "calibration.saturation.x_instrument__mutmut_93": _EQ_INT,
     "calibration.saturation.x_instrument__mutmut_95": _EQ_INT,
@@ -97,10 +45,6 @@ REASONS: dict[str, str] = {
     "leaves as the broadcast below expects",
     "calibration.saturation.x_instrument__mutmut_104": "equivalent: numpy reads any negative size as 'the rest'",
     "calibration.saturation.x_u8s8_reference__mutmut_": _EQ_INT + " (the test reference's own dtypes)",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_23": "equivalent: onnxruntime warns about an unknown "
-    "provider name and runs on the CPU provider",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_24": "equivalent (see run__mutmut_23)",
-    "calibration.saturation.xǁNoVnniEmulatorǁrun__mutmut_25": "equivalent (see run__mutmut_23)",
     # toolkit/artifact.py
     "toolkit.artifact.xǁArtifactEditǁ__init____mutmut_": "equivalent: Artifact.write drops format, files and "
     "integrity from the body itself; `result` is set at commit before anything reads it",

@@ -243,13 +243,13 @@ def _no_vnni_verdict(emulator: NoVnniEmulator, kind, comparator, native: dict, g
                      batch: int = 32, minutes: float = 10.0) -> dict | None:  # fmt: skip
     """The int8 gate for x86 CPUs without VNNI, where onnxruntime's int8 GEMM saturates int16 pair sums, judged by
     the exact emulation of the file (`emulator`, calibration/saturation.py) on any CPU, on a seeded, class-balanced
-    sample of `n` of the evaluation images (all when None). It costs one forward per saturating layer per batch:
-    about 14 s per ViT-B/16 image with random 8-bit weights on 2 cores (25 s with other jobs running), where nearly
-    every sum saturates, and 280 s per ViT-L/14 image (92% of its GEMM sums saturate, 97 forwards per batch). So it
-    stops after `minutes` and judges the images emulated by then (real and generated alternate, so any prefix is
-    balanced). None when n == 0 or fewer than one image of each class was emulated (not judged). With no weight pair
-    that can saturate (7-bit weights) the native verdict is that CPU's verdict. `open_engine` refuses a file that
-    failed it on such a CPU."""
+    sample of `n` of the evaluation images (all when None). It costs one forward through the cut graph plus the
+    corrections per batch: 2.1 s per ViT-B/16 image with random 8-bit weights on 2 cores, where nearly every sum
+    saturates (14-19 s when it ran one forward per saturating layer; ViT-L/14 took 280 s per image that way, 92% of
+    its GEMM sums saturating, and has not been timed since). So it stops after `minutes` and judges the images
+    emulated by then (real and generated alternate, so any prefix is balanced). None when n == 0 or fewer than one
+    image of each class was emulated (not judged). With no weight pair that can saturate (7-bit weights) the native
+    verdict is that CPU's verdict. `open_engine` refuses a file that failed it on such a CPU."""
     from toolkit.compare import Comparator
     from toolkit.progress import progress_bar
 

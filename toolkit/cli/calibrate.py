@@ -36,8 +36,8 @@ def calibrate_command(
     no_vnni_n: int = typer.Option(
         1000,
         min=0,
-        help="evaluation images the no-VNNI gate runs on (emulated: tiny models in seconds, ~14 s per "
-        "ViT-B/16 image, so --no-vnni-minutes usually ends it first there); 0 = skip it",
+        help="evaluation images the no-VNNI gate runs on (emulated: tiny models in seconds, ~2 s per "
+        "ViT-B/16 image on 2 cores, so --no-vnni-minutes may end it first there); 0 = skip it",
     ),
     no_vnni_minutes: float = typer.Option(
         10.0, min=0.1, help="the no-VNNI emulation stops after this long and judges the images it emulated"
