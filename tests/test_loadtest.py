@@ -3,7 +3,9 @@ refusal of targets outside loopback. The sweep against a real server is in test_
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +155,27 @@ def test_the_server_counters_are_read_once_they_count_every_answered_request():
     assert stuck["success"] == (16, 0)
     gone = {"unavailable": "no statistics"}
     assert settled_counters(lambda: gone, before, answered=12) is gone  # nothing to wait for
+
+
+def test_the_served_artifacts_logs_are_kept_when_a_cell_had_errors(tmp_path):
+    """Bug: a served artifact's logs removed with its temporary directory after requests failed (a run lost 774
+    requests to "Server is stopping" and nothing said why); kept when nothing failed, clutter."""
+    from toolkit.serving.loadtest import keep_server_logs, markdown
+
+    logs = [tmp_path / "serve.log", tmp_path / "serve.triton.log"]
+    for i, f in enumerate(logs):
+        f.write_text(f"line {i}\n")
+    said = []
+    assert keep_server_logs(logs, [{"errors": 0}, {"errors": 0}], said.append) is None and said == []
+    assert keep_server_logs([], [{"errors": 3}], said.append) is None  # an address target: no logs of ours
+    kept = keep_server_logs(logs, [{"errors": 0}, {"errors": 3}], said.append)
+    try:
+        assert sorted(p.name for p in Path(kept).iterdir()) == ["serve.log", "serve.triton.log"]
+        assert (Path(kept) / "serve.triton.log").read_text() == "line 1\n" and said == [
+            f"requests failed: the server's logs are kept in {kept}"
+        ]
+        r = {"address": "grpc://127.0.0.1:1", "served_artifact": "a", "server_logs": kept, "images": "x",
+             "config": {"requests": 1, "duration_s": None, "warmup_requests": 0}, "cells": []}  # fmt: skip
+        assert f"logs are kept in `{kept}`" in markdown(r)
+    finally:
+        shutil.rmtree(kept)
