@@ -437,7 +437,6 @@ def loadtest(
     from toolkit.progress import progress_bar
 
     pool, what = pool or image_pool(images, pool_size)
-    kept_logs = None
     with _resolved(target, serve or ServeOptions(), protocol, cfg.allow_remote, log) as (address, served_from, logs):
         cells = []
         n_cells = len(cfg.concurrency) * len(cfg.batch)
