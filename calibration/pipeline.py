@@ -270,8 +270,8 @@ def _no_vnni_verdict(emulator: NoVnniEmulator, kind, comparator, native: dict, g
     idx = np.concatenate([np.stack([real[:k], fake[:k]], 1).ravel(), real[k:], fake[k:]])
     xs = x[idx]
     feeds = [xs[i : i + batch] for i in range(0, len(xs), batch)]
-    log(f"judging int8 for x86 CPUs without VNNI (emulated: up to {counts['weighted_gemms'] + 1} forwards per batch "
-        f"of {batch}, at most {minutes:g} min) on {len(idx)} of the evaluation images ...")  # fmt: skip
+    log(f"judging int8 for x86 CPUs without VNNI (emulated: one forward in {counts['weighted_gemms'] + 1} pieces "
+        f"per batch of {batch}, at most {minutes:g} min) on {len(idx)} of the evaluation images ...")  # fmt: skip
     until = time.monotonic() + 60 * minutes
     with progress_bar("no-VNNI emulation", len(idx), progress) as advance:
         outputs, counts = emulator.run(kind.input_name, feeds, _projecting(advance, len(idx), minutes, log),
