@@ -248,8 +248,10 @@ class NoVnniEmulator:
                 per_layer[i] += (hits, lost.size)
                 formed += lost.size
                 saturated += hits
-                delta = -(lost * (layer.sa * layer.sw)[None]).astype(np.float32) if hits else zero
-                env[layer.delta] = delta.reshape(*a.shape[:-1], layer.w.shape[1]) if hits else zero
+                env[layer.delta] = zero
+                if hits:
+                    delta = -(lost * (layer.sa * layer.sw)[None]).astype(np.float32)
+                    env[layer.delta] = delta.reshape(*a.shape[:-1], layer.w.shape[1])
             segments.run(len(layers), env)
             got.append({k: env[k] for k in outputs})
             advance(len(x))
@@ -278,7 +280,7 @@ class _Segments:
         self.pieces = [nodes[a:b] for a, b in itertools.pairwise(bounds)]
         if any(a.type in (a.GRAPH, a.GRAPHS) for n in nodes for a in n.attribute):
             raise ValueError("the no-VNNI emulation does not cut graphs with subgraphs (If / Loop / Scan)")
-        self.model, self.outputs = model, outputs
+        self.model = model
         self.inits = {t.name: t for t in g.initializer}
         produced = [{o for n in piece for o in n.output if o} for piece in self.pieces]
         last_read = {}  # tensor -> the last piece reading it
